@@ -1,0 +1,53 @@
+"""GPU benchmark harness for pytest-benchmark.
+
+``gpu_bench(benchmark, fn, nbytes=..., flops=..., **info)`` times ``fn`` two ways:
+* ``triton.testing.do_bench`` (CUDA events, L2 flushed before each call, median): the
+  per-call time reported as ``us``, ``GBps`` and ``TFLOPs`` in ``extra_info`` (what
+  perf/RESULTS.md quotes);
+* pytest-benchmark rounds of ``calls_per_round`` back-to-back calls + one synchronize,
+  which ``--benchmark-compare-fail`` gates against the stored baseline.
+Everything here skips without CUDA: CPU timings of interpreted kernels mean nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="benchmarks need a CUDA device")
+        for item in items:
+            item.add_marker(skip)
+
+
+def _gpu_bench(benchmark, fn, *, nbytes: float, flops: float = 0.0, **info):
+    import triton
+
+    fn()
+    torch.cuda.synchronize()
+    ms = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+    reps = max(1, min(1000, int(2.0 / max(ms, 1e-4))))
+
+    def one_round():
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(one_round, rounds=15, warmup_rounds=2)
+    benchmark.extra_info.update(
+        us=round(ms * 1e3, 2), GBps=round(nbytes / (ms * 1e-3) / 1e9, 1),
+        TFLOPs=round(flops / (ms * 1e-3) / 1e12, 2), nbytes=int(nbytes), flops=int(flops),
+        calls_per_round=reps, device=torch.cuda.get_device_name(), **info)
+    return ms
+
+
+@pytest.fixture
+def gpu_bench():
+    return _gpu_bench
