@@ -31,8 +31,8 @@ def _fwht_butterfly_kernel(x_ptr, y_ptr, n_rows, scale, BLOCK: tl.constexpr, LOG
     mask = rows[:, None] < n_rows
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     for s in tl.static_range(LOG_B):
-        h: tl.constexpr = 1 << s
-        x = tl.reshape(x, [ROWS, BLOCK // (2 * h), 2, h])
+        # stage s pairs element i with i ^ 2**s: view as [.., 2, 2**s] and split the pair axis
+        x = tl.reshape(x, [ROWS, BLOCK >> (s + 1), 2, 1 << s])
         a, b = tl.split(tl.permute(x, [0, 1, 3, 2]))
         x = tl.permute(tl.join(a + b, a - b), [0, 1, 3, 2])
         x = tl.reshape(x, [ROWS, BLOCK])
@@ -41,13 +41,13 @@ def _fwht_butterfly_kernel(x_ptr, y_ptr, n_rows, scale, BLOCK: tl.constexpr, LOG
 
 @triton.jit
 def _fwht_dot_kernel(x_ptr, h_ptr, y_ptr, n_rows, scale, BLOCK: tl.constexpr, ROWS: tl.constexpr,
-                     UPCAST: tl.constexpr):
+                     UPCAST: tl.constexpr, NUM_STAGES: tl.constexpr):
     cols = tl.arange(0, BLOCK)
     h = tl.load(h_ptr + cols[:, None] * BLOCK + cols[None, :])
     if UPCAST:  # Triton's CPU interpreter returns garbage for bf16 tl.dot (docs TRITON_CPU.md)
         h = h.to(tl.float32)
     n_tiles = tl.cdiv(n_rows, ROWS)
-    for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
+    for tile in tl.range(tl.program_id(0), n_tiles, tl.num_programs(0), num_stages=NUM_STAGES):
         rows = tl.arange(0, ROWS).to(tl.int64) + tile * ROWS
         offs = rows[:, None] * BLOCK + cols[None, :]
         mask = rows[:, None] < n_rows
@@ -79,8 +79,13 @@ def fwht_triton(x: torch.Tensor, block: int) -> torch.Tensor:
     return fwht_triton_method(x, block, "auto")
 
 
-def fwht_triton_method(x: torch.Tensor, block: int, method: str) -> torch.Tensor:
-    """``method``: "auto" | "butterfly" | "dot", to benchmark and test each kernel."""
+DOT_CONFIG = dict(rows=64, num_warps=4, num_stages=2, programs_per_sm=4)
+
+
+def fwht_triton_method(x: torch.Tensor, block: int, method: str, **config) -> torch.Tensor:
+    """``method``: "auto" | "butterfly" | "dot", to benchmark and test each kernel; ``config``
+    overrides ``DOT_CONFIG`` (for perf/tune_fwht.py)."""
+    cfg = {**DOT_CONFIG, **config}
     shape = x.shape
     xc = x.contiguous().reshape(-1, block)
     y = torch.empty_like(xc)
@@ -97,9 +102,9 @@ def fwht_triton_method(x: torch.Tensor, block: int, method: str) -> torch.Tensor
     else:
         if not use_dot:
             raise ValueError(f"the dot method needs bf16/fp16 and 16 <= block <= 128, got {x.dtype}, {block}")
-        rows = 64
+        rows = cfg["rows"]
         h = _pm1_hadamard(block, x.dtype, x.device)
-        n_prog = min(triton.cdiv(n_rows, rows), 4 * _num_sms(x.device))
+        n_prog = min(triton.cdiv(n_rows, rows), cfg["programs_per_sm"] * _num_sms(x.device))
         _fwht_dot_kernel[(n_prog,)](xc, h, y, n_rows, scale, BLOCK=block, ROWS=rows, UPCAST=interpreting(),
-                                    num_warps=4)
+                                    NUM_STAGES=cfg["num_stages"], num_warps=cfg["num_warps"])
     return y.reshape(shape)
