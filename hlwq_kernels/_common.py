@@ -29,7 +29,7 @@ def resolve_impl(impl: str, *tensors: torch.Tensor) -> str:
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    on_cuda = bool(tensors) and all(t.is_cuda for t in tensors)
+    on_cuda = len(tensors) > 0 and all(t.is_cuda for t in tensors)  # (torch 2.11 dynamo cannot trace bool(tuple))
     if impl == "reference":
         return "reference"
     if impl == "auto":

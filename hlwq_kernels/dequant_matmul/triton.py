@@ -1,0 +1,573 @@
+"""Triton ``dequant_matmul``: y = fwht(pad(x)) @ W_rot.T straight from the packed HLWQ codes.
+
+The weight is never materialised as a whole: programs unpack ``[BN, BK]`` tiles of codes from the
+bit-sliced planes (``pack_bits/layout.py``) in registers; the per-block norm is applied once per
+(row, K-step) to a partial sum, never per code.
+
+Tile = [BN rows, Q quads, F codes] (a quad: 8 consecutive codes; 4 for bits=8). ``tl.join``
+builds the F axis, which keeps a quad's codes in one thread. Per quad, two int32 "code words"
+hold its 8 codes in bytes (parity p: codes 2j + p in byte j), built with whole-word ops from the
+planes (``_words_to_codes``); a code then costs one byte shift, a codebook lookup
+(``_lut``: one ``shfl.sync.idx`` for bits <= 5, an L1 ``ld.global.nc`` above) and one FMA.
+Offline SASS (triton 3.6, sm_90): 6.7 / 4.7 / 8.0 instructions per code at 5 / 4 / 3 bits.
+
+Kernels, chosen by M in ``_pick`` (explicit, documented there):
+* ``_gemv_kernel`` (decode, M <= GEMV_MAX_M): grid (M, SPLIT_K, N/BN); BN rows, K in steps of
+  BK = 32*G <= block, ``unroll`` steps per loop trip. M is the fastest grid axis so programs
+  sharing a weight tile run together (one DRAM read). Split-K (fp32 partials +
+  ``_splitk_reduce_kernel``) when N/BN gives fewer programs than SMs.
+* ``_dot_kernel`` (M <= SLAB_MIN_M): the dequantized ``[BN, BK]`` tile (x's dtype) is the A
+  operand of ``tl.dot(w_tile, x_tile^T)`` ("swap AB": weight rows fill the 64-row wgmma M
+  dimension, BM = 16/32 tokens the N dimension); fp32 accumulation, norm per K-step.
+* ``_slab_matmul`` (prefill, M > SLAB_MIN_M): ``_dequant_rows_kernel`` writes W_rot for ~16 MiB
+  of rows at a time (bounded scratch) and cuBLAS multiplies it into those output columns: the
+  fused kernel re-dequantizes every weight tile M/BM times (0.05-0.16x bf16 at M=2048 measured),
+  the slabs dequantize once (0.72-0.85x).
+
+Floors (H100: 3.02 TB/s device copy, ~790 TFLOP/s dense bf16; ANCHORS.md):
+* M=1 and M=16 read codes + norms: N*Kp*(bits/8 + 2/block) bytes. 5 bits: 24576x4096 64.5 MB ->
+  21.4 us; 4096x12288 32.3 MB -> 10.7 us; 248320x4096 652 MB -> 216 us; 2048x4096 5.4 MB ->
+  1.8 us. 4 bits gate_up 52.0 MB -> 17.2 us; 3 bits 39.4 MB -> 13.0 us.
+* Instruction budget (the real limit at M=1): gate_up = 100.7 M codes; the 29 us target on
+  132 SMs x ~1.75 GHz allows ~8.5 lane-instructions per code (4 schedulers x 32 lanes).
+* M=2048: 2*M*N*K flops; gate_up 412 GFLOP -> 0.52 ms at 790 TFLOP/s.
+Measured numbers, what limits them, and tuning notes: .notes/dequant_matmul.md.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from .._common import interpreting
+from ..fwht import MAX_TRITON_BLOCK, fwht
+from ..quant import HLWQWeight
+
+GEMV_MAX_M = 4  # above this the tensor-core kernel's single dequant per tile wins (tuning notes)
+SLAB_MIN_M = 256  # above this: bf16 slabs of W_rot + cuBLAS (see _pick)
+SLAB_BYTES = 16 << 20  # slab scratch: ~16 MiB (L2 is 50 MB), never the whole weight
+
+
+# ----------------------------------------------------------------------------------------------
+# unpacking
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _plane_words(p_ptr, p_addr, row_off, row_mask, t, groups, W: tl.constexpr, OFF: tl.constexpr, G: tl.constexpr,
+                 A: tl.constexpr, MASKED: tl.constexpr, MODE: tl.constexpr, BN: tl.constexpr, LEAD: tl.constexpr):
+    """[BN, Q] words of plane (width W, code-bit offset OFF) for K-tile ``t``: element q ("quad",
+    the q-th run of 32/A codes of the tile) gets the word that holds its codes."""
+    q = tl.arange(0, G * A)
+    # plane W of a row starts at word groups*OFF; a tile of G groups spans G*W words of it.
+    # (Written so that Triton's axis analysis sees the contiguity: it picks the load layout
+    # from it, and (q * W) // A hid it, which gave lanes across rows = 8-byte pieces of 16 rows.)
+    if W == A:
+        qw = q
+    else:
+        qw = q // (A // W)
+    widx = groups * OFF + t * (G * W) + qw
+    ptrs = p_ptr + row_off[:, None] + widx[None, :]
+    if MASKED:
+        qmask = (t * G + q // A) < groups
+        return tl.load(ptrs, mask=row_mask[:, None] & qmask[None, :], other=0)
+    elif W != A and LEAD:
+        # the widest plane anchors the layout: load its G*W words contiguously (lanes along the
+        # row), then repeat each word for the A//W quads that share it (join = in-thread copy)
+        wv = tl.load(p_ptr + row_off[:, None] + (groups * OFF + t * (G * W) + tl.arange(0, G * W))[None, :])
+        wv = tl.reshape(tl.join(wv, wv), [BN, G * W * 2])
+        if W * 4 == A:
+            wv = tl.reshape(tl.join(wv, wv), [BN, G * A])
+        return wv
+    elif W != A and MODE != 0:
+        # The narrow planes (several quads share a word) load through PTX: a tl.load of these
+        # non-contiguous pointers made Triton's coalescing put the lanes across rows for the
+        # whole tile (8-byte pieces of 16 rows per warp load); this way the 4-/8-bit plane's
+        # coalesced load (lanes along the row) sets the layout, and lanes of one word share it.
+        addr = p_addr + 4 * (row_off[:, None] + widx[None, :])
+        return tl.inline_asm_elementwise("ld.global.nc.b32 $0, [$1];", "=r,l", [addr], dtype=tl.int32,
+                                         is_pure=True, pack=1)
+    else:  # every row and tile in range: no predicates (they cost ~10% of the GEMV loop)
+        return tl.load(ptrs)
+
+
+@triton.jit
+def _merge(cw, contrib, FIELD: tl.constexpr):
+    """Bits FIELD (a per-byte mask) from contrib, the others from cw: one LOP3."""
+    return (cw & ~FIELD) | (contrib & FIELD)
+
+
+@triton.jit
+def _spread1(u, OFF: tl.constexpr):
+    """Bits 0, 2, 4, 6 of u -> bit OFF of bytes 0..3: (u & 0x55) * (1 + 2^6 + 2^12 + 2^18) puts bit
+    2j on bit 8j (term t = j); the other terms land on 2j + 6t, never a multiple of 8, and carries
+    only reach odd bits. Only bit OFF of each byte is meaningful (the caller merges it)."""
+    return (u & 0x55) * (0x41041 << OFF)
+
+
+@triton.jit
+def _spread2(u, OFF: tl.constexpr):
+    """2-bit fields at bits 4j of u (j = 0..3) -> bits OFF, OFF+1 of byte j. Even fields: one
+    multiply by (1 + 2^8) << OFF puts field 0 on byte 0 and field 2 on byte 2; odd fields:
+    (2^4 + 2^12) << OFF puts field 1 on byte 1 and field 3 on byte 3; the stray terms land on
+    the other bytes and their sums never carry into a byte's field."""
+    even = (u & 0x0303) * (0x0101 << OFF)
+    odd = (u & 0x3030) * (0x1010 << OFF)
+    return _merge(odd, even, 0x00FF00FF)
+
+
+@triton.jit
+def _join4(c0, c1, c2, c3):
+    """[..., 2, 2] with element (h, l) = c_{2h + l}: flattens to [..., 4] in order c0..c3."""
+    return tl.join(tl.join(c0, c2), tl.join(c1, c3))
+
+
+@triton.jit
+def _tile_codes(p_ptr, p_addr, row_off, row_mask, t, groups, BITS: tl.constexpr, BN: tl.constexpr,
+                G: tl.constexpr, A: tl.constexpr, F: tl.constexpr, MASKED: tl.constexpr, MODE: tl.constexpr):
+    """Raw codes [BN, Q, F] (int32) of K-tile ``t`` (G groups of 32 codes) of the rows at ``row_off``:
+    the code sits in the low ``BITS`` bits, the bits above are garbage (``_lut`` masks or ignores them).
+
+    Q = G*A quads of F codes; element (q, f) is code q*F + f of the tile. Word-level work first: a
+    "code word" holds 4 codes in its 4 bytes (low bits of each byte), built from every plane with
+    whole-word ops and merged by per-byte field masks (4-bit plane: free or one shift; 1-bit plane:
+    one multiply spreads 4 bits to 4 bytes; 2-bit plane: two multiplies), so a code then costs one
+    shift. For A=4, F=8 quad q has two code words cw_p (p = 0, 1) holding its codes 2j + p
+    (j = 0..3). bits=8 (one 8-bit plane) uses A=8, F=4: the plane word is the code word. ``tl.join``
+    builds the F axis, which keeps all F codes of a quad in one thread (word-level values shared,
+    the x-weighted sum over F without shuffles).
+    """
+    wa, wb, wc = _tile_words(p_ptr, p_addr, row_off, row_mask, t, groups, BITS, BN, G, A, MASKED, MODE)
+    return _words_to_codes(wa, wb, wc, BITS, BN, G, A, F)
+
+
+@triton.jit
+def _tile_words(p_ptr, p_addr, row_off, row_mask, t, groups, BITS: tl.constexpr, BN: tl.constexpr,
+                G: tl.constexpr, A: tl.constexpr, MASKED: tl.constexpr, MODE: tl.constexpr):
+    """The plane words of K-tile ``t``: (4-bit or 8-bit plane, 2-bit plane, 1-bit plane), [BN, Q]
+    each (zeros for planes that ``BITS`` lacks; the compiler drops them)."""
+    wa = tl.zeros([BN, G * A], dtype=tl.int32)
+    wb = tl.zeros([BN, G * A], dtype=tl.int32)
+    wc = tl.zeros([BN, G * A], dtype=tl.int32)
+    if A == 8:
+        wa = _plane_words(p_ptr, p_addr, row_off, row_mask, t, groups, 8, 0, G, A, MASKED, MODE, BN, True)
+    else:
+        if BITS & 4:
+            wa = _plane_words(p_ptr, p_addr, row_off, row_mask, t, groups, 4, 0, G, A, MASKED, MODE, BN, True)
+        if BITS & 2:
+            wb = _plane_words(p_ptr, p_addr, row_off, row_mask, t, groups, 2, BITS & 4, G, A, MASKED, MODE, BN,
+                               BITS < 4)
+        if BITS & 1:
+            wc = _plane_words(p_ptr, p_addr, row_off, row_mask, t, groups, 1, BITS & 6, G, A, MASKED, MODE, BN,
+                               BITS == 1)
+    return wa, wb, wc
+
+
+@triton.jit
+def _words_to_codes(wa, wb, wc, BITS: tl.constexpr, BN: tl.constexpr, G: tl.constexpr, A: tl.constexpr,
+                    F: tl.constexpr):
+    """Plane words (``_tile_words``) -> raw codes [BN, Q, F] (see ``_tile_codes``)."""
+    q = tl.arange(0, G * A)[None, :]
+    if A == 8:
+        code = tl.reshape(_join4(wa, wa >> 8, wa >> 16, wa >> 24), [BN, G * A, 4])
+    else:
+        cw0 = tl.zeros([BN, G * A], dtype=tl.int32)
+        cw1 = tl.zeros([BN, G * A], dtype=tl.int32)
+        if BITS & 4:  # word q: the 8 codes of quad q as nibbles; nibble 2j+p -> low nibble of byte j
+            cw0 = wa
+            cw1 = wa >> 4
+        if BITS & 2:  # word q//2: code 2j+p of quad q at bit 16(q%2) + 4j + 2p
+            s2 = (q % 2) * 16
+            cw0 = _merge(cw0, _spread2(wb >> s2, BITS & 4), 0x03030303 << (BITS & 4))
+            cw1 = _merge(cw1, _spread2(wb >> (s2 + 2), BITS & 4), 0x03030303 << (BITS & 4))
+        if BITS & 1:  # word q//4: code 2j+p of quad q at bit 8(q%4) + 2j + p
+            s1 = (q % 4) * 8
+            cw0 = _merge(cw0, _spread1(wc >> s1, BITS & 6), 0x01010101 << (BITS & 6))
+            cw1 = _merge(cw1, _spread1(wc >> (s1 + 1), BITS & 6), 0x01010101 << (BITS & 6))
+        # (arithmetic shifts of negative words only smear sign bits into the garbage bits)
+        x0 = _join4(cw0, cw0 >> 8, cw0 >> 16, cw0 >> 24)
+        x1 = _join4(cw1, cw1 >> 8, cw1 >> 16, cw1 >> 24)
+        code = tl.reshape(tl.join(x0, x1), [BN, G * A, 8])  # (j_hi, j_lo, p) -> 2j + p
+    return code
+
+
+@triton.jit
+def _lut_lane(cb_addr, like, BITS: tl.constexpr):
+    """Each lane's codebook entry codebook[lane % 2**BITS], as a tensor shaped like ``like``
+    (every element of a thread is the same register after CSE): the source of ``_lut``'s shuffles."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .u32 l; .reg .u64 ad; mov.u32 l, %laneid; and.b32 l, l, $2; mad.wide.u32 ad, l, 4, $1; "
+        "ld.global.nc.f32 $0, [ad]; }",
+        "=f,l,r", [cb_addr, tl.zeros_like(like) + ((1 << BITS) - 1)], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _lut(cb_ptr, cb_addr, lane_cb, raw, BITS: tl.constexpr, MODE: tl.constexpr):
+    """codebook[raw & (2**BITS - 1)] (fp32).
+
+    MODE 2 (GPU, bits <= 5): one warp shuffle per code from ``lane_cb`` (lane i holds entry
+    i % 2**BITS; ``shfl`` reads only the low 5 bits of the lane index, so the garbage bits above
+    the code need no mask): 1 instruction, no address arithmetic, no memory pipe.
+    MODE 1 (GPU, bits 6..8): ``mad.wide.u32`` + ``ld.global.nc`` (L1-resident table); a plain
+    pointer add costs a 64-bit LEA pair, and the pipeliner turned plain gathers into 4-byte
+    cp.async copies. MODE 0 (interpreter): a plain gather.
+    """
+    if MODE == 2:
+        return tl.inline_asm_elementwise("shfl.sync.idx.b32 $0, $1, $2, 0x1f, 0xffffffff;", "=f,f,r",
+                                         [lane_cb, raw], dtype=tl.float32, is_pure=True, pack=1)
+    elif MODE == 1:
+        return tl.inline_asm_elementwise(
+            "{ .reg .u64 ad; mad.wide.u32 ad, $1, 4, $2; ld.global.nc.f32 $0, [ad]; }",
+            "=f,r,l", [raw & ((1 << BITS) - 1), cb_addr], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.load(cb_ptr + (raw & ((1 << BITS) - 1)))
+
+
+# ----------------------------------------------------------------------------------------------
+# kernels
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _gemv_kernel(x_ptr, p_ptr, p_addr, n_ptr, cb_ptr, cb_addr, out_ptr, N, groups, nblk, stride_xm, stride_om,
+                 stride_os, tiles_per_split, BITS: tl.constexpr, BLOCK: tl.constexpr, BN: tl.constexpr, G: tl.constexpr,
+                 A: tl.constexpr, F: tl.constexpr, SPLIT_K: tl.constexpr, MODE: tl.constexpr,
+                 MASKED: tl.constexpr, PREFETCH: tl.constexpr, UNROLL: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_n = tl.program_id(2)
+    rows = pid_n.to(tl.int64) * BN + tl.arange(0, BN)
+    row_mask = rows < N
+    row_off = rows * (groups * BITS)  # int32 words per packed row = groups * bits
+    nrm_off = rows * nblk
+    x_row = x_ptr + pid_m.to(tl.int64) * stride_xm
+    q = tl.arange(0, G * A)
+    kq = q[:, None] * F + tl.arange(0, F)[None, :]  # [Q, F]: code index within the tile
+    acc = tl.zeros([BN, G * A], dtype=tl.float32)
+    lane_cb = 0.0
+    if MODE == 2:
+        lane_cb = _lut_lane(cb_addr, tl.zeros([BN, G * A, F], dtype=tl.int32), BITS)
+    t0 = pid_s * tiles_per_split
+    t_last = t0 + tiles_per_split - 1
+    if PREFETCH:  # software pipelining in registers: tile t+1's words load while tile t computes
+        wa, wb, wc = _tile_words(p_ptr, p_addr, row_off, row_mask, t0, groups, BITS, BN, G, A, MASKED, MODE)
+    for tu in range(t0, t0 + tiles_per_split, UNROLL):
+        # UNROLL > 1: straight-line code over UNROLL tiles, so the scheduler can issue every
+        # tile's loads before the first use (more bytes in flight per warp; launcher: UNROLL
+        # divides tiles_per_split)
+        for u in tl.static_range(UNROLL):
+            t = tu + u
+            if PREFETCH:
+                na, nb, nc = _tile_words(p_ptr, p_addr, row_off, row_mask, tl.minimum(t + 1, t_last), groups, BITS,
+                                         BN, G, A, MASKED, MODE)
+                code = _words_to_codes(wa, wb, wc, BITS, BN, G, A, F)
+                wa, wb, wc = na, nb, nc
+            else:
+                code = _tile_codes(p_ptr, p_addr, row_off, row_mask, t, groups, BITS, BN, G, A, F, MASKED,
+                                   MODE)  # [BN, Q, F]
+            vals = _lut(cb_ptr, cb_addr, lane_cb, code, BITS, MODE)  # fp32: the codebook lookup
+            # BK = 32*G divides BLOCK: one norm per row for the whole tile (a [BN] load: a [BN, Q]
+            # load of it, constant along Q, made Triton put the lanes across rows for everything)
+            nptrs = n_ptr + nrm_off + (t * (G * 32)) // BLOCK
+            if MASKED:
+                qmask = (t * G + q // A) < groups
+                xv = tl.load(x_row + t * (G * 32) + kq, mask=qmask[:, None], other=0.0)
+                t_ok = (tl.zeros([BN], dtype=tl.int32) + t * G) < groups  # a tensor: the interpreter's masks must be
+                nv = tl.load(nptrs, mask=row_mask & t_ok, other=0.0)
+            else:
+                xv = tl.load(x_row + t * (G * 32) + kq)
+                nv = tl.load(nptrs)
+            part = tl.sum(vals * xv.to(tl.float32)[None, :, :], axis=2)  # [BN, Q]: F is in-thread, no shuffles
+            acc += part * nv.to(tl.float32)[:, None]  # the block norm: once per F codes, not per code
+    y = tl.sum(acc, axis=1)
+    if SPLIT_K == 1:
+        tl.store(out_ptr + pid_m.to(tl.int64) * stride_om + rows, y.to(out_ptr.dtype.element_ty), mask=row_mask)
+    else:
+        tl.store(out_ptr + pid_s.to(tl.int64) * stride_os + pid_m.to(tl.int64) * stride_om + rows, y,
+                 mask=row_mask)
+
+
+@triton.jit
+def _dot_kernel(x_ptr, p_ptr, p_addr, n_ptr, cb_ptr, cb_addr, out_ptr, M, N, groups, nblk, stride_xm, stride_om,
+                stride_os, tiles_per_split, BITS: tl.constexpr, BLOCK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                G: tl.constexpr, A: tl.constexpr, F: tl.constexpr, SPLIT_K: tl.constexpr,
+                UPCAST: tl.constexpr, IEEE: tl.constexpr, MODE: tl.constexpr, MASKED: tl.constexpr,
+                MASK_M: tl.constexpr, UNROLL: tl.constexpr):
+    BK: tl.constexpr = G * 32
+    num_m = tl.cdiv(M, BM)
+    pid = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    # token tiles fastest: the num_m programs that share one weight tile run side by side, so
+    # the codes come from DRAM once and the rest of the reads hit L2
+    pid_m = pid % num_m
+    pid_n = pid // num_m
+    rows = pid_n.to(tl.int64) * BN + tl.arange(0, BN)
+    row_mask = rows < N
+    row_off = rows * (groups * BITS)
+    toks = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
+    tok_mask = toks < M
+    kk = tl.arange(0, BK)
+    acc = tl.zeros([BN, BM], dtype=tl.float32)
+    lane_cb = 0.0
+    if MODE == 2:
+        lane_cb = _lut_lane(cb_addr, tl.zeros([BN, G * A, F], dtype=tl.int32), BITS)
+    t0 = pid_s * tiles_per_split
+    for tu in range(t0, t0 + tiles_per_split, UNROLL):
+        for u in tl.static_range(UNROLL):  # straight-line over UNROLL K-steps: their loads issue together
+            t = tu + u
+            code = _tile_codes(p_ptr, p_addr, row_off, row_mask, t, groups, BITS, BN, G, A, F, MASKED,
+                               MODE)  # [BN, Q, F]
+            vals = _lut(cb_ptr, cb_addr, lane_cb, code, BITS, MODE)
+            if not UPCAST:
+                vals = vals.to(x_ptr.dtype.element_ty)
+            wt = tl.reshape(vals, [BN, BK])  # k = q*F + f
+            k = t * BK + kk
+            xptrs = x_ptr + toks[None, :] * stride_xm + k[:, None]  # [BK, BM]
+            if MASKED:
+                xt = tl.load(xptrs, mask=tok_mask[None, :] & (k < groups * 32)[:, None], other=0.0)
+            elif MASK_M:
+                xt = tl.load(xptrs, mask=tok_mask[None, :], other=0.0)
+            else:
+                xt = tl.load(xptrs)
+            if UPCAST:  # the CPU interpreter's bf16 tl.dot is garbage (docs TRITON_CPU.md)
+                xt = xt.to(tl.float32)
+            if IEEE:  # fp32 inputs: plain fp32 products, as torch does by default (no TF32)
+                d = tl.dot(wt, xt, input_precision="ieee")
+            else:
+                d = tl.dot(wt, xt)
+            # BK divides BLOCK: one norm per row for this whole K-step
+            if MASKED:
+                t_ok = (tl.zeros([BN], dtype=tl.int32) + t * G) < groups  # a tensor: the interpreter's masks must be
+                nv = tl.load(n_ptr + rows * nblk + (t * BK) // BLOCK, mask=row_mask & t_ok, other=0.0)
+            else:
+                nv = tl.load(n_ptr + rows * nblk + (t * BK) // BLOCK)
+            acc += d * nv.to(tl.float32)[:, None]
+    optrs = toks[None, :] * stride_om + rows[:, None]
+    omask = tok_mask[None, :] & row_mask[:, None]
+    if SPLIT_K == 1:
+        tl.store(out_ptr + optrs, acc.to(out_ptr.dtype.element_ty), mask=omask)
+    else:
+        tl.store(out_ptr + pid_s.to(tl.int64) * stride_os + optrs, acc, mask=omask)
+
+
+@triton.jit
+def _dequant_rows_kernel(p_ptr, p_addr, n_ptr, cb_ptr, cb_addr, out_ptr, row0, N, groups, nblk,
+                         BITS: tl.constexpr, BLOCK: tl.constexpr, BN: tl.constexpr, G: tl.constexpr,
+                         A: tl.constexpr, F: tl.constexpr, MODE: tl.constexpr, MASKED: tl.constexpr):
+    """W_rot rows [row0, row0 + rows of out) in out's dtype: one [BN, 32G] tile per program (the
+    prefill path's slab; see ``_slab_matmul``)."""
+    BK: tl.constexpr = G * 32
+    t = tl.program_id(1)
+    r = tl.program_id(0).to(tl.int64) * BN + tl.arange(0, BN)  # row within the slab
+    rows = row0 + r
+    row_mask = rows < N
+    row_off = rows * (groups * BITS)
+    lane_cb = 0.0
+    if MODE == 2:
+        lane_cb = _lut_lane(cb_addr, tl.zeros([BN, G * A, F], dtype=tl.int32), BITS)
+    code = _tile_codes(p_ptr, p_addr, row_off, row_mask, t, groups, BITS, BN, G, A, F, MASKED, MODE)
+    vals = _lut(cb_ptr, cb_addr, lane_cb, code, BITS, MODE)
+    nv = tl.load(n_ptr + rows * nblk + (t * BK) // BLOCK, mask=row_mask, other=0.0).to(tl.float32)
+    wt = tl.reshape(vals * nv[:, None, None], [BN, BK])
+    k = t * BK + tl.arange(0, BK)
+    tl.store(out_ptr + r[:, None] * (groups * 32) + k[None, :], wt.to(out_ptr.dtype.element_ty),
+             mask=row_mask[:, None])
+
+
+@triton.jit
+def _splitk_reduce_kernel(part_ptr, out_ptr, numel, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        acc += tl.load(part_ptr + s * numel + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# launch
+# ----------------------------------------------------------------------------------------------
+class Config(NamedTuple):
+    """One launch configuration (``method``: "gemv", "dot" or "slab"; BM only for "dot")."""
+    method: str
+    BN: int
+    G: int
+    split_k: int = 0  # 0: choose from the SM count
+    BM: int = 16
+    num_warps: int = 4
+    num_stages: int = 2
+    prefetch: bool = False  # gemv: load tile t+1's words before computing tile t
+    unroll: int = 1  # gemv: tiles per loop trip (straight-line code: loads of all of them in flight)
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def _pick(m: int, n: int, kp: int, block: int, method: str) -> Config:
+    """Kernel and tiles by M (decode vs prefill); numbers in .notes/dequant_matmul.md.
+
+    * M <= GEMV_MAX_M: GEMV, BN=32 rows x BK=128 per step, 4 warps (a thread owns one quad of
+      8 codes of 4 rows: the x values are shared by 4 rows, loads are 128-byte row segments).
+    * M <= SLAB_MIN_M: the fused tensor-core kernel (swap-AB wgmma, BM = 16 or 32 tokens).
+    * larger M: slabs of W_rot in bf16 (bounded scratch, never the whole matrix) + cuBLAS:
+      the fused kernel re-dequantizes each weight tile for every BM tokens (M/BM times), which
+      costs more than the tensor-core work at M=2048.
+    """
+    if method == "auto":
+        method = "gemv" if m <= GEMV_MAX_M else ("dot" if m <= SLAB_MIN_M else "slab")
+    g_max = max(1, min(4, block // 32))  # BK = 32*G <= 128 and divides block
+    if method == "gemv":
+        # unroll=4 (4 K-tiles per loop trip, all their loads issued up front; 96 registers as
+        # unroll=1): measured config was unroll=1 (gate_up 53.5 us, latency-bound at ~1.6 us per
+        # trip x 32 trips); unroll=4 is chosen from the SASS (loads hoisted) but NOT yet timed
+        return Config("gemv", BN=32, G=g_max, num_warps=4, unroll=4)
+    if method == "slab":
+        return Config("slab", BN=32, G=g_max, num_warps=4)
+    if m <= 16:  # one m64n16 wgmma per K-step, no Triton pipelining (stages=2 was 1.6x slower);
+        # unroll=2: 156 registers, no spills (measured config was unroll=1; unroll=2 NOT yet timed)
+        return Config("dot", BN=64, G=g_max, BM=16, num_warps=4, num_stages=1, unroll=2)
+    # BM=32: BK=64 keeps it at 168 registers (BK=128: 254 + spills; BM=64 spills)
+    return Config("dot", BN=64, G=min(g_max, 2), BM=32, num_warps=4, num_stages=1)
+
+
+def _lut_mode(bits: int) -> int:
+    """How ``_lut`` reads the codebook: 0 interpreter gather, 1 L1 gather, 2 warp shuffle."""
+    if interpreting():
+        return 0
+    return 2 if bits <= 5 else 1
+
+
+def _split_k(cfg: Config, programs: int, n_tiles: int, device: torch.device) -> int:
+    if cfg.split_k:
+        return max(1, min(cfg.split_k, n_tiles))
+    # at least one full wave of programs (N=2048 at BN=32: 64 programs for 132 SMs -> 4 splits);
+    # a divisor of the tile count, so every split is full and the kernel needs no predicates
+    want = -(-_num_sms(device) // max(programs, 1))
+    divisors = [d for d in range(1, min(n_tiles, 16) + 1) if n_tiles % d == 0]
+    bigger = [d for d in divisors if d >= want]
+    return bigger[0] if bigger else divisors[-1]
+
+
+def _slab_matmul(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, cfg: Config) -> torch.Tensor:
+    """Prefill: W_rot in slabs of rows (about SLAB_BYTES, L2-sized) in x's dtype, each multiplied
+    by cuBLAS straight into its columns of the output (a strided view: no copy)."""
+    m, kp = xr.shape
+    n = w.out_features
+    groups, nblk = kp // 32, kp // w.block
+    a, f = (8, 4) if w.bits == 8 else (4, 8)
+    rows = max(cfg.BN, (SLAB_BYTES // (kp * xr.element_size())) // cfg.BN * cfg.BN)
+    rows = min(rows, triton.cdiv(n, cfg.BN) * cfg.BN)
+    slab = torch.empty(rows, kp, dtype=xr.dtype, device=xr.device)
+    out = torch.empty(m, n, dtype=xr.dtype, device=xr.device)
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        masked = bool((r1 - r0) % cfg.BN)
+        _dequant_rows_kernel[(triton.cdiv(r1 - r0, cfg.BN), triton.cdiv(groups, cfg.G))](
+            w.packed, w.packed.data_ptr(), w.norms, w.codebook, w.codebook.data_ptr(), slab, r0, n, groups, nblk,
+            BITS=w.bits, BLOCK=w.block, BN=cfg.BN, G=cfg.G, A=a, F=f, MODE=_lut_mode(w.bits), MASKED=masked,
+            num_warps=cfg.num_warps)
+        torch.mm(xr, slab[: r1 - r0].T, out=out[:, r0:r1])
+    return out if out_dtype == out.dtype else out.to(out_dtype)
+
+
+def dequant_matmul_rotated(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, method: str = "auto",
+                           config: Config | None = None) -> torch.Tensor:
+    """``xr [M, Kp]`` (already rotated and padded) @ W_rot.T -> ``[M, N]`` in ``out_dtype``."""
+    xr = xr.contiguous()
+    m, kp = xr.shape
+    n = w.out_features
+    block, bits = w.block, w.bits
+    if m == 0 or n == 0 or kp == 0:
+        return torch.zeros(m, n, dtype=out_dtype, device=xr.device)
+    groups = kp // 32
+    nblk = kp // block
+    cfg = config or _pick(m, n, kp, block, method)
+    if (cfg.G * 32) > block or block % (cfg.G * 32):
+        raise ValueError(f"config.G*32 must divide block={block}, got G={cfg.G}")
+    if cfg.method == "slab":
+        return _slab_matmul(xr, w, out_dtype, cfg)
+    a, f = (8, 4) if bits == 8 else (4, 8)
+    n_tiles = triton.cdiv(groups, cfg.G)
+    if cfg.method == "gemv":
+        programs = m * triton.cdiv(n, cfg.BN)
+    else:
+        programs = triton.cdiv(m, cfg.BM) * triton.cdiv(n, cfg.BN)
+    split = _split_k(cfg, programs, n_tiles, xr.device)
+    tiles_per_split = triton.cdiv(n_tiles, split)
+    split = triton.cdiv(n_tiles, tiles_per_split)  # no empty splits
+    # no predicates when every row tile and K tile is full (the Qwen3.5 shapes)
+    masked = bool(n % cfg.BN or n_tiles * cfg.G != groups or tiles_per_split * split != n_tiles)
+    out = torch.empty(m, n, dtype=out_dtype, device=xr.device)
+    dst = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=xr.device)
+    stride_os = 0 if split == 1 else m * n
+    unroll = cfg.unroll if tiles_per_split % cfg.unroll == 0 else 1
+    mode = _lut_mode(bits)
+    common = (w.packed, w.packed.data_ptr(), w.norms, w.codebook, w.codebook.data_ptr(), dst)
+    if cfg.method == "gemv":
+        grid = (m, split, triton.cdiv(n, cfg.BN))
+        _gemv_kernel[grid](xr, *common, n, groups, nblk, xr.stride(0), n, stride_os, tiles_per_split,
+                           BITS=bits, BLOCK=block, BN=cfg.BN, G=cfg.G, A=a, F=f, SPLIT_K=split, MODE=mode,
+                           MASKED=masked, PREFETCH=cfg.prefetch, UNROLL=unroll,
+                           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    elif cfg.method == "dot":
+        grid = (triton.cdiv(m, cfg.BM) * triton.cdiv(n, cfg.BN), split)
+        _dot_kernel[grid](xr, *common, m, n, groups, nblk, xr.stride(0), n, stride_os, tiles_per_split,
+                          BITS=bits, BLOCK=block, BM=cfg.BM, BN=cfg.BN, G=cfg.G, A=a, F=f, SPLIT_K=split,
+                          UPCAST=interpreting(), IEEE=xr.dtype == torch.float32, MODE=mode,
+                          MASKED=masked, MASK_M=bool(m % cfg.BM), UNROLL=unroll,
+                          num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    else:
+        raise ValueError(f"method must be 'auto', 'gemv', 'dot' or 'slab', got {cfg.method!r}")
+    if split > 1:
+        rb = 1024
+        _splitk_reduce_kernel[(triton.cdiv(m * n, rb),)](dst, out, m * n, SPLIT_K=split, BLOCK=rb, num_warps=4)
+    return out
+
+
+def rotate_activations(x2: torch.Tensor, k: int, kp: int, block: int) -> torch.Tensor:
+    """fwht(pad(x)) as a separate pass (kept in x's dtype, as the tests' plain-PyTorch rival does)."""
+    if kp != k:
+        x2 = F.pad(x2, (0, kp - k))
+    return fwht(x2, block=block, impl="triton" if block <= MAX_TRITON_BLOCK else "reference")
+
+
+def dequant_matmul_triton_method(x: torch.Tensor, w: HLWQWeight, x_rotated: bool, out_dtype: torch.dtype,
+                                 method: str = "auto", config: Config | None = None) -> torch.Tensor:
+    """Direct launcher (no custom op) with a forced ``method`` / ``config``, for tests and tuning."""
+    n, k = w.shape
+    kp = w.padded_in_features
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    if not x_rotated:
+        x2 = rotate_activations(x2, k, kp, w.block)
+    return dequant_matmul_rotated(x2, w, out_dtype, method, config).reshape(*lead, n)
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.library registration: opaque to torch.compile, capturable in CUDA graphs (no host syncs)
+# ----------------------------------------------------------------------------------------------
+@torch.library.custom_op("hlwq::dequant_matmul", mutates_args=())
+def _dequant_matmul_op(x: torch.Tensor, packed: torch.Tensor, norms: torch.Tensor, codebook: torch.Tensor,
+                       bits: int, block: int, n: int, k: int, x_rotated: bool,
+                       out_dtype: torch.dtype) -> torch.Tensor:
+    w = HLWQWeight(packed, norms, codebook, bits, block, (n, k))
+    return dequant_matmul_triton_method(x, w, x_rotated, out_dtype)
+
+
+@_dequant_matmul_op.register_fake
+def _(x, packed, norms, codebook, bits, block, n, k, x_rotated, out_dtype):
+    return x.new_empty((x.shape[0], n), dtype=out_dtype)
+
+
+def dequant_matmul_triton(x: torch.Tensor, w: HLWQWeight, x_rotated: bool, out_dtype: torch.dtype) -> torch.Tensor:
+    """Launcher (same arguments as ``dequant_matmul_reference``), through ``hlwq::dequant_matmul``."""
+    n, k = w.shape
+    lead = x.shape[:-1]
+    y = torch.ops.hlwq.dequant_matmul(x.reshape(-1, x.shape[-1]), w.packed, w.norms, w.codebook, w.bits,
+                                      w.block, n, k, x_rotated, out_dtype)
+    return y.reshape(*lead, n)

@@ -1,0 +1,217 @@
+"""dequant_matmul: Triton (GPU or interpreter) against the fp32 reference, by the flash-attention rule:
+the kernel's max error vs ``fwht(pad(x)) @ W_rot.T`` in fp32 is at most 2x the max error of the same
+computation in plain PyTorch at x's dtype, plus one output ulp of |y|max (the interpreter truncates
+fp32->bf16 instead of rounding: TRITON_CPU.md)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import assume, example, given
+from hypothesis import strategies as st
+
+from hlwq_kernels import dequantize_weight, fwht, quantize_weight
+from hlwq_kernels.dequant_matmul import (Config, dequant_matmul, dequant_matmul_reference,
+                                         dequant_matmul_triton_method)
+from helpers import assert_close_verbose
+
+ON_GPU = torch.cuda.is_available()
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+needs_gpu = pytest.mark.skipif(not ON_GPU, reason="needs CUDA")
+
+
+def make_weight(n, k, bits, block, seed, device):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * (0.02 + torch.rand(n, 1, generator=g))  # uneven row scales
+    # the reference quantizer: these tests are about the matmul, not the quantizer's kernel
+    return quantize_weight(w.to(device), bits, block=block, impl="reference")
+
+
+def make_x(lead, width, dtype, seed, device):
+    g = torch.Generator().manual_seed(seed + 1)
+    return torch.randn(*lead, width, generator=g).to(dtype).to(device)
+
+
+def torch_rival(x, qw, x_rotated, out_dtype):
+    """The same computation in plain PyTorch at x's dtype (what the kernel must not be much worse than)."""
+    n, k = qw.shape
+    kp = qw.padded_in_features
+    xr = x if x_rotated else fwht(F.pad(x.float(), (0, kp - k)), block=qw.block, impl="reference").to(x.dtype)
+    w_rot = dequantize_weight(qw, rotated=True, impl="reference").to(x.dtype)
+    if x.dtype != torch.float32 and x.device.type == "cpu":  # CPU half matmuls: accumulate like cuBLAS
+        y = (xr.float() @ w_rot.float().T).to(x.dtype)
+    else:
+        y = xr @ w_rot.T
+    return y.to(out_dtype)
+
+
+def check(y, x, qw, x_rotated, out_dtype, what=""):
+    ref = dequant_matmul_reference(x.cpu().float(), qw.to("cpu"), x_rotated, torch.float32).double()
+    rival = torch_rival(x.cpu(), qw.to("cpu"), x_rotated, out_dtype).double()
+    assert y.dtype == out_dtype and y.shape == ref.shape, (y.dtype, y.shape, ref.shape)
+    scale = float(ref.abs().max()) if ref.numel() else 0.0
+    rival_err = float((rival - ref).abs().max()) if ref.numel() else 0.0
+    atol = torch.finfo(out_dtype).eps * scale + 1e-6 * (scale + 1.0)
+    assert_close_verbose(y.cpu(), ref, atol=2 * rival_err + atol, what=f"{what} (rival err {rival_err:.3g})")
+
+
+# ---------------------------------------------------------------------------------------------
+@given(m=st.sampled_from([1, 2, 3, 4, 5, 16, 17, 300]), n=st.integers(1, 80), k=st.integers(1, 300),
+       bits=st.integers(1, 8), block=st.sampled_from([32, 64, 128]), dtype=st.sampled_from(DTYPES),
+       out_dtype=st.sampled_from([None] + DTYPES), x_rotated=st.booleans(), seed=st.integers(0, 2**20))
+@example(m=1, n=63, k=200, bits=5, block=128, dtype=torch.bfloat16, out_dtype=None, x_rotated=False, seed=0)
+@example(m=3, n=1, k=1, bits=8, block=32, dtype=torch.float16, out_dtype=torch.float32, x_rotated=True, seed=1)
+@example(m=17, n=33, k=130, bits=2, block=64, dtype=torch.float32, out_dtype=None, x_rotated=False, seed=2)
+@example(m=5, n=40, k=96, bits=7, block=32, dtype=torch.bfloat16, out_dtype=torch.bfloat16, x_rotated=True, seed=3)
+def test_dequant_matmul_matches_reference(device, m, n, k, bits, block, dtype, out_dtype, x_rotated, seed):
+    kp = -(-k // block) * block
+    assume(m * n * kp <= 60_000)
+    qw = make_weight(n, k, bits, block, seed, device)
+    x = make_x((m,), kp if x_rotated else k, dtype, seed, device)
+    y = dequant_matmul(x, qw, x_rotated=x_rotated, out_dtype=out_dtype, impl="triton")
+    check(y, x, qw, x_rotated, out_dtype or dtype, f"m={m} n={n} k={k} bits={bits} block={block}")
+
+
+@pytest.mark.parametrize("method", ["gemv", "dot", "slab"])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_each_kernel_every_bit_width(device, method, bits):
+    m, n, k, block = {"gemv": (2, 64, 256, 128), "dot": (16, 64, 256, 128), "slab": (40, 64, 256, 128)}[method]
+    qw = make_weight(n, k, bits, block, bits, device)
+    x = make_x((m,), k, torch.bfloat16 if ON_GPU else torch.float16, bits, device)
+    y = dequant_matmul_triton_method(x, qw, False, x.dtype, method)
+    check(y, x, qw, False, x.dtype, f"{method} bits={bits}")
+
+
+@pytest.mark.parametrize("cfg", [
+    Config("gemv", BN=16, G=2, split_k=3),   # split-K with a ragged last split
+    Config("gemv", BN=8, G=1, split_k=5, prefetch=True),
+    Config("gemv", BN=16, G=2, split_k=2, prefetch=True),
+    Config("gemv", BN=16, G=1, split_k=5, unroll=2),  # K=300, block 64: 10 tiles, 2 per split
+    Config("gemv", BN=32, G=2, split_k=1, unroll=5, prefetch=True),  # 5 tiles in one trip
+    Config("dot", BN=64, G=2, BM=16, split_k=2),
+    Config("dot", BN=64, G=1, BM=32, split_k=4),
+    Config("dot", BN=64, G=1, BM=16, split_k=2, unroll=5),  # K=300, block 64: 10 K-steps, 5 per trip
+    Config("slab", BN=32, G=2),  # 70 rows: a ragged last row tile
+])
+def test_split_k_configs(device, cfg):
+    m = {"gemv": 2, "dot": 20, "slab": 33}[cfg.method]
+    qw = make_weight(70, 300, 5, 64, 7, device)
+    x = make_x((m,), 300, torch.float32, 7, device)
+    y = dequant_matmul_triton_method(x, qw, False, torch.float32, config=cfg)
+    check(y, x, qw, False, torch.float32, str(cfg))
+
+
+def test_slab_path_many_slabs(device, monkeypatch):
+    from hlwq_kernels.dequant_matmul import triton as dq
+    monkeypatch.setattr(dq, "SLAB_BYTES", 4096)  # 32-row slabs: 3 slabs for 70 rows, the last ragged
+    qw = make_weight(70, 200, 3, 64, 9, device)
+    x = make_x((5,), 200, torch.float16, 9, device)
+    y = dequant_matmul_triton_method(x, qw, False, torch.float32, config=Config("slab", BN=32, G=2))
+    check(y, x, qw, False, torch.float32, "slabs")
+
+
+def test_leading_dims_and_rotation_sharing(device):
+    qw = make_weight(48, 100, 4, 32, 11, device)
+    x = make_x((2, 3), 100, torch.float32, 11, device)
+    y = dequant_matmul(x, qw)
+    assert y.shape == (2, 3, 48)
+    xr = fwht(F.pad(x, (0, qw.padded_in_features - 100)), block=qw.block)
+    y2 = dequant_matmul(xr, qw, x_rotated=True)
+    assert_close_verbose(y2, y, atol=1e-4, what="x_rotated=True vs False")
+    check(y, x, qw, False, torch.float32)
+
+
+def test_equals_unfused_matmul_with_dequantized_weight(device):
+    """The contract in user terms: x @ dequantize_weight(w).T (fp32, small shapes)."""
+    qw = make_weight(40, 200, 5, 128, 5, device)
+    x = make_x((3,), 200, torch.float32, 5, device)
+    want = x.cpu() @ dequantize_weight(qw.to("cpu"), impl="reference").T
+    assert_close_verbose(dequant_matmul(x, qw), want, atol=1e-4, rtol=1e-4)
+
+
+def test_empty_and_auto(device):
+    qw = make_weight(16, 64, 3, 32, 0, device)
+    x = make_x((0,), 64, torch.float32, 0, device)
+    assert dequant_matmul(x, qw).shape == (0, 16)
+    x = make_x((2,), 64, torch.float32, 0, device)
+    assert_close_verbose(dequant_matmul(x, qw, impl="auto"), dequant_matmul(x, qw, impl="reference"), atol=1e-4)
+
+
+def test_does_not_mutate_inputs(device):
+    qw = make_weight(16, 64, 5, 32, 0, device)
+    x = make_x((2,), 64, torch.bfloat16, 0, device)
+    before = [t.clone() for t in (x, qw.packed, qw.norms, qw.codebook)]
+    dequant_matmul(x, qw)
+    for a, b in zip(before, (x, qw.packed, qw.norms, qw.codebook)):
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+def test_validation_errors():
+    qw = make_weight(8, 40, 4, 32, 0, "cpu")
+    x = torch.randn(2, 40)
+    with pytest.raises(TypeError, match="w must be an HLWQWeight"):
+        dequant_matmul(x, qw.packed)
+    with pytest.raises(ValueError, match=r"x.shape\[-1\] must be w.shape\[1\] = 40, got 64"):
+        dequant_matmul(torch.randn(2, 64), qw)
+    with pytest.raises(ValueError, match=r"padded_in_features .* = 64, got 40"):
+        dequant_matmul(x, qw, x_rotated=True)
+    with pytest.raises(TypeError, match="x.dtype"):
+        dequant_matmul(x.to(torch.int32), qw)
+    with pytest.raises(TypeError, match="out_dtype"):
+        dequant_matmul(x, qw, out_dtype=torch.int8)
+    with pytest.raises(TypeError, match="x_rotated must be a bool"):
+        dequant_matmul(x, qw, x_rotated=1)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        dequant_matmul(x, qw, impl="cuda")
+    bad = type(qw)(qw.packed[:, :-1], qw.norms, qw.codebook, qw.bits, qw.block, qw.shape)
+    with pytest.raises(ValueError, match="w.packed must have shape"):
+        dequant_matmul(x, bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU only: real shapes, torch.compile and CUDA graphs
+@needs_gpu
+@pytest.mark.parametrize("m", [1, 4, 5, 16, 100, 2048])
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+def test_gpu_qwen_shape(m, bits):
+    qw = make_weight(1024, 4096, bits, 128, bits, "cuda")
+    x = make_x((m,), 4096, torch.bfloat16, m, "cuda")
+    check(dequant_matmul(x, qw), x, qw, False, torch.bfloat16, f"m={m} bits={bits}")
+
+
+@needs_gpu
+@pytest.mark.parametrize("m", [1, 16, 256])
+def test_gpu_torch_compile_fullgraph(m):
+    qw = make_weight(512, 1000, 5, 128, 0, "cuda")
+    x = make_x((m,), 1000, torch.bfloat16, 0, "cuda")
+
+    def f(x):
+        return dequant_matmul(x * 2.0, qw, out_dtype=torch.float32) + 1.0
+
+    eager = f(x)
+    compiled = torch.compile(f, fullgraph=True)(x)
+    assert torch.equal(compiled, eager)
+
+
+@needs_gpu
+@pytest.mark.parametrize("m", [1, 16, 300])
+def test_gpu_cuda_graph_capture_replay(m):
+    qw = make_weight(2048, 512, 4, 128, 1, "cuda")
+    x = make_x((m,), 512, torch.bfloat16, 1, "cuda")
+    eager = dequant_matmul(x, qw)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm up (compile, caches) outside the capture
+        for _ in range(2):
+            dequant_matmul(x, qw)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = dequant_matmul(x, qw)
+    x.copy_(make_x((m,), 512, torch.bfloat16, 2, "cuda"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, dequant_matmul(x, qw))
+    assert not torch.equal(y, eager)
