@@ -58,7 +58,25 @@ def _load(args):
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"hlwq: error: cannot load {path}: {e}")
     tokenizer = AutoTokenizer.from_pretrained(str(path))
+    quantize(model, wbits=args.wbits, kvbits=args.kvbits, progress=not getattr(args, "json", False))
     return path, model, tokenizer
+
+
+def quantize(model, *, wbits: int | None, kvbits: int | None, progress: bool = True) -> None:
+    """HLWQ-quantize, in memory, every linear weight but lm_head to ``wbits`` (block 128) and make
+    the KV cache ``kvbits``-bit (None: leave that part in the model dtype)."""
+    from tqdm import tqdm
+
+    from hlwq_kernels import quantize_weight
+
+    from .qwen35.linear import Linear
+
+    if wbits is not None:
+        linears = [(n, m) for n, m in model.named_modules() if isinstance(m, Linear) and "lm_head" not in n]
+        for _, mod in tqdm(linears, desc=f"quantize W{wbits}", unit="linear", file=sys.stderr, disable=not progress):
+            mod.set_quantized(quantize_weight(mod.weight.detach(), wbits, block=128, impl=model.impl))
+    if kvbits is not None:
+        model.use_quantized_kv(kvbits)
 
 
 def read_tokens(tokenizer, data: bytes) -> list[int]:
@@ -97,6 +115,9 @@ def evaluate(model, tokens: list[int], *, seq_len: int = 1024, windows: int | No
     dev = model.device
     total_nll, total_bytes = 0.0, 0
     chunk = max(1, 2 ** 27 // (batch_size * model.config.vocab_size))  # fp32 logits per slice: <= 512 MiB
+    kv_cached = getattr(model, "kv_bits", None) is not None
+    if kv_cached:
+        model.setup_cache(min(batch_size, n), seq_len)
     t0 = time.perf_counter()
     with torch.no_grad(), tqdm(total=n, desc="eval", unit="window", file=sys.stderr, disable=not progress) as bar:
         for w0 in range(0, n, batch_size):
@@ -104,7 +125,10 @@ def evaluate(model, tokens: list[int], *, seq_len: int = 1024, windows: int | No
             idx = (torch.arange(w0, w0 + nb)[:, None] * seq_len + torch.arange(seq_len + 1)[None])
             win = data[idx]
             x, y = win[:, :-1].to(dev), win[:, 1:].to(dev)
-            h = model.hidden_states(x)
+            if kv_cached:  # the cached path, so attention reads the quantized keys and values
+                h = model.hidden_states(x, torch.arange(seq_len, device=dev), start=True)
+            else:
+                h = model.hidden_states(x)
             nll = torch.zeros((), dtype=torch.float64, device=dev)
             for s in range(0, seq_len, chunk):
                 logits = model.lm_logits(h[:, s:s + chunk]).float()
@@ -125,6 +149,8 @@ def evaluate(model, tokens: list[int], *, seq_len: int = 1024, windows: int | No
     if tokenizer is not None:
         out["bytes"] = total_bytes
         out["bits_per_byte"] = total_nll / math.log(2) / total_bytes
+    if kv_cached:
+        model.free_cache()
     out["seconds"] = round(secs, 3)
     out["tokens_per_s"] = round(n_tok / secs, 1) if secs > 0 else None
     return out
@@ -146,7 +172,8 @@ def _cmd_eval(args) -> int:
     except ValueError as e:
         raise SystemExit(f"hlwq: error: {e}")
     res = {"model": str(path), "data": str(data_path), **res, "device": str(model.device),
-           "dtype": str(model.dtype).replace("torch.", ""), "impl": model.impl}
+           "dtype": str(model.dtype).replace("torch.", ""), "impl": model.impl,
+           "wbits": args.wbits, "kvbits": args.kvbits}
     if args.json:
         print(json.dumps(res))
     else:
@@ -214,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dtype of weights and activations (default: bfloat16)")
         p.add_argument("--impl", default="auto", choices=("auto", "triton", "reference"),
                        help="kernel implementation for hlwq_kernels ops (default: auto: Triton on CUDA)")
+        p.add_argument("--wbits", type=int, default=None, choices=range(2, 9), metavar="{2..8}",
+                       help="HLWQ-quantize every linear weight but lm_head to this many bits on load "
+                            "(default: keep the checkpoint's weights)")
+        p.add_argument("--kvbits", type=int, default=None, choices=(2, 3, 4, 8),
+                       help="store the attention KV cache as HLWQ codes of this many bits "
+                            "(default: model dtype)")
 
     pe = sub.add_parser("eval", help="mean cross-entropy per token of a text file",
                         description="Mean cross-entropy per token (and perplexity, bits per byte) over "

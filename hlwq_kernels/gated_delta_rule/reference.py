@@ -86,3 +86,33 @@ def chunk_gated_delta_rule_reference(q, k, v, g, beta, initial_state, chunk_size
         s = s * gc[:, :, i, -1, None, None].exp() + k_dec[:, :, i].transpose(-1, -2) @ u
     out = out.reshape(bsz, hv, n * c, dv)[:, :, :t]
     return out.transpose(1, 2).to(v.dtype), s
+
+
+def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """x * rsqrt(sum(x^2) + eps) over the last dim, fp32 (transformers' / fla's Qwen3.5 l2norm)."""
+    x = x.to(torch.float32)
+    return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + eps)
+
+
+def gated_delta_decode_step_reference(qkv, conv_weight, a, b, A_log, dt_bias, conv_state, state, num_k_heads,
+                                      head_k_dim):
+    """Gated DeltaNet's whole decode step after the projections, unfused:
+    conv update + SiLU (output rounded to qkv.dtype, as ``causal_conv1d`` returns it), split into
+    q | k | v, q, k L2-normalised in fp32 (eps 1e-6) and q scaled by Dk^-0.5, beta = sigmoid(b),
+    g = -exp(A_log) softplus(a + dt_bias) (fp32), then one recurrent step.
+    Returns (out [B, 1, Hv, Dv] in qkv.dtype, final_state fp32, final_conv_state in qkv.dtype)."""
+    from ..causal_conv1d.reference import causal_conv1d_reference
+
+    bsz, t, c = qkv.shape
+    hk, dk = num_k_heads, head_k_dim
+    hv = a.shape[-1]
+    dv = (c - 2 * hk * dk) // hv
+    y, conv_final = causal_conv1d_reference(qkv, conv_weight, conv_state, "silu")
+    q, k, v = y.split([hk * dk, hk * dk, hv * dv], dim=-1)
+    q = l2norm(q.reshape(bsz, t, hk, dk)) * dk**-0.5
+    k = l2norm(k.reshape(bsz, t, hk, dk))
+    v = v.reshape(bsz, t, hv, dv)
+    beta = torch.sigmoid(b.to(torch.float32))
+    g = -A_log.to(torch.float32).exp() * torch.nn.functional.softplus(a.to(torch.float32) + dt_bias.to(torch.float32))
+    out, final = recurrent_gated_delta_rule_reference(q, k, v, g, beta, state)
+    return out, final, conv_final

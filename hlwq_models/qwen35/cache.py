@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["KVCache", "GDNState", "attention_mask", "causal_attention"]
+__all__ = ["KVCache", "QuantKVCache", "GDNState", "attention_mask", "causal_attention"]
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -95,6 +95,63 @@ class KVCache(nn.Module):
         qg = q.reshape(b, hkv, g * t, d)
         out = F.scaled_dot_product_attention(qg, self.k[:b].to(q.dtype), self.v[:b].to(q.dtype), attn_mask=mask)
         return out.reshape(b, hq, t, d)
+
+
+class QuantKVCache(nn.Module):
+    """HLWQ-quantized KV cache for one full-attention layer: every key and value vector is stored
+    as ``bits``-bit Lloyd-Max codes of its Hadamard rotation plus one fp16 norm
+    (``hlwq_kernels.quantize_kv``), and attention reads the codes directly
+    (``hlwq_kernels.kv_quant_attn``); no bf16 copy of the history exists.
+
+    Buffers ``k_packed``, ``v_packed``: ``[B, Hkv, S, D*bits/32]`` int32; ``k_norms``, ``v_norms``:
+    ``[B, Hkv, S]`` fp16. Rows share slot numbering with left padding (``pad``), as in ``KVCache``:
+    the kernel hides slots before ``pad[b]`` through ``kv_start``.
+
+    Unlike ``KVCache``, a fresh prefill also attends over the *quantized* keys and values (the
+    prompt's own tokens included), so ``hlwq eval`` with a quantized cache measures what decode
+    with it would see at every position.
+    """
+
+    def __init__(self, max_batch: int, max_seq: int, n_kv_heads: int, head_dim: int, *, dtype, device, bits: int):
+        super().__init__()
+        from hlwq_kernels.kv_quant_attn import ATTN_BITS
+
+        if bits not in ATTN_BITS:
+            raise ValueError(f"kv bits must be one of {ATTN_BITS}, got {bits}")
+        self.bits, self.impl = bits, "auto"
+        words = head_dim * bits // 32
+        for name in ("k", "v"):
+            self.register_buffer(f"{name}_packed", torch.zeros(max_batch, n_kv_heads, max_seq, words,
+                                                               dtype=torch.int32, device=device), persistent=False)
+            self.register_buffer(f"{name}_norms", torch.zeros(max_batch, n_kv_heads, max_seq, dtype=torch.float16,
+                                                              device=device), persistent=False)
+
+    @property
+    def max_seq(self) -> int:
+        return self.k_packed.shape[2]
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad: torch.Tensor | None) -> None:
+        """Quantize ``k, v [B, Hkv, T, D]`` and write only their codes and norms at slots ``input_pos``."""
+        from hlwq_kernels import kv_cache_write_
+
+        b = k.shape[0]
+        start = input_pos[:1].expand(b)  # every row writes the same slots (left padding): no host sync
+        kv_cache_write_(self.k_packed[:b], self.k_norms[:b], k, start, bits=self.bits, impl=self.impl)
+        kv_cache_write_(self.v_packed[:b], self.v_norms[:b], v, start, bits=self.bits, impl=self.impl)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor,
+               pad: torch.Tensor | None, *, fresh_prefill: bool, memo: dict | None = None) -> torch.Tensor:
+        """Causal attention of ``q [B, Hq, T, D]`` over the quantized cache (``update`` already called)."""
+        from hlwq_kernels import kv_quant_attn
+
+        b = q.shape[0]
+        kv_lens = (input_pos[-1:] + 1).expand(b)
+        # the kernel takes 16-bit queries (its dot operands are fp16); an fp32 model's queries are
+        # rounded to bf16 here, which the quantized keys dwarf (bits <= 4: >= 1% error per vector)
+        qq = q if q.dtype in (torch.bfloat16, torch.float16) else q.to(torch.bfloat16)
+        out = kv_quant_attn(qq, self.k_packed[:b], self.k_norms[:b], self.v_packed[:b], self.v_norms[:b],
+                            bits=self.bits, kv_lens=kv_lens, kv_start=pad, causal=True, impl=self.impl)
+        return out.to(q.dtype)
 
 
 class GDNState(nn.Module):

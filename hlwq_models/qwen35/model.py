@@ -19,6 +19,7 @@ the same column. Padding is made exact rather than approximate:
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 import torch.nn as nn
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from hlwq_kernels.causal_conv1d import causal_conv1d
 from hlwq_kernels.gated_delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
 
-from .cache import GDNState, KVCache, causal_attention
+from .cache import GDNState, KVCache, QuantKVCache, causal_attention
 from .config import FULL_ATTENTION, Qwen35Config
 from .linear import Linear
 
@@ -362,10 +363,12 @@ class Transformer(nn.Module):
     def device(self) -> torch.device:
         return self.embed_tokens.device
 
-    def setup_cache(self, max_batch: int, max_seq: int, *, kv_cache_cls=KVCache) -> None:
+    def setup_cache(self, max_batch: int, max_seq: int, *, kv_cache_cls=None) -> None:
         """Allocate every cache with static shapes (zeros). ``kv_cache_cls(max_batch, max_seq,
         n_kv_heads, head_dim, dtype=, device=)`` builds each attention layer's cache (the seam for
-        quantized KV caches)."""
+        quantized KV caches); default: ``self.kv_cache_cls`` (``KVCache``, or ``QuantKVCache``
+        after ``use_quantized_kv``)."""
+        kv_cache_cls = kv_cache_cls or self.kv_cache_cls
         cfg = self.config
         if max_batch < 1 or max_seq < 1:
             raise ValueError(f"max_batch and max_seq must be >= 1, got {max_batch}, {max_seq}")
@@ -379,6 +382,22 @@ class Transformer(nn.Module):
                                                    cfg.linear_value_head_dim, **kw)
         self.max_batch, self.max_seq = max_batch, max_seq
         self.set_impl(self.impl)  # caches that call hlwq_kernels (quantized KV) take the model's impl
+
+    kv_cache_cls = KVCache
+
+    def use_quantized_kv(self, bits: int | None) -> "Transformer":
+        """Make later ``setup_cache`` calls build ``QuantKVCache(bits=bits)`` (None: bf16 again)."""
+        if bits is None:
+            self.kv_cache_cls = KVCache
+        else:
+            QuantKVCache(1, 1, 1, 64, dtype=self.dtype, device="cpu", bits=bits)  # validates bits now
+            self.kv_cache_cls = functools.partial(QuantKVCache, bits=bits)
+        self.free_cache()
+        return self
+
+    @property
+    def kv_bits(self) -> int | None:
+        return getattr(self.kv_cache_cls, "keywords", {}).get("bits")
 
     def free_cache(self) -> None:
         for layer in self.layers:
