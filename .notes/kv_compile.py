@@ -1,0 +1,189 @@
+"""Compile the kv kernels for sm_90 on a machine without a GPU (Triton's bundled LLVM + ptxas)
+and print register use, spills and the SASS instruction mix of the attention kernel.
+
+    python .notes/kv_compile.py [bits] [decode: 0 gather | 2 lut] [D] [BLOCK_N] [warps]
+"""
+import collections
+import itertools
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+os.environ.pop("TRITON_INTERPRET", None)
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from hlwq_kernels.kv_quant_attn.triton import _reduce_kernel, _split_kernel  # noqa: E402
+from hlwq_kernels.quantize_kv.triton import _quantize_kv_kernel  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+NVDISASM = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+
+
+def compile_split(bits, decode, d, block_n, warps, block_m=16, causal=True, direct=False, stages=2, trans=False,
+                  has_start=False):
+    ptr = {"q_ptr": "*bf16", "kp_ptr": "*i32", "kn_ptr": "*fp16", "vp_ptr": "*i32", "vn_ptr": "*fp16",
+           "cb_ptr": "*fp16", "lut_ptr": "*i32", "lens_ptr": "*i32", "start_ptr": "*i32", "op_ptr": "*fp32", "lse_ptr": "*fp32",
+           "out_ptr": "*bf16"}
+    ints = ["s_lens", "s_start", "Hkv", "G", "Tq", "n_rows", "L", "chunk"]
+    floats = ["qscale", "oscale"]
+    strides = ["sqb", "sqh", "sqt", "skb", "skh", "skl", "snkb", "snkh", "snkl", "svb", "svh", "svl",
+               "snvb", "snvh", "snvl", "sob", "soh", "sot"]
+    sig = dict(ptr)
+    sig.update({k: "i32" for k in ints})
+    sig.update({k: "fp32" for k in floats})
+    sig.update({k: "i32" for k in strides})
+    const = dict(D=d, LOG_D=d.bit_length() - 1, BITS=bits, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
+                 DIRECT=direct, DECODE=decode, TRANS=trans, HAS_START=has_start)
+    for k, v in const.items():
+        sig[k] = "constexpr"
+    src = ASTSource(_split_kernel, sig, constexprs=const,
+                    attrs={(i,): [["tt.divisibility", 16]] for i in range(12)})
+    return triton.compile(src, target=TARGET, options={"num_warps": warps, "num_stages": stages})
+
+
+def regs_spills(k):
+    """Registers / spill stores from cuobjdump's resource usage of the cubin (no driver needed)."""
+    cuobjdump = NVDISASM.replace("nvdisasm", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(k.asm["cubin"])
+    out = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+).*?STACK:(\d+).*?SHARED:(\d+).*?LOCAL:(\d+)", out)
+    return m.groups() if m else out
+
+
+def sass_mix(k):
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(k.asm["cubin"])
+    txt = subprocess.run([NVDISASM, "-c", f.name], capture_output=True, text=True).stdout
+    ops = collections.Counter()
+    for line in txt.splitlines():
+        m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_]+)(\.[A-Z0-9_.]+)?", line)
+        if m:
+            ops[m.group(2)] += 1
+    return ops, txt
+
+
+
+
+def loop_stats(txt, codes_per_iter_per_thread):
+    """Instruction mix of the loop that holds the HMMAs (label ... backward BRA to it)."""
+    lines = txt.splitlines()
+    labels = {}
+    best = None
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\.L_x_\d+):", line.strip())
+        if m:
+            labels[m.group(1)] = i
+        m = re.search(r"BRA\s+`?\(?(\.L_x_\d+)", line)
+        if m and m.group(1) in labels and labels[m.group(1)] < i:
+            body = lines[labels[m.group(1)]:i + 1]
+            if any(("HMMA" in b or "HGMMA" in b) for b in body) and (best is None or len(body) > len(best)):
+                best = body
+    ops = collections.Counter()
+    for line in best or []:
+        m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_]+)", line)
+        if m:
+            ops[m.group(2)] += 1
+    n = sum(ops.values())
+    return n, n / codes_per_iter_per_thread, ops
+
+
+def sweep(bits_list=(3,), decodes=(2, 0), shapes=((32, 4), (64, 4), (64, 8), (128, 8)), d=256, transs=(False, True),
+          stages=(2,)):
+    for bits, decode, (block_n, warps), trans, st in itertools.product(bits_list, decodes, shapes, transs, stages):
+                try:
+                    k = compile_split(bits, decode, d, block_n, warps, trans=trans, stages=st)
+                except Exception as e:  # noqa: BLE001
+                    print(bits, decode, block_n, warps, "FAILED", type(e).__name__, str(e)[:200])
+                    continue
+                _, txt = sass_mix(k)
+                per_thread = block_n * d * 2 / (32 * warps)
+                n, per_code, ops = loop_stats(txt, per_thread)
+                regs = regs_spills(k)
+                print(f"bits={bits} decode={decode} BLOCK_N={block_n} warps={warps} trans={trans} stages={st}: regs/stack/shared/local={regs} "
+                      f"loop={n} instr/thread, {per_code:.2f} per code; top: "
+                      + ", ".join(f"{o}:{c}" for o, c in ops.most_common(8)))
+
+
+def compile_reduce(d, perm, rows=8):
+    sig = {"op_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": "*bf16"}
+    sig.update({k: "i32" for k in ["n_splits", "total_rows", "n_rows", "Hkv", "G"]})
+    sig["oscale"] = "fp32"
+    sig.update({k: "i32" for k in ["sob", "soh", "sot"]})
+    const = dict(D=d, LOG_D=d.bit_length() - 1, ROWS=rows, PERM=perm)
+    sig.update({k: "constexpr" for k in const})
+    return triton.compile(ASTSource(_reduce_kernel, sig, constexprs=const), target=TARGET, options={"num_warps": 4})
+
+
+def compile_quantize(d, bits, has_start, rows):
+    sig = {"x_ptr": "*bf16", "thr_ptr": "*fp32", "p_ptr": "*i32", "n_ptr": "*fp16", "start_ptr": "*i32"}
+    sig.update({k: "i32" for k in ["s_start", "n_rows", "H", "T", "L", "sxb", "sxh", "sxt", "spb", "sph", "spl",
+                                   "snb", "snh", "snl"]})
+    sig["scale"] = "fp32"
+    const = dict(D=d, LOG_D=d.bit_length() - 1, BITS=bits, ROWS=rows, HAS_START=has_start)
+    sig.update({k: "constexpr" for k in const})
+    return triton.compile(ASTSource(_quantize_kv_kernel, sig, constexprs=const), target=TARGET,
+                          options={"num_warps": 4 if d * rows <= 2048 else 8})
+
+
+def check_all():
+    """Compile every kernel variant the tests and benchmarks launch (as the launcher plans them)."""
+    from hlwq_kernels.kv_quant_attn.triton import plan
+    bad = []
+    for d, bits, n_rows, direct, causal in itertools.product((64, 128, 256), (2, 3, 4, 8), (4, 32, 64),
+                                                              (False, True), (True, False)):
+        if not causal and (n_rows != 4 or d != 64):
+            continue
+        lut = bits in (2, 3)
+        cfg = plan(1, 4, n_rows, 32768, d, 132, None, lut=lut)
+        if direct and cfg["block_m"] != 16:
+            continue  # the launcher sends big tiles through the reduce kernel
+        try:
+            k = compile_split(bits, 2 if lut else 0, d, cfg["block_n"], cfg["num_warps"], block_m=cfg["block_m"],
+                              causal=causal, direct=direct, trans=cfg["trans"], has_start=not causal)
+            regs = regs_spills(k)
+            if regs[3] != "0" or int(regs[1]) > 64:
+                print("spills:", d, bits, n_rows, direct, causal, regs)
+        except Exception as e:  # noqa: BLE001
+            bad.append((d, bits, n_rows, direct, causal))
+            print("FAIL split", d, bits, n_rows, direct, causal, type(e).__name__, str(e)[:300])
+    for d, perm in itertools.product((64, 128, 256), (False, True)):
+        try:
+            compile_reduce(d, perm, max(1, min(16, 2048 // d)))
+        except Exception as e:  # noqa: BLE001
+            bad.append(("reduce", d, perm))
+            print("FAIL reduce", d, perm, str(e)[:300])
+    for d, bits, hs in itertools.product((64, 128, 256), (1, 2, 3, 4, 5, 8), (False, True)):
+        try:
+            compile_quantize(d, bits, hs, max(1, min(16, 4096 // d)))
+        except Exception as e:  # noqa: BLE001
+            bad.append(("quantize", d, bits, hs))
+            print("FAIL quantize", d, bits, hs, str(e)[:300])
+    print("compiled all; failures:", bad)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "sweep":
+        sweep()
+    elif len(sys.argv) > 1 and sys.argv[1] == "all":
+        check_all()
+    else:
+        bits = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+        decode = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+        d = int(sys.argv[3]) if len(sys.argv) > 3 else 256
+        block_n = int(sys.argv[4]) if len(sys.argv) > 4 else 32
+        warps = int(sys.argv[5]) if len(sys.argv) > 5 else 4
+        k = compile_split(bits, decode, d, block_n, warps)
+        ops, txt = sass_mix(k)
+        n, per_code, lops = loop_stats(txt, block_n * d * 2 / (32 * warps))
+        print(f"regs/stack/shared/local={regs_spills(k)} loop={n} instr/thread, {per_code:.2f} per code")
+        print(lops.most_common(30))
+        if len(sys.argv) > 6:
+            open(sys.argv[6], "w").write(txt)
+

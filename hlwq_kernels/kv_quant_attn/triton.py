@@ -1,0 +1,459 @@
+"""Triton attention over a packed HLWQ KV cache (flash-decoding with split-K).
+
+Math. With H the orthonormal Hadamard matrix over D, a cached key is ``k = H (n_k c[code_k])``
+and ``q . k = (H q) . (n_k c[code_k])``; likewise ``sum_j p_j v_j = H sum_j p_j n_v c[code_v]``.
+So each program rotates its queries once (an in-register butterfly, scaled by
+``scale * log2(e) / sqrt(D)`` so softmax uses exp2), scores ``c[code_k] . q_rot * n_k`` on the
+tensor cores, accumulates ``(p * n_v) . c[code_v]`` in fp32 in the rotated basis, and the
+output is rotated back once at the end (in the reduce kernel, or in this kernel when there is a
+single split). Codes become fp16 codebook levels in registers/shared memory only: no dequantized
+K or V is ever written to global memory. Dot operands are fp16 (levels exact to 2^-11 relative;
+bf16 would lose 8x more), accumulation fp32.
+
+Grid ``(m_tiles, B * Hkv, splits)``. Rows of a program are the ``G * Tq`` queries that share
+one KV head, ordered ``r = t * G + g`` (query position major) so a tile covers consecutive
+positions and the causal bound of the tile is its last row's. A decode step (G = 4 rows) pads
+to 16 rows (the smallest MMA), which costs tensor-core cycles that are otherwise idle.
+Split-K: each split covers ``chunk`` consecutive cache positions; splits are sized from the
+cache capacity L (no host sync on ``kv_lens``); splits past ``kv_lens[b]`` exit at once.
+Each split writes its normalized fp32 output and log2-sum-exp; ``_reduce_kernel`` merges them.
+
+Decode of the codes (the real cost, see below): 2 and 3 bits use ``lut.py``'s PTX block, a
+``prmt`` byte-permute lookup that turns a word of the 2-bit plane (+ the matching high bits,
+spread with a Morton step) into 16 fp16 levels in ~36 instructions; its natural output order is
+a permutation of the index bits of D, and since H commutes with such permutations the kernel
+works in that permuted basis and only permutes the q load and the output store (``colperm``).
+4 and 8 bits use shift/mask per plane and a gathered load of the level ("gather").
+
+Floors (H100, 3.02 TB/s copy rate; Qwen3.5-9B attention: 16 q heads, 4 KV heads, D = 256):
+bytes per token per layer, K+V of the 4 heads = 4 x 2 x (256 * bits / 8 + 2) B
+= 528 B (2 bits), 784 B (3 bits), 1,040 B (4 bits); bf16: 4,096 B (5.2x more than 3 bits).
+* 32k decode, batch 1: 17.3 / 25.7 / 34.1 MB at 2 / 3 / 4 bits -> 5.7 / 8.5 / 11.3 us.
+  SDPA bf16 reads 134 MB (measured 73 us, 1.84 TB/s). Target 3 bits <= 21 us (3.5x).
+* 128k decode, 3 bits: 103 MB -> 34 us (SDPA measured 211 us; target <= 53 us, 4x).
+* batch 8 x 8k, 3 bits: 51.4 MB -> 17 us (SDPA reads 268 MB, >= 89 us; target 3x).
+Split partials add ``splits x Hkv x G x D x 4 B`` written + read: at 32k, 64 splits per head,
+1 MB + 1 MB (~8% of the cache bytes).
+
+Compute bound: a 32k decode step decodes 67M codes. The loop is issue-bound, so the measure is
+SASS instructions per code (sm_90, compiled here without a GPU, .notes/kv_compile.py): LUT
+decode with the keys on the wgmma M side (``TRANS``, 64-token tiles): 3.9 (2 bits) / 5.4
+(3 bits) per code -> 32k x 4 heads / 64 x 4 warps x 1,377 instructions = 11.3M warp
+instructions = 12.2 us at 4 issues/clk/SM on 132 SMs (3 bits; 2 bits: 8.9 us); q-major 32-token
+tiles (mma.sync): 6.7; the gather decode: 12.8 (-> ~29 us). So at 2-3 bits the kernel is
+instruction-bound at ~1.4x the byte floor, not bandwidth-bound.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+
+import torch
+import triton
+import triton.language as tl
+
+from .._common import interpreting
+from ..quantize_kv.codebooks import tables
+from ..quantize_kv.triton import fwht_tile
+from .lut import CONSTRAINTS as _LUT_CONSTRAINTS
+from .lut import ptx as _lut_ptx
+
+LOG2E = 1.4426950408889634
+LUT_PTX: tl.constexpr = tl.constexpr(_lut_ptx())
+LUT_CONSTRAINTS: tl.constexpr = tl.constexpr(_LUT_CONSTRAINTS)
+
+
+def _cdiv(a: int, b: int) -> int:  # triton.cdiv is a @jit function: ~18 us per call from Python
+    return -(-a // b)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+@triton.jit
+def _unpack_plane(codes, base, toks, tok_ok, stride_l, D: tl.constexpr, W: tl.constexpr, OFF: tl.constexpr,
+                  BLOCK_N: tl.constexpr):
+    PER: tl.constexpr = 32 // W
+    NW: tl.constexpr = D // PER
+    w_idx = (D // 32) * OFF + tl.arange(0, NW)
+    words = tl.load(base + toks[:, None] * stride_l + w_idx[None, :], mask=tok_ok[:, None], other=0)
+    shifts = (tl.arange(0, PER) * W).to(tl.uint32)
+    fields = (words.to(tl.uint32, bitcast=True)[:, :, None] >> shifts[None, None, :]) & ((1 << W) - 1)
+    return codes | (tl.reshape(fields, [BLOCK_N, D]) << OFF)
+
+
+@triton.jit
+def _levels(base, toks, tok_ok, stride_l, cb_ptr, D: tl.constexpr, BITS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """fp16 codebook levels ``c[code]`` of a ``[BLOCK_N, D]`` tile of cached vectors."""
+    codes = tl.zeros([BLOCK_N, D], dtype=tl.uint32)
+    if BITS & 8:
+        codes = _unpack_plane(codes, base, toks, tok_ok, stride_l, D, 8, 0, BLOCK_N)
+    if BITS & 4:
+        codes = _unpack_plane(codes, base, toks, tok_ok, stride_l, D, 4, BITS & 8, BLOCK_N)
+    if BITS & 2:
+        codes = _unpack_plane(codes, base, toks, tok_ok, stride_l, D, 2, BITS & 12, BLOCK_N)
+    if BITS & 1:
+        codes = _unpack_plane(codes, base, toks, tok_ok, stride_l, D, 1, BITS & 14, BLOCK_N)
+    return tl.load(cb_ptr + codes.to(tl.int32))
+
+
+@triton.jit
+def colperm(j, PERM: tl.constexpr):
+    """Column of the tile position j. The LUT decode yields the 16 fields of a word in the order
+    [0,2,4,6, 1,3,5,7, 8,10,12,14, 9,11,13,15] (the asm's fp16 pairs), a permutation of the bits of
+    j (f = j3 j1 j0 j2). H over D commutes with any permutation of index bits (H[i,j] depends on
+    popcount(i & j) only), so the kernel works in the permuted basis throughout and only the q
+    load and the output store use permuted columns."""
+    if PERM:
+        return (j & ~15) | (j & 8) | ((j & 3) << 1) | ((j >> 2) & 1)
+    else:
+        return j
+
+
+@triton.jit
+def _join16(o0, o1, o2, o3, o4, o5, o6, o7, o8, o9, o10, o11, o12, o13, o14, o15):
+    """16 tensors [N, M] -> [N, M, 2, 2, 2, 2] whose flattened trailing index j holds o_j.
+    ``tl.join`` adds a *trailing* axis, so the outermost join picks the lowest bit of j:
+    J(o) = join(J(o[0::2]), J(o[1::2])), unrolled."""
+    e0 = tl.join(tl.join(o0, o8), tl.join(o4, o12))
+    e1 = tl.join(tl.join(o2, o10), tl.join(o6, o14))
+    d0 = tl.join(tl.join(o1, o9), tl.join(o5, o13))
+    d1 = tl.join(tl.join(o3, o11), tl.join(o7, o15))
+    return tl.join(tl.join(e0, e1), tl.join(d0, d1))
+
+
+@triton.jit
+def _emul_level(w, h, cb_ptr, J: tl.constexpr):
+    """What ``lut.PROGRAM`` returns for field J, with a gathered load (interpreter path)."""
+    code = ((w >> (2 * J)) & 3) | (((h >> (2 * J)) & 1) << 2)
+    return tl.load(cb_ptr + code.to(tl.int32))
+
+
+@triton.jit
+def _levels_lut(base, toks, tok_ok, stride_l, lut_ptr, cb_ptr, D: tl.constexpr, BITS: tl.constexpr,
+                BLOCK_N: tl.constexpr, ASM: tl.constexpr):
+    """``_levels`` for 2 and 3 bits through the ``prmt`` byte lookup of ``lut.py``: each word of
+    the 2-bit plane (16 codes) and the matching half-word of the 1-bit plane, its bits spread to
+    even positions (Morton, 8 ops per 16 codes), become 16 fp16 levels in one PTX block."""
+    NW2: tl.constexpr = D // 16
+    rows = toks[:, None] * stride_l
+    w = tl.load(base + rows + tl.arange(0, NW2)[None, :], mask=tok_ok[:, None], other=0).to(tl.uint32, bitcast=True)
+    if BITS == 3:
+        NW1: tl.constexpr = D // 32
+        w1 = tl.load(base + rows + NW2 + tl.arange(0, NW1)[None, :], mask=tok_ok[:, None], other=0)
+        halves = (tl.arange(0, 2) * 16).to(tl.uint32)
+        h = tl.reshape((w1.to(tl.uint32, bitcast=True)[:, :, None] >> halves[None, None, :]) & 0xFFFF, [BLOCK_N, NW2])
+        h = (h | (h << 8)) & 0x00FF00FF
+        h = (h | (h << 4)) & 0x0F0F0F0F
+        h = (h | (h << 2)) & 0x33333333
+        h = (h | (h << 1)) & 0x55555555
+    else:
+        h = tl.zeros([BLOCK_N, NW2], dtype=tl.uint32)
+    if ASM:
+        la = tl.load(lut_ptr)
+        lb = tl.load(lut_ptr + 1)
+        ha = tl.load(lut_ptr + 2)
+        hb = tl.load(lut_ptr + 3)
+        o0, o1, o2, o3, o4, o5, o6, o7, o8, o9, o10, o11, o12, o13, o14, o15 = tl.inline_asm_elementwise(
+            LUT_PTX, LUT_CONSTRAINTS, [w, h, la, lb, ha, hb],
+            dtype=(tl.int16, tl.int16, tl.int16, tl.int16, tl.int16, tl.int16, tl.int16, tl.int16,
+                   tl.int16, tl.int16, tl.int16, tl.int16, tl.int16, tl.int16, tl.int16, tl.int16),
+            is_pure=True, pack=1)
+        # tile position j holds field colperm(j): the asm's register pairs stay pairs (no repack)
+        v = _join16(o0, o2, o4, o6, o1, o3, o5, o7, o8, o10, o12, o14, o9, o11, o13, o15)
+        v = v.to(tl.float16, bitcast=True)
+    else:
+        v = _join16(_emul_level(w, h, cb_ptr, 0), _emul_level(w, h, cb_ptr, 2), _emul_level(w, h, cb_ptr, 4),
+                    _emul_level(w, h, cb_ptr, 6), _emul_level(w, h, cb_ptr, 1), _emul_level(w, h, cb_ptr, 3),
+                    _emul_level(w, h, cb_ptr, 5), _emul_level(w, h, cb_ptr, 7), _emul_level(w, h, cb_ptr, 8),
+                    _emul_level(w, h, cb_ptr, 10), _emul_level(w, h, cb_ptr, 12), _emul_level(w, h, cb_ptr, 14),
+                    _emul_level(w, h, cb_ptr, 9), _emul_level(w, h, cb_ptr, 11), _emul_level(w, h, cb_ptr, 13),
+                    _emul_level(w, h, cb_ptr, 15))
+    return tl.reshape(v, [BLOCK_N, D])
+
+
+@triton.jit
+def _decode(base, toks, tok_ok, stride_l, cb_ptr, lut_ptr, D: tl.constexpr, BITS: tl.constexpr,
+            BLOCK_N: tl.constexpr, DECODE: tl.constexpr):
+    # DECODE: 0 = shift/mask + gathered level, 1 = LUT layout emulated (interpreter), 2 = LUT asm
+    if DECODE == 0:
+        return _levels(base, toks, tok_ok, stride_l, cb_ptr, D, BITS, BLOCK_N)
+    else:
+        return _levels_lut(base, toks, tok_ok, stride_l, lut_ptr, cb_ptr, D, BITS, BLOCK_N, DECODE == 2)
+
+
+@triton.jit
+def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_ptr, start_ptr, op_ptr, lse_ptr,
+                  out_ptr, s_lens, s_start, Hkv, G, Tq, n_rows, L, chunk, qscale, oscale,
+                  sqb, sqh, sqt, skb, skh, skl, snkb, snkh, snkl, svb, svh, svl, snvb, snvh, snvl,
+                  sob, soh, sot,
+                  D: tl.constexpr, LOG_D: tl.constexpr, BITS: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DIRECT: tl.constexpr,
+                  DECODE: tl.constexpr, TRANS: tl.constexpr, HAS_START: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    split = tl.program_id(2)
+    b = bh // Hkv
+    hk = bh % Hkv
+    kv_len = tl.load(lens_ptr + b * s_lens).to(tl.int32)  # strided: kv_lens may be an expand()
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    t = rows // G
+    g = rows % G
+    pos = kv_len - Tq + t  # absolute position of each query (chunk of Tq after the cached prefix)
+    lo = split * chunk
+    hi = tl.minimum(tl.minimum(lo + chunk, kv_len), L)  # L: never read past the cache, whatever kv_lens says
+    if HAS_START:  # keys before kv_start[b] (left padding) are invisible: start the scan there
+        lo = tl.maximum(lo, tl.load(start_ptr + b * s_start).to(tl.int32))
+    if CAUSAL:
+        t_last = (tl.minimum(pid_m * BLOCK_M + BLOCK_M, n_rows) - 1) // G  # the tile's last query
+        hi = tl.minimum(hi, kv_len - Tq + t_last + 1)
+
+    cols = colperm(tl.arange(0, D), DECODE != 0)
+    q = tl.load(q_ptr + b * sqb + (hk * G + g)[:, None] * sqh + t[:, None] * sqt + cols[None, :],
+                mask=row_ok[:, None], other=0.0).to(tl.float32)
+    q = (fwht_tile(q, BLOCK_M, D, LOG_D) * qscale).to(tl.float16)
+
+    k_base = kp_ptr + b * skb + hk * skh
+    v_base = vp_ptr + b * svb + hk * svh
+    kn_base = kn_ptr + b * snkb + hk * snkh
+    vn_base = vn_ptr + b * snvb + hk * snvh
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if TRANS:
+        # keys as the MMA's M side: s^T = levels_k @ q^T, o^T += levels_v^T @ p^T. q^T is then the
+        # loop-invariant B operand (it can stay in registers) instead of an A operand re-read
+        # from shared memory every iteration.
+        qt = tl.trans(q)
+        acc_t = tl.zeros([D, BLOCK_M], dtype=tl.float32)
+        for n0 in range(lo, hi, BLOCK_N):
+            toks = n0 + tl.arange(0, BLOCK_N)
+            tok_ok = toks < hi
+            kc = _decode(k_base, toks, tok_ok, skl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE)
+            kn = tl.load(kn_base + toks * snkl, mask=tok_ok, other=0.0).to(tl.float32)
+            s = tl.dot(kc, qt) * kn[:, None]  # [BLOCK_N, BLOCK_M]
+            valid = tok_ok[:, None]
+            if CAUSAL:
+                valid = valid & (toks[:, None] <= pos[None, :])
+            s = tl.where(valid, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=0))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a query with nothing valid yet
+            alpha = tl.exp2(m_i - m_safe)
+            p = tl.exp2(s - m_safe[None, :])
+            l_i = l_i * alpha + tl.sum(p, axis=0)
+            vc = _decode(v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE)
+            vn = tl.load(vn_base + toks * snvl, mask=tok_ok, other=0.0).to(tl.float32)
+            acc_t = acc_t * alpha[None, :] + tl.dot(tl.trans(vc), (p * vn[:, None]).to(tl.float16))
+            m_i = m_new
+        acc = tl.trans(acc_t)
+    else:
+        acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+        for n0 in range(lo, hi, BLOCK_N):
+            toks = n0 + tl.arange(0, BLOCK_N)
+            tok_ok = toks < hi
+            kc = _decode(k_base, toks, tok_ok, skl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE)
+            kn = tl.load(kn_base + toks * snkl, mask=tok_ok, other=0.0).to(tl.float32)
+            s = tl.dot(q, tl.trans(kc)) * kn[None, :]
+            valid = tok_ok[None, :]
+            if CAUSAL:
+                valid = valid & (toks[None, :] <= pos[:, None])
+            s = tl.where(valid, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing valid yet
+            alpha = tl.exp2(m_i - m_safe)
+            p = tl.exp2(s - m_safe[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            vc = _decode(v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE)
+            vn = tl.load(vn_base + toks * snvl, mask=tok_ok, other=0.0).to(tl.float32)
+            acc = acc * alpha[:, None] + tl.dot((p * vn[None, :]).to(tl.float16), vc)
+            m_i = m_new
+
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+    o = acc / l_safe[:, None]  # rows without any key: 0
+    if DIRECT:
+        o = fwht_tile(o, BLOCK_M, D, LOG_D) * oscale
+        tl.store(out_ptr + b * sob + (hk * G + g)[:, None] * soh + t[:, None] * sot + cols[None, :],
+                 o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+    else:
+        lse = tl.where(l_i > 0.0, m_i + tl.log2(l_safe), float("-inf"))
+        prow = (split * tl.num_programs(1) + bh) * n_rows + rows
+        tl.store(lse_ptr + prow, lse, mask=row_ok)
+        tl.store(op_ptr + prow[:, None] * D + tl.arange(0, D)[None, :], o, mask=row_ok[:, None])  # permuted basis
+
+
+@triton.jit
+def _reduce_kernel(op_ptr, lse_ptr, out_ptr, n_splits, total_rows, n_rows, Hkv, G, oscale, sob, soh, sot,
+                   D: tl.constexpr, LOG_D: tl.constexpr, ROWS: tl.constexpr, PERM: tl.constexpr):
+    R = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # row over (b, hk, r)
+    ok = R < total_rows
+    cols = tl.arange(0, D)
+    m = tl.full([ROWS], float("-inf"), dtype=tl.float32)
+    l = tl.zeros([ROWS], dtype=tl.float32)
+    acc = tl.zeros([ROWS, D], dtype=tl.float32)
+    for s in range(n_splits):
+        lse = tl.load(lse_ptr + s * total_rows + R, mask=ok, other=float("-inf"))
+        o = tl.load(op_ptr + (s * total_rows + R)[:, None] * D + cols[None, :], mask=ok[:, None], other=0.0)
+        m_new = tl.maximum(m, lse)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m - m_safe)
+        w = tl.exp2(lse - m_safe)
+        l = l * alpha + w
+        acc = acc * alpha[:, None] + o * w[:, None]
+        m = m_new
+    o = acc / tl.where(l > 0.0, l, 1.0)[:, None]
+    o = fwht_tile(o, ROWS, D, LOG_D) * oscale
+    bh = R // n_rows
+    r = R % n_rows
+    b = bh // Hkv
+    hk = bh % Hkv
+    t = r // G
+    g = r % G
+    tl.store(out_ptr + (b * sob + (hk * G + g) * soh + t * sot)[:, None] + colperm(cols, PERM)[None, :],
+             o.to(out_ptr.dtype.element_ty), mask=ok[:, None])
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def plan(B: int, Hkv: int, n_rows: int, lmax: int, d: int, sms: int, num_splits: int | None = None,
+         lut: bool = True) -> dict:
+    """Tiles, MMA orientation and split count, from shapes only (no host sync on kv_lens).
+
+    Chosen from the sm_90 SASS of each variant (compiled without a GPU: .notes/kv_compile.py),
+    counting loop instructions per cached code, since the decode is issue-bound rather than
+    bandwidth-bound:
+    * decode-sized tiles (BLOCK_M = 16, i.e. G * Tq <= 16) with the LUT decode: keys on the MMA's
+      M side (TRANS), BLOCK_N = 64 so the MMA is a Hopper wgmma 64x16 reading both operands from
+      shared memory, 4 warps: 5.4 instructions per code at 3 bits, D = 256 (2 bits: 3.9), vs
+      6.7 for q-major 32-token tiles (mma.sync + operand shuffles) and 12.8 for the gather decode;
+    * otherwise (gather decode: 4 and 8 bits; or a prefill chunk with BLOCK_M = 32/64): q-major,
+      BLOCK_N = 32 at D = 256 (64 below), 4 warps (8 when BLOCK_M = 64): no spills.
+    Splits: as many programs as fit at once (2 per SM: 264 on the H100) without a ragged second
+    wave: 32k decode, 4 KV heads -> 64 splits of 512 tokens; batch 8 x 8k -> 8 splits of 1,024;
+    never a split shorter than one BLOCK_N.
+    """
+    block_m = min(64, max(16, _next_pow2(n_rows)))
+    trans = lut and block_m == 16
+    block_n = 64 if (trans or d < 256) else 32
+    num_warps = 8 if block_m * d > 16 * 256 else 4  # BLOCK_M = 32 at D = 256 spills at 4 warps
+    m_tiles = _cdiv(n_rows, block_m)
+    base = m_tiles * B * Hkv
+    if num_splits is None:  # at most 2 resident programs per SM (~240 registers x 128 threads):
+        num_splits = max(1, (2 * sms) // base)  # one full wave, no ragged tail wave
+    max_splits = max(1, _cdiv(lmax, block_n))
+    num_splits = max(1, min(num_splits, max_splits))
+    chunk = _cdiv(_cdiv(lmax, num_splits), block_n) * block_n
+    num_splits = max(1, _cdiv(lmax, chunk))
+    return dict(block_n=block_n, block_m=block_m, m_tiles=m_tiles, splits=num_splits, chunk=chunk,
+                num_warps=num_warps, trans=trans)
+
+
+_LUT_BROKEN: set = set()  # (device, D, bits) whose LUT kernel failed to compile (then: gather + warning)
+
+
+def kv_quant_attn_triton_splits(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_start, bits, scale, causal,
+                                codebook, num_splits=None, *, decode=None, block_n=None, num_warps=None,
+                                num_stages=2, trans=None):
+    """The launcher with its choices exposed (tests and the tuning benchmarks set them).
+
+    ``decode``: "lut" (2/3 bits: the prmt byte lookup of ``lut.py``; under the interpreter its
+    layout emulated with gathers) or "gather" (shift/mask + gathered level, any bits); default
+    "lut" for 2 and 3 bits, falling back to "gather" with a warning if the PTX does not compile.
+    """
+    B, Hq, Tq, D = q.shape
+    Hkv, lmax = k_packed.shape[1], k_packed.shape[2]
+    G = Hq // Hkv
+    n_rows = G * Tq
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    out = torch.empty(B, Hq, Tq, D, dtype=q.dtype, device=q.device)
+    if out.numel() == 0:
+        return out
+    on_gpu = q.is_cuda and not interpreting()
+    sms = _num_sms(q.device.index or 0) if on_gpu else 4
+    _, _, cb16, lut = tables(codebook)
+    auto = decode is None
+    if auto:
+        decode = "lut" if bits in (2, 3) and (q.device, D, bits) not in _LUT_BROKEN else "gather"
+    if decode == "lut" and bits not in (2, 3):
+        raise ValueError(f"decode='lut' needs bits 2 or 3, got {bits}")
+    log_d = D.bit_length() - 1
+    oscale = 1.0 / math.sqrt(D)
+
+    def run(lut_decode: bool) -> None:
+        cfg = plan(B, Hkv, n_rows, lmax, D, sms, num_splits, lut=lut_decode)
+        if trans is not None:
+            cfg["trans"] = trans
+        if block_n is not None:
+            cfg["block_n"] = block_n
+            cfg["chunk"] = _cdiv(cfg["chunk"], block_n) * block_n
+            cfg["splits"] = _cdiv(lmax, cfg["chunk"])
+        if num_warps is not None:
+            cfg["num_warps"] = num_warps
+        mode = (2 if on_gpu else 1) if lut_decode else 0
+        # One split: rotate and store the output in this kernel, unless the tile is big (BLOCK_M >= 32:
+        # the in-register butterfly on [BLOCK_M, D] fp32 then spills) -> the reduce kernel does it.
+        direct = cfg["splits"] == 1 and cfg["block_m"] == 16
+        if direct:
+            op = lse = out  # unused
+        else:
+            op = torch.empty(cfg["splits"], B * Hkv, n_rows, D, dtype=torch.float32, device=q.device)
+            lse = torch.empty(cfg["splits"], B * Hkv, n_rows, dtype=torch.float32, device=q.device)
+        _split_kernel[(cfg["m_tiles"], B * Hkv, cfg["splits"])](
+            q, k_packed, k_norms, v_packed, v_norms, cb16, lut, kv_lens, kv_lens if kv_start is None else kv_start,
+            op, lse, out, kv_lens.stride(0), 0 if kv_start is None else kv_start.stride(0),
+            Hkv, G, Tq, n_rows, lmax, cfg["chunk"], scale * LOG2E * oscale, oscale,
+            q.stride(0), q.stride(1), q.stride(2),
+            k_packed.stride(0), k_packed.stride(1), k_packed.stride(2),
+            k_norms.stride(0), k_norms.stride(1), k_norms.stride(2),
+            v_packed.stride(0), v_packed.stride(1), v_packed.stride(2),
+            v_norms.stride(0), v_norms.stride(1), v_norms.stride(2),
+            out.stride(0), out.stride(1), out.stride(2),
+            D=D, LOG_D=log_d, BITS=bits, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], CAUSAL=causal,
+            DIRECT=direct, DECODE=mode, TRANS=cfg["trans"], HAS_START=kv_start is not None,
+            num_warps=cfg["num_warps"], num_stages=num_stages)
+        if not direct:
+            total = B * Hkv * n_rows
+            rows = max(1, min(16, 2048 // D))
+            _reduce_kernel[(_cdiv(total, rows),)](
+                op, lse, out, cfg["splits"], total, n_rows, Hkv, G, oscale, out.stride(0), out.stride(1),
+                out.stride(2), D=D, LOG_D=log_d, ROWS=rows, PERM=mode != 0, num_warps=4)
+
+    if decode == "lut" and on_gpu and auto:
+        try:
+            run(True)
+        except Exception as e:  # noqa: BLE001  a PTX/ptxas rejection of the inline asm
+            _LUT_BROKEN.add((q.device, D, bits))
+            warnings.warn(f"kv_quant_attn: the LUT decode kernel failed to compile ({type(e).__name__}: {e}); "
+                          "using the gather decode", RuntimeWarning, stacklevel=3)
+            run(False)
+    else:
+        run(decode == "lut")
+    return out
+
+
+# torch.library registration: opaque to torch.compile, capturable in CUDA graphs (no host syncs)
+@torch.library.custom_op("hlwq::kv_quant_attn", mutates_args=())
+def _kv_quant_attn_op(q: torch.Tensor, k_packed: torch.Tensor, k_norms: torch.Tensor, v_packed: torch.Tensor,
+                      v_norms: torch.Tensor, kv_lens: torch.Tensor, kv_start: torch.Tensor | None,
+                      codebook: torch.Tensor, bits: int, scale: float, causal: bool) -> torch.Tensor:
+    return kv_quant_attn_triton_splits(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_start, bits, scale,
+                                       causal, codebook)
+
+
+@_kv_quant_attn_op.register_fake
+def _(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_start, codebook, bits, scale, causal):
+    return q.new_empty(q.shape)
+
+
+def kv_quant_attn_triton(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_start, bits, scale, causal,
+                         codebook):
+    """Launcher (same arguments as ``kv_quant_attn_reference``), through ``hlwq::kv_quant_attn``."""
+    return torch.ops.hlwq.kv_quant_attn(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_start, codebook, bits,
+                                        float(scale), causal)

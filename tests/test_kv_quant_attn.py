@@ -1,0 +1,409 @@
+"""quantize_kv / kv_cache_write_ / kv_quant_attn: Triton (GPU or interpreter) vs the references.
+
+Interpreter budget: every attention launch costs ~0.3-1 s on the 2-core CPU, so CPU shapes stay
+at D = 64 (D = 128/256 only on the GPU) and contexts of at most a few hundred tokens.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import assume, example, given, settings
+from hypothesis import strategies as st
+
+from hlwq_kernels import dequantize_kv, kv_cache_write_, kv_quant_attn, quantize_kv
+from hlwq_kernels.kv_quant_attn import kv_quant_attn_reference, kv_quant_attn_triton_splits
+from hlwq_kernels.kv_quant_attn.triton import plan
+from hlwq_kernels.quantize_kv import default_codebook, quantize_kv_reference
+from hlwq_kernels.pack_bits import unpack_bits
+from helpers import assert_close_verbose, rel_err
+
+ON_GPU = torch.cuda.is_available()
+DEV = torch.device("cuda" if ON_GPU else "cpu")
+DIMS = [64, 128, 256] if ON_GPU else [64]
+ATTN_BITS = [2, 3, 4, 8]
+# ANCHORS.md: optimal Lloyd-Max MSE for N(0, 1)
+LLOYD_MSE = {2: 0.117482, 3: 0.0345478, 4: 0.00950101, 8: 4.11851e-05}
+# Hypothesis runs fewer examples than the "gpu" profile (60): each new constexpr combination
+# (bits, D, tile, decode, causal, ...) is a 1-4 s compile, and the whole suite has 330 s on the H100.
+FEW = settings(max_examples=min(settings.default.max_examples, 14))
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def assert_codes_match(packed, norms, packed_ref, norms_ref, x, bits, what=""):
+    """Norms within one fp16 ulp; codes equal except where the rotated coordinate lies within a
+    rounding distance of a decision threshold (a 1-ulp norm or summation-order difference)."""
+    d = x.shape[-1]
+    n, n_ref = norms.cpu().double(), norms_ref.cpu().double()
+    assert_close_verbose(n, n_ref, atol=1e-7, rtol=2**-10, what=f"{what} norms")
+    c = unpack_bits(packed.cpu(), bits, d, impl="reference").long()
+    c_ref = unpack_bits(packed_ref.cpu(), bits, d, impl="reference").long()
+    bad = c != c_ref
+    if bool(bad.any()):
+        cb = default_codebook(bits, "cpu").double()
+        thr = (cb[1:] + cb[:-1]) / 2
+        from hlwq_kernels.fwht import fwht_reference
+        u = fwht_reference(x.cpu().double(), d) / n_ref.clamp_min(1e-30)[..., None]
+        dist = (u[..., None] - thr).abs().min(-1).values
+        explained = ((c - c_ref).abs() == 1) & (dist <= 4e-3 * u.abs().clamp_min(1.0))
+        assert bool(explained[bad].all()), (
+            f"{what} {int(bad.sum())} codes differ, {int((bad & ~explained).sum())} not at a threshold; "
+            f"first at {bad.nonzero()[0].tolist()}")
+
+
+# ----------------------------------------------------------------------------- quantize_kv
+
+@given(lead=st.sampled_from([(1,), (3,), (2, 5), (37,)]), d=st.sampled_from([64, 128, 256]),
+       bits=st.integers(1, 8), dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+       log_scale=st.floats(-6, 6), seed=st.integers(0, 2**31 - 1))
+@example(lead=(37,), d=256, bits=3, dtype=torch.bfloat16, log_scale=0.0, seed=0)
+@example(lead=(3,), d=64, bits=8, dtype=torch.float32, log_scale=-30.0, seed=1)  # norms underflow fp16
+@settings(max_examples=min(settings.default.max_examples, 16))
+def test_quantize_kv_triton_matches_reference(lead, d, bits, dtype, log_scale, seed):
+    x = (torch.randn(*lead, d, generator=_gen(seed)) * math.exp(log_scale)).to(dtype)
+    x[..., 0, :] = 0  # a zero vector: norm 0, finite codes
+    got = quantize_kv(x.to(DEV), bits, impl="triton")
+    ref = quantize_kv(x, bits, impl="reference")
+    assert got.packed.shape == (*lead, d * bits // 32) and got.packed.dtype == torch.int32
+    assert got.norms.shape == lead and got.norms.dtype == torch.float16
+    assert_codes_match(got.packed, got.norms, ref.packed, ref.norms, x.float(), bits)
+    assert float(got.norms[..., 0].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_quantize_kv_mse_is_lloyd_max(bits):
+    """Rotated coordinates of Gaussian vectors are N(0, 1) after the RMS norm: the relative MSE of a
+    round trip is the Lloyd-Max optimum (within sampling noise and the norm's own estimation)."""
+    x = torch.randn(512, 256, generator=_gen(bits))
+    q = quantize_kv(x.to(DEV), bits)
+    xr = dequantize_kv(q.packed, q.norms, bits=bits).cpu()
+    mse = float(((xr - x) ** 2).sum() / (x**2).sum())
+    assert abs(mse / LLOYD_MSE[bits] - 1) < 0.08, (mse, LLOYD_MSE[bits])
+    # outlier channels (the reason for the rotation): a coordinate 30x the others costs nothing extra
+    x[:, 7] *= 30
+    q = quantize_kv(x.to(DEV), bits)
+    xr = dequantize_kv(q.packed, q.norms, bits=bits).cpu()
+    assert float(((xr - x) ** 2).sum() / (x**2).sum()) < 1.25 * LLOYD_MSE[bits]
+
+
+def test_dequantize_kv_rotated_is_codebook_times_norm():
+    x = torch.randn(5, 64, generator=_gen(3))
+    q = quantize_kv(x, 3, impl="reference")
+    y = dequantize_kv(q.packed, q.norms, bits=3, rotated=True)
+    codes = unpack_bits(q.packed, 3, 64, impl="reference").long()
+    assert torch.equal(y, default_codebook(3, "cpu")[codes] * q.norms.float()[:, None])
+    from hlwq_kernels import fwht
+    assert_close_verbose(dequantize_kv(q.packed, q.norms, bits=3), fwht(y, impl="reference"), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- kv_cache_write_
+
+@given(b=st.integers(1, 3), h=st.integers(1, 3), t=st.integers(1, 5), lmax=st.integers(5, 40),
+       d=st.sampled_from(DIMS), bits=st.sampled_from(ATTN_BITS), seed=st.integers(0, 2**31 - 1))
+@example(b=1, h=4, t=1, lmax=33, d=DIMS[-1], bits=3, seed=0)  # one decode token, all heads
+@settings(max_examples=min(settings.default.max_examples, 12))
+def test_kv_cache_write_matches_reference(b, h, t, lmax, d, bits, seed):
+    assume(t <= lmax)
+    g = _gen(seed)
+    w = d * bits // 32
+    start = torch.randint(0, lmax - t + 1, (b,), generator=g)
+    if b > 1 and seed % 2:
+        start = start[:1].expand(b)  # stride 0: one position for the whole batch
+    # the cache is the K half of a [B, 2H, L, W] K|V cache (strided), x a transposed [B, T, H, D]
+    big = torch.randint(-2**31, 2**31 - 1, (b, 2 * h, lmax, w), generator=g, dtype=torch.int64).to(torch.int32)
+    big_norms = torch.randn(b, 2 * h, lmax, generator=g).to(torch.float16)
+    x = torch.randn(b, t, h, d, generator=g).transpose(1, 2)
+    got_p, got_n = big.clone().to(DEV), big_norms.clone().to(DEV)
+    kv_cache_write_(got_p[:, :h], got_n[:, :h], x.to(DEV), start.to(DEV), bits=bits, impl="triton")
+    ref_p, ref_n = big.clone(), big_norms.clone()
+    kv_cache_write_(ref_p[:, :h], ref_n[:, :h], x, start, bits=bits, impl="reference")
+    written = torch.zeros(b, 2 * h, lmax, dtype=torch.bool)
+    for i in range(b):
+        written[i, :h, int(start[i]):int(start[i]) + t] = True
+    got_p, got_n = got_p.cpu(), got_n.cpu()
+    assert torch.equal(got_p[~written], big[~written]) and torch.equal(got_n[~written], big_norms[~written])
+    q = quantize_kv_reference(x, bits, default_codebook(bits, "cpu"))
+    for i in range(b):
+        s = int(start[i])
+        assert_codes_match(got_p[i, :h, s:s + t], got_n[i, :h, s:s + t], q[0][i], q[1][i], x[i], bits)
+        assert torch.equal(ref_p[i, :h, s:s + t], q[0][i]) and torch.equal(ref_n[i, :h, s:s + t], q[1][i])
+
+
+def test_kv_cache_write_validation():
+    p = torch.zeros(2, 4, 16, 6, dtype=torch.int32)
+    n = torch.zeros(2, 4, 16, dtype=torch.float16)
+    x = torch.randn(2, 4, 3, 64)
+    with pytest.raises(ValueError, match=r"start must be in \[0, L - T\] = \[0, 13\], got values in \[0, 14\]"):
+        kv_cache_write_(p, n, x, torch.tensor([0, 14]), bits=3)
+    with pytest.raises(ValueError, match=r"x must have shape \[2, 4, T, 64\]"):
+        kv_cache_write_(p, n, torch.randn(2, 4, 3, 128), torch.tensor([0, 1]), bits=3)
+    with pytest.raises(TypeError, match=r"start.dtype must be one of \(int32, int64\), got float32"):
+        kv_cache_write_(p, n, x, torch.zeros(2), bits=3)
+    with pytest.raises(ValueError, match=r"cache_norms must have shape \[2, 4, 16\]"):
+        kv_cache_write_(p, n[:, :, :8], x, torch.tensor([0, 1]), bits=3)
+    with pytest.raises(ValueError, match=r"cache_packed.shape\[-1\]\*32/bits \(D\) must be in 64..256, got 32"):
+        kv_cache_write_(p[..., :3], n, x, torch.tensor([0, 1]), bits=3)
+
+
+# ----------------------------------------------------------------------------- kv_quant_attn
+
+def make_cache(b, hkv, lmax, d, bits, seed, device=DEV):
+    """A quantized K/V cache of Gaussian vectors with per-token scales (so norms matter)."""
+    g = _gen(seed)
+    k = torch.randn(b, hkv, lmax, d, generator=g) * torch.rand(b, hkv, lmax, 1, generator=g).add(0.25) * 3
+    v = torch.randn(b, hkv, lmax, d, generator=g) * torch.rand(b, hkv, lmax, 1, generator=g).add(0.25)
+    cb = default_codebook(bits, device)
+    kq = quantize_kv_reference(k.to(device), bits, cb)  # the reference (plain torch) runs on the GPU too
+    vq = quantize_kv_reference(v.to(device), bits, cb)
+    return [*kq, *vq]
+
+
+def lowp_attention(q, kp, kn, vp, vn, lens, bits, causal, start=None):
+    """Plain PyTorch attention at q.dtype on the dequantized cache: the error budget."""
+    b, hq, tq, d = q.shape
+    hkv, lmax = kp.shape[1], kp.shape[2]
+    k = dequantize_kv(kp, kn, bits=bits).to(q.dtype).repeat_interleave(hq // hkv, 1)
+    v = dequantize_kv(vp, vn, bits=bits).to(q.dtype).repeat_interleave(hq // hkv, 1)
+    n = torch.arange(lmax, device=q.device)
+    lens = lens.to(q.device, torch.int64)
+    mask = n[None, None, :] < lens[:, None, None]
+    if start is not None:
+        mask = mask & (n[None, None, :] >= start.to(q.device, torch.int64)[:, None, None])
+    if causal:
+        pos = lens[:, None] - tq + torch.arange(tq, device=q.device)
+        mask = mask & (n[None, None, :] <= pos[:, :, None])
+    mask = mask.expand(b, tq, lmax)[:, None]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return torch.where(mask.any(-1, keepdim=True), out, torch.zeros((), dtype=q.dtype, device=q.device))
+
+
+def check_attention(out, q, kp, kn, vp, vn, lens, bits, causal, what="", start=None):
+    ref = kv_quant_attn_reference(q.float(), kp, kn, vp, vn, lens, start, bits, q.shape[-1] ** -0.5, causal,
+                                  default_codebook(bits, q.device))
+    lowp = lowp_attention(q, kp, kn, vp, vn, lens, bits, causal, start)
+    budget = float((lowp.float() - ref).abs().max())
+    ulp = 2**-8 if q.dtype == torch.bfloat16 else 2**-11
+    atol = 2 * ulp * float(ref.abs().max()) + 1e-5  # one output rounding (interpreter truncates) + slack
+    err = float((out.float() - ref).abs().max())
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert err <= 2 * budget + atol, f"{what} max err {err:.3g} > 2 x {budget:.3g} (plain {q.dtype}) + {atol:.3g}"
+
+
+@given(b=st.integers(1, 3), hkv=st.integers(1, 2), group=st.sampled_from([1, 2, 4, 8]), tq=st.integers(1, 6),
+       lmax=st.integers(1, 200), d=st.sampled_from(DIMS), bits=st.sampled_from(ATTN_BITS),
+       causal=st.booleans(), dtype=st.sampled_from([torch.float16, torch.bfloat16]),
+       splits=st.sampled_from([None, 1, 3]), decode=st.sampled_from([None, "gather"]), left_pad=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+@example(b=1, hkv=1, group=4, tq=1, lmax=1, d=64, bits=3, causal=True, dtype=torch.float16, splits=None,
+         decode=None, left_pad=False, seed=0)
+@example(b=1, hkv=1, group=8, tq=1, lmax=200, d=64, bits=2, causal=True, dtype=torch.bfloat16, splits=None,
+         decode=None, left_pad=False, seed=1)
+@example(b=2, hkv=2, group=2, tq=5, lmax=131, d=64, bits=4, causal=True, dtype=torch.float16, splits=None,
+         decode=None, left_pad=False, seed=2)
+@example(b=3, hkv=1, group=1, tq=3, lmax=97, d=64, bits=8, causal=False, dtype=torch.float16, splits=1,
+         decode=None, left_pad=True, seed=3)
+@example(b=2, hkv=1, group=4, tq=2, lmax=150, d=64, bits=3, causal=True, dtype=torch.float16, splits=3,
+         decode="gather", left_pad=True, seed=4)
+@FEW
+def test_kv_quant_attn_matches_reference(b, hkv, group, tq, lmax, d, bits, causal, dtype, splits, decode, left_pad,
+                                         seed):
+    """1 token and chunks (causal offsets), GQA 1/2/4/8, per-sequence lengths (including ones
+    shorter than the chunk: those queries see nothing and return 0), lengths off the block grid,
+    one split and several, both decodes (default: the LUT decode at 2 and 3 bits)."""
+    assume(tq <= max(lmax, 1))
+    assume(b * hkv * lmax * d <= 80_000)
+    g = _gen(seed)
+    kp, kn, vp, vn = make_cache(b, hkv, lmax, d, bits, seed)
+    lens = torch.randint(0, lmax + 1, (b,), generator=g)
+    lens[0] = lmax  # one full sequence
+    q = (torch.randn(b, hkv * group, tq, d, generator=g) * 2).to(dtype).to(DEV)
+    start = (torch.rand(b, generator=g) * (lens + 1)).long().clamp_max(lens).to(DEV) if left_pad else None
+    lens = lens.to(DEV)
+    if b > 1 and seed % 3 == 0:  # one length for the whole batch as a stride-0 view (the model's case)
+        lens = lens[:1].expand(b)
+    if splits is None and decode is None:
+        out = kv_quant_attn(q, kp, kn, vp, vn, bits=bits, kv_lens=lens, kv_start=start, causal=causal, impl="triton")
+    else:
+        out = kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, start, bits, d ** -0.5, causal,
+                                          default_codebook(bits, DEV), splits, decode=decode)
+    check_attention(out, q, kp, kn, vp, vn, lens, bits, causal, start=start)
+
+
+@pytest.mark.parametrize("splits", [1, 2, 5, None])
+def test_kv_quant_attn_many_blocks_and_splits(splits):
+    """A context of many key blocks (BLOCK_N = 64 at D = 64), cut into splits that do not align
+    with the sequence lengths, decode and a causal chunk."""
+    b, hkv, group, lmax, d, bits = 2, 1, 4, 300, 64, 3
+    kp, kn, vp, vn = make_cache(b, hkv, lmax, d, bits, 7)
+    lens = torch.tensor([300, 171], device=DEV)
+    for tq in (1, 4):
+        q = torch.randn(b, hkv * group, tq, d, generator=_gen(tq)).to(torch.float16).to(DEV)
+        out = kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, None, bits, d ** -0.5, True,
+                                          default_codebook(bits, DEV), splits)
+        check_attention(out, q, kp, kn, vp, vn, lens, bits, True, what=f"splits={splits} tq={tq}")
+
+
+@pytest.mark.parametrize("bits", [2, 3])
+@pytest.mark.parametrize("codebook", ["gaussian", "random"])
+def test_lut_program_decodes_every_code(bits, codebook):
+    """The PTX of the LUT decode, executed by lut.emulate (same instruction list): every code at
+    every field position maps to its fp16 level, for the default and an arbitrary codebook."""
+    import numpy as np
+    from hlwq_kernels.kv_quant_attn import lut
+    from hlwq_kernels.quantize_kv.codebooks import tables
+    cb = default_codebook(bits, "cpu") if codebook == "gaussian" else \
+        torch.randn(1 << bits, generator=_gen(bits)).sort().values * 100
+    _, _, cb16, words = tables(cb)
+    rng = np.random.default_rng(bits)
+    codes = np.concatenate([rng.integers(0, 1 << bits, (500, 16)),
+                            np.repeat(np.arange(1 << bits), 16).reshape(1 << bits, 16)])  # each code everywhere
+    w = np.zeros(len(codes), np.uint64)
+    h = np.zeros(len(codes), np.uint64)
+    for f in range(16):
+        w |= (codes[:, f] & 3).astype(np.uint64) << np.uint64(2 * f)
+        h |= ((codes[:, f] >> 2) & 1).astype(np.uint64) << np.uint64(2 * f)
+    got = lut.emulate(w.astype(np.uint32), h.astype(np.uint32), words.tolist())
+    want = cb16.view(torch.int16).numpy().astype(np.uint16)[codes]
+    assert (got == want).all(), np.argwhere(got != want)[:5]
+    ptx = lut.ptx()
+    assert ptx.count("prmt.b32") == 16 and ptx.count("$21") == 4 and "$22" not in ptx
+    assert lut.CONSTRAINTS.count("=h") == 16 and lut.CONSTRAINTS.count(",r") == 6
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs CUDA")
+@pytest.mark.parametrize("bits", [2, 3])
+@pytest.mark.parametrize("decode", ["lut", "gather"])
+def test_kv_quant_attn_each_decode_gpu(bits, decode):
+    """Each decode explicitly (no fallback), D = 256, decode and chunk, on the GPU."""
+    for d in (256,):
+        kp, kn, vp, vn = make_cache(2, 2, 700, d, bits, d)
+        lens = torch.tensor([700, 333], device=DEV)
+        for tq in (1, 5):
+            q = torch.randn(2, 8, tq, d, device=DEV).to(torch.bfloat16)
+            out = kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, None, bits, d ** -0.5, True,
+                                              default_codebook(bits, DEV), None, decode=decode)
+            check_attention(out, q, kp, kn, vp, vn, lens, bits, True, what=f"{decode} d={d} tq={tq}")
+
+
+def test_kv_quant_attn_end_to_end_quality():
+    """quantize -> write -> attend, against exact fp32 attention on the unquantized keys/values:
+    the error falls with the bit width (what the format is for, not just kernel == reference)."""
+    b, hkv, group, t, d = 1, 2, 2, 96, 64
+    g = _gen(11)
+    k = torch.randn(b, hkv, t, d, generator=g)
+    v = torch.randn(b, hkv, t, d, generator=g)
+    q = torch.randn(b, hkv * group, 1, d, generator=g)
+    exact = F.scaled_dot_product_attention(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1))
+    errs = {}
+    for bits in (2, 4, 8):
+        w = d * bits // 32
+        cache = [torch.zeros(b, hkv, t, w, dtype=torch.int32, device=DEV),
+                 torch.zeros(b, hkv, t, dtype=torch.float16, device=DEV)]
+        vcache = [torch.zeros_like(cache[0]), torch.zeros_like(cache[1])]
+        start = torch.zeros(b, dtype=torch.int32, device=DEV)
+        kv_cache_write_(*cache, k.to(DEV), start, bits=bits)
+        kv_cache_write_(*vcache, v.to(DEV), start, bits=bits)
+        out = kv_quant_attn(q.half().to(DEV), cache[0], cache[1], vcache[0], vcache[1], bits=bits,
+                            kv_lens=torch.tensor([t], device=DEV))
+        errs[bits] = rel_err(out, exact)
+    # K and V errors each ~ sqrt(Lloyd-Max MSE) relative; measured ~1.45x that combined
+    assert all(errs[bits] < 2 * math.sqrt(LLOYD_MSE[bits]) for bits in errs), errs
+    assert errs[2] > errs[4] > errs[8], errs
+
+
+def test_kv_quant_attn_does_not_mutate_and_auto_dispatch():
+    kp, kn, vp, vn = make_cache(1, 1, 40, 64, 2, 5)
+    before = [t.clone() for t in (kp, kn, vp, vn)]
+    q = torch.randn(1, 2, 2, 64).half().to(DEV)
+    lens = torch.tensor([33], device=DEV)
+    out = kv_quant_attn(q, kp, kn, vp, vn, bits=2, kv_lens=lens)
+    assert all(torch.equal(a, b) for a, b in zip(before, (kp, kn, vp, vn)))
+    ref = kv_quant_attn(q, kp, kn, vp, vn, bits=2, kv_lens=lens, impl="reference")
+    assert ref.dtype == torch.float16
+    check_attention(out, q, kp, kn, vp, vn, lens, 2, True)
+
+
+def test_kv_quant_attn_validation():
+    kp, kn, vp, vn = make_cache(2, 2, 16, 64, 3, 0, device="cpu")
+    q = torch.randn(2, 4, 1, 64).half()
+    lens = torch.tensor([16, 3])
+    with pytest.raises(ValueError, match=r"bits must be one of \(2, 3, 4, 8\), got 5"):
+        kv_quant_attn(q, kp, kn, vp, vn, bits=5, kv_lens=lens)
+    with pytest.raises(ValueError, match=r"q.shape\[1\] \(Hq=3\) must be a multiple of k_packed.shape\[1\] \(Hkv=2\)"):
+        kv_quant_attn(q[:, :3], kp, kn, vp, vn, bits=3, kv_lens=lens)
+    with pytest.raises(ValueError, match=r"kv_lens must be in \[0, L=16\], got values in \[3, 17\]"):
+        kv_quant_attn(q, kp, kn, vp, vn, bits=3, kv_lens=torch.tensor([17, 3]))
+    with pytest.raises(TypeError, match=r"q.dtype must be one of \(bfloat16, float16\), got float32"):
+        kv_quant_attn(q.float(), kp, kn, vp, vn, bits=3, kv_lens=lens)
+    with pytest.raises(ValueError, match=r"v_packed must have the shape of k_packed"):
+        kv_quant_attn(q, kp, kn, vp[:, :, :8], vn[:, :, :8], bits=3, kv_lens=lens)
+    with pytest.raises(ValueError, match=r"k_packed must have shape \[2, Hkv, L, 12\]"):
+        kv_quant_attn(torch.randn(2, 4, 1, 128).half(), kp, kn, vp, vn, bits=3, kv_lens=lens)
+    with pytest.raises(ValueError, match=r"k_packed.shape\[-1\]\*32/bits \(D\) must be a power of two, got 96"):
+        kv_quant_attn(q, kp, kn, vp, vn, bits=2, kv_lens=lens)
+    with pytest.raises(ValueError, match=r"kv_lens must have shape \[2\]"):
+        kv_quant_attn(q, kp, kn, vp, vn, bits=3, kv_lens=lens[:1])
+    with pytest.raises(ValueError, match=r"codebook must have shape \[8\]"):
+        kv_quant_attn(q, kp, kn, vp, vn, bits=3, kv_lens=lens, codebook=torch.zeros(4))
+    with pytest.raises(ValueError, match="impl must be one of"):
+        kv_quant_attn(q, kp, kn, vp, vn, bits=3, kv_lens=lens, impl="fast")
+    with pytest.raises(ValueError,
+                       match=r"kv_start must be in \[0, kv_lens\[b\]\], got \[0, 4\] for kv_lens \[16, 3\]"):
+        kv_quant_attn(q, kp, kn, vp, vn, bits=3, kv_lens=lens, kv_start=torch.tensor([0, 4]))
+
+
+def test_plan_fills_the_gpu():
+    """Split-K sizing on an H100 (132 SMs): one decode sequence at 32k gets ~2 waves of programs."""
+    cfg = plan(1, 4, 4, 32768, 256, 132)
+    assert cfg["splits"] == 64 and cfg["chunk"] == 512 and cfg["block_m"] == 16  # 256 programs
+    cfg = plan(8, 4, 4, 8192, 256, 132)
+    assert cfg["splits"] == 8 and cfg["chunk"] == 1024  # 256 programs <= 264 slots: no ragged wave
+    assert plan(1, 4, 4, 40, 256, 132, lut=False)["splits"] == 2  # never a split shorter than BLOCK_N (32)
+    assert plan(1, 4, 4, 40, 256, 132)["splits"] == 1  # LUT decode tiles: 64 tokens
+    assert plan(128, 4, 4, 1024, 256, 132)["splits"] == 1  # 512 programs without splitting
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs CUDA")
+@pytest.mark.parametrize("bits", ATTN_BITS)
+def test_kv_quant_attn_qwen35_shapes_gpu(bits):
+    """Qwen3.5-9B attention (16 q / 4 KV heads, D = 256): decode at 8k with ragged batch lengths,
+    and a causal 7-token chunk, bf16, auto split-K."""
+    kp, kn, vp, vn = make_cache(3, 4, 8192, 256, bits, bits)
+    lens = torch.tensor([8192, 5000, 77], device=DEV)
+    for tq in (1, 7):
+        q = torch.randn(3, 16, tq, 256, device=DEV).to(torch.bfloat16)
+        out = kv_quant_attn(q, kp, kn, vp, vn, bits=bits, kv_lens=lens)
+        check_attention(out, q, kp, kn, vp, vn, lens, bits, True, what=f"tq={tq}")
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs CUDA")
+def test_decode_step_is_cuda_graph_capturable():
+    """append K/V + attend, captured once and replayed at a new position (device-side `start` and
+    `kv_lens`, no host syncs), equals the eager result."""
+    bits, lmax, d = 3, 1024, 256
+    kp, kn, vp, vn = make_cache(1, 4, lmax, d, bits, 1)
+    start = torch.tensor([100], device=DEV)
+    lens = start + 1
+    k_new, v_new, q = (torch.randn(1, n, 1, d, device=DEV).to(torch.bfloat16) for n in (4, 4, 16))
+
+    def step():
+        kv_cache_write_(kp, kn, k_new, start, bits=bits)
+        kv_cache_write_(vp, vn, v_new, start, bits=bits)
+        return kv_quant_attn(q, kp, kn, vp, vn, bits=bits, kv_lens=lens)
+
+    step()  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    start.fill_(500)
+    lens.fill_(501)
+    graph.replay()
+    torch.cuda.synchronize()
+    got = out.clone()
+    assert torch.equal(got, step())
+    check_attention(got, q, kp, kn, vp, vn, lens, bits, True)
