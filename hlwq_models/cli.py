@@ -63,18 +63,13 @@ def _load(args):
 
 
 def quantize(model, *, wbits: int | None, kvbits: int | None, progress: bool = True) -> None:
-    """HLWQ-quantize, in memory, every linear weight but lm_head to ``wbits`` (block 128) and make
-    the KV cache ``kvbits``-bit (None: leave that part in the model dtype)."""
-    from tqdm import tqdm
-
-    from hlwq_kernels import quantize_weight
-
-    from .qwen35.linear import Linear
+    """HLWQ-quantize, in memory, every linear weight (lm_head included; the embedding is a table
+    lookup and stays) to ``wbits`` (block 128) and make the KV cache ``kvbits``-bit (None: leave
+    that part in the model dtype)."""
+    from .qwen35.linear import quantize_model_
 
     if wbits is not None:
-        linears = [(n, m) for n, m in model.named_modules() if isinstance(m, Linear) and "lm_head" not in n]
-        for _, mod in tqdm(linears, desc=f"quantize W{wbits}", unit="linear", file=sys.stderr, disable=not progress):
-            mod.set_quantized(quantize_weight(mod.weight.detach(), wbits, block=128, impl=model.impl))
+        quantize_model_(model, wbits, impl=model.impl, progress=progress)
     if kvbits is not None:
         model.use_quantized_kv(kvbits)
 
@@ -242,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--impl", default="auto", choices=("auto", "triton", "reference"),
                        help="kernel implementation for hlwq_kernels ops (default: auto: Triton on CUDA)")
         p.add_argument("--wbits", type=int, default=None, choices=range(2, 9), metavar="{2..8}",
-                       help="HLWQ-quantize every linear weight but lm_head to this many bits on load "
+                       help="HLWQ-quantize every linear weight (lm_head too) to this many bits on load "
                             "(default: keep the checkpoint's weights)")
         p.add_argument("--kvbits", type=int, default=None, choices=(2, 3, 4, 8),
                        help="store the attention KV cache as HLWQ codes of this many bits "

@@ -125,6 +125,44 @@ class TestQwen35At9BShapes:
         model.free_cache()
 
 
+    def test_model_decode_1k_hlwq_w5_kv3(self, benchmark, gpu_bench, model9b):
+        """The product: every linear (lm_head too) as 5-bit HLWQ codes, a 3-bit KV cache; one
+        CUDA-graph decode step at batch 1 after a 1024-token prefill. Runs last in this class:
+        it quantizes the shared model in place."""
+        from hlwq_models.cli import quantize
+
+        model = model9b
+        model.compile_elementwise()
+        dense_bytes = _weight_bytes(model)
+        t0 = time.perf_counter()
+        quantize(model, wbits=5, kvbits=3, progress=False)
+        torch.cuda.synchronize()
+        quant_s = time.perf_counter() - t0
+        _free()
+        cfg = model.config
+        model.setup_cache(1, CTX + 64)
+        graph = DecodeGraph(model, 1, padded=False)
+        prompt = torch.randint(0, cfg.vocab_size, (1, CTX), device="cuda")
+        with torch.no_grad():
+            model.hidden_states(prompt, torch.arange(CTX, device="cuda"))
+        tok = torch.zeros(1, 1, dtype=torch.long, device="cuda")
+        pos = torch.tensor([CTX], device="cuda")
+        qbytes = sum(m.weight.nbytes() for m in model.modules() if getattr(m, "quantized", False))
+        dense_rest = sum(p.numel() * p.element_size() for n, p in model.named_parameters()
+                         if n != "embed_tokens") + model.embed_tokens.shape[1] * model.embed_tokens.element_size()
+        n_gdn = cfg.layer_types.count("linear_attention")
+        state_bytes = 2 * n_gdn * cfg.linear_num_value_heads * cfg.linear_key_head_dim * cfg.linear_value_head_dim * 4
+        kv_bytes = 2 * (cfg.num_hidden_layers - n_gdn) * cfg.num_key_value_heads * (cfg.head_dim * 3 // 8 + 2) * CTX
+        ms = gpu_bench(benchmark, lambda: graph(tok, pos), nbytes=qbytes + dense_rest + state_bytes + kv_bytes,
+                       batch=1, context=CTX, ops="compiled-ops", wbits=5, kvbits=3, quantize_s=round(quant_s, 2),
+                       weight_gb=round((qbytes + dense_rest) / 1e9, 2), dense_weight_gb=round(dense_bytes / 1e9, 2))
+        tps = 1e3 / ms
+        benchmark.extra_info.update(tok_per_s=round(tps, 1),
+                                    note=f"{tps:.1f} tok/s W5/KV3 (5.125-bit ceiling ~590)")
+        model.free_cache()
+        model.__dict__.pop("_decode_graphs", None)
+
+
 @pytest.mark.benchmark(group="qwen35-9b bf16")
 class TestTransformersBaseline:
     def test_transformers_decode_1k(self, benchmark):

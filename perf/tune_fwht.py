@@ -29,7 +29,7 @@ def main():
                 res.append((f"{cfg} FAILED {type(e).__name__}", float("inf")))
         print(f"\n[{rows_total}, 4096] bf16, block 128 ({nbytes / 1e6:.1f} MB moved)")
         for name, ms in sorted(res, key=lambda r: r[1])[:12] + [r for r in res if r[0] in ("copy", "matmul-H", "butterfly")]:
-            print(f"{ms * 1e3:8.2f} us {nbytes / ms / 1e9:8.0f} GB/s  {name}")
+            print(f"{ms * 1e3:8.2f} us {nbytes / ms / 1e6:8.0f} GB/s  {name}")
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def test_fwht_validation(bad, err, match):
         fwht(**bad)
 
 
-def test_fwht_triton_block_limit():
-    x = torch.randn(1, 8192)
+def test_fwht_triton_block_limit(device):
+    x = torch.randn(1, 8192, device=device)
     with pytest.raises(ValueError, match="block must be <= 4096"):
         fwht(x, impl="triton")

@@ -422,10 +422,10 @@ def _pick(m: int, n: int, kp: int, block: int, method: str) -> Config:
         method = "gemv" if m <= GEMV_MAX_M else ("dot" if m <= SLAB_MIN_M else "slab")
     g_max = max(1, min(4, block // 32))  # BK = 32*G <= 128 and divides block
     if method == "gemv":
-        # unroll=4 (4 K-tiles per loop trip, all their loads issued up front; 96 registers as
-        # unroll=1): measured config was unroll=1 (gate_up 53.5 us, latency-bound at ~1.6 us per
-        # trip x 32 trips); unroll=4 is chosen from the SASS (loads hoisted) but NOT yet timed
-        return Config("gemv", BN=32, G=g_max, num_warps=4, unroll=4)
+        # H100 sweep, gate_up M=1 5 bits (2026-11-27, perf/RESULTS.md): unroll 1/2/4/8 -> 53.9 /
+        # 54.3 / 55.5 / 54.2 us (more loads in flight did not help: not latency-bound alone);
+        # prefetch + unroll 4 -> 50.4 us, the best of the sweep; BN 16/64/128 no better.
+        return Config("gemv", BN=32, G=g_max, num_warps=4, prefetch=True, unroll=4)
     if method == "slab":
         return Config("slab", BN=32, G=g_max, num_warps=4)
     if m <= 16:  # one m64n16 wgmma per K-step, no Triton pipelining (stages=2 was 1.6x slower);

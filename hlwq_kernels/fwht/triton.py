@@ -1,13 +1,16 @@
 """Triton Walsh-Hadamard transform kernels.
 
-Two kernels, chosen by ``fwht_triton``:
-* ``_fwht_butterfly_kernel``: log2(block) butterfly stages on a register tile (fp32), any
-  dtype, block 2..4096.
-* ``_fwht_dot_kernel``: for 16-bit inputs and 16 <= block <= 128 on the GPU, one tensor-core
-  product of the tile by the +-1 Sylvester matrix (exact in bf16/fp16), fp32 accumulation,
-  then the 1/sqrt(block) scale. A persistent grid loads H once per program.
+Two kernels:
+* ``_fwht_butterfly_kernel`` (what ``fwht_triton`` runs): log2(block) butterfly stages on a
+  register tile (fp32), any dtype, block 2..4096.
+* ``_fwht_dot_kernel``: for 16-bit inputs and 16 <= block <= 128, one tensor-core product of
+  the tile by the +-1 Sylvester matrix (exact in bf16/fp16), fp32 accumulation, then the
+  1/sqrt(block) scale; a persistent grid loads H once per program. Kept as a measured
+  alternative (``fwht_triton_method(..., "dot")``): on the H100 it lost to the butterfly
+  (18.3 vs 16.45 us on [2048, 4096] bf16, perf/RESULTS.md), since the butterfly is already at
+  the speed of a plain copy of the same bytes.
 Floor for [2048, 4096] bf16: 16.8 MB read + 16.8 MB written = 33.5 MB -> 11.1 us at the
-measured 3.02 TB/s copy rate; FLOPs (2*128 per element on tensor cores, ~2 GFLOP) are ~3 us.
+2 GiB copy rate (3.02 TB/s); a copy of these 33.5 MB itself took 16.2 us (2.07 TB/s) there.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ def _num_sms(device: torch.device) -> int:
 
 
 def fwht_triton(x: torch.Tensor, block: int) -> torch.Tensor:
-    """Launcher (same arguments as ``fwht_reference``); picks the kernel as described above."""
+    """Launcher (same arguments as ``fwht_reference``): the butterfly kernel."""
     return fwht_triton_method(x, block, "auto")
 
 
@@ -94,7 +97,7 @@ def fwht_triton_method(x: torch.Tensor, block: int, method: str, **config) -> to
         return y.reshape(shape)
     scale = 1.0 / math.sqrt(block)
     use_dot = x.dtype in (torch.bfloat16, torch.float16) and 16 <= block <= 128
-    if method == "butterfly" or (method == "auto" and not use_dot):
+    if method in ("auto", "butterfly"):
         log_b = block.bit_length() - 1
         rows = max(1, min(64, 4096 // block))
         _fwht_butterfly_kernel[(triton.cdiv(n_rows, rows),)](

@@ -101,13 +101,19 @@ class Linear(nn.Module):
         return self
 
 
-def quantize_model_(model: nn.Module, bits: int, *, block: int = 128, skip: Iterable[str] = ("lm_head",),
-                    impl: str = "auto") -> nn.Module:
-    """Replace, in place, the dense weight of every ``Linear`` in ``model`` by
-    ``quantize_weight(weight, bits, block=block)``; modules whose qualified name contains any
-    string of ``skip`` stay dense. Returns ``model``."""
+def quantize_model_(model: nn.Module, bits: int, *, block: int = 128, skip: Iterable[str] = (),
+                    impl: str = "auto", progress: bool = False) -> nn.Module:
+    """Replace, in place, the dense weight of every ``Linear`` in ``model`` (lm_head included, as
+    the 5-bit product is sized) by ``quantize_weight(weight, bits, block=block)``; modules whose
+    qualified name contains any string of ``skip`` stay dense. ``progress``: a tqdm bar on
+    stderr. Returns ``model``."""
+    import sys
+
+    from tqdm import tqdm
+
     skip = tuple(skip)
-    for name, mod in model.named_modules():
-        if isinstance(mod, Linear) and not mod.quantized and not any(s in name for s in skip):
-            mod.set_quantized(quantize_weight(mod.weight.detach(), bits, block=block, impl=impl))
+    todo = [m for name, m in model.named_modules()
+            if isinstance(m, Linear) and not m.quantized and not any(s in name for s in skip)]
+    for mod in tqdm(todo, desc=f"quantize W{bits}", unit="linear", file=sys.stderr, disable=not progress):
+        mod.set_quantized(quantize_weight(mod.weight.detach(), bits, block=block, impl=impl))
     return model
