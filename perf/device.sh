@@ -19,13 +19,15 @@ if [[ -d .fixtures && ! -e ../shared/fixtures ]]; then mkdir -p ../shared && ln 
   python3 -c 'import torch, triton, transformers; print("torch", torch.__version__, "triton", triton.__version__, "transformers", transformers.__version__)'; } | tee "$OUT/env.txt"
 rc=0
 if [[ $mode == tests || $mode == all ]]; then
-  timeout ${TESTS_TIMEOUT:-270} python3 -m pytest tests -q -p no:cacheprovider --durations=15 2>&1 | tee "$OUT/tests.log"; rc=$((rc | $?))
+  # 8 workers: each new kernel specialization is a CPU-bound compile (16 cores here)
+  xd=(); python3 -c 'import xdist' 2>/dev/null && xd=(-n 8)
+  timeout ${TESTS_TIMEOUT:-270} python3 -m pytest tests -q -p no:cacheprovider -rf --durations=15 "${xd[@]}" 2>&1 | tee "$OUT/tests.log"; rc=$((rc | $?))
 fi
 if [[ $mode == eval || $mode == all ]]; then
   # Quality on the trained fixture: held-out bits/byte (256 x 1024-byte windows) in bf16, with
   # HLWQ weights (all linears) and with an HLWQ KV cache (attention reads the codes).
   for q in "" "--wbits 8" "--wbits 5" "--wbits 4" "--wbits 3" "--kvbits 4" "--kvbits 3" "--kvbits 2" "--wbits 5 --kvbits 3"; do
-    timeout 120 python3 -m hlwq_models.cli eval --json --no-progress $q 2>&1 | tail -n 1 | tee -a "$OUT/eval.jsonl"
+    timeout 120 python3 -m hlwq_models.cli eval --windows 256 --json --no-progress $q 2>&1 | tail -n 1 | tee -a "$OUT/eval.jsonl"
   done
 fi
 if [[ $mode == perf || $mode == all ]]; then

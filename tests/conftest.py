@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 # "gpu": thorough, for the H100 run (perf/device.sh selects it).
 settings.register_profile("ci", max_examples=8, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("gpu", max_examples=30, deadline=None,
+settings.register_profile("gpu", max_examples=12, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile("dev", max_examples=25, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -186,7 +186,7 @@ def test_quantize_model_swaps_weights_without_touching_layers(pair):
     tokens = torch.randint(0, TINY["vocab_size"], (1, 12), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         before = ours(tokens)
-    quantize_model_(ours, 8, block=32)
+    quantize_model_(ours, 8, block=32, skip=("lm_head",))  # default: every linear, lm_head too
     lins = {n: m for n, m in ours.named_modules() if isinstance(m, Linear)}
     assert not lins["lm_head"].quantized
     assert all(m.quantized for n, m in lins.items() if n != "lm_head")
@@ -354,3 +354,24 @@ def test_compiled_elementwise_ops_match_eager(pair):
         got = torch.cat([ours(tokens[:, :68], torch.arange(68)), ours(tokens[:, 68:69], torch.tensor([68])),
                          ours(tokens[:, 69:], torch.tensor([69]))], 1)
     assert scale_err(got, ref) <= TOL
+
+
+def test_quantized_kv_cache_in_the_model(device):
+    """QuantKVCache behind the model's cache seam (prefill, decode, continuation through
+    kv_cache_write_ + kv_quant_attn, Triton on the GPU or the interpreter here) agrees with the
+    model-dtype cache to within what 8-bit keys/values cost, and 2 bits cost visibly more."""
+    ours = ours_from_hf(hf_tiny(3, head_dim=64), device=device, impl="auto")
+    tokens = torch.randint(0, TINY["vocab_size"], (2, 20), generator=torch.Generator().manual_seed(11)).to(device)
+    pos = torch.arange(20, device=device)
+    with torch.no_grad():
+        want = ours(tokens)
+        errs = {}
+        for bits in (8, 2):
+            ours.use_quantized_kv(bits)
+            ours.setup_cache(2, 32)
+            got = torch.cat([ours(tokens[:, :15], pos[:15]), ours(tokens[:, 15:16], pos[15:16]),
+                             ours(tokens[:, 16:], pos[16:])], dim=1)
+            errs[bits] = scale_err(got, want)
+        ours.use_quantized_kv(None)
+    assert errs[8] <= 2e-2, errs
+    assert errs[2] > 2 * errs[8], errs

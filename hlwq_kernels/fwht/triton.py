@@ -26,19 +26,26 @@ from .reference import hadamard_matrix
 
 
 @triton.jit
+def butterfly(x, ROWS: tl.constexpr, BLOCK: tl.constexpr, LOG_B: tl.constexpr):
+    """Unnormalised Walsh-Hadamard transform of each row of a register tile ``x [ROWS, BLOCK]``."""
+    for s in tl.static_range(LOG_B):
+        # stage s pairs element i with i ^ 2**s: view as [.., 2, 2**s] and split the pair axis.
+        # (No `h: tl.constexpr = ...` here: Triton 3.6 refuses to re-bind a constexpr per stage.)
+        x = tl.reshape(x, [ROWS, BLOCK >> (s + 1), 2, 1 << s])
+        a, b = tl.split(tl.permute(x, [0, 1, 3, 2]))
+        x = tl.permute(tl.join(a + b, a - b), [0, 1, 3, 2])
+        x = tl.reshape(x, [ROWS, BLOCK])
+    return x
+
+
+@triton.jit
 def _fwht_butterfly_kernel(x_ptr, y_ptr, n_rows, scale, BLOCK: tl.constexpr, LOG_B: tl.constexpr,
                            ROWS: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
     offs = rows[:, None] * BLOCK + cols[None, :]
     mask = rows[:, None] < n_rows
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    for s in tl.static_range(LOG_B):
-        # stage s pairs element i with i ^ 2**s: view as [.., 2, 2**s] and split the pair axis
-        x = tl.reshape(x, [ROWS, BLOCK >> (s + 1), 2, 1 << s])
-        a, b = tl.split(tl.permute(x, [0, 1, 3, 2]))
-        x = tl.permute(tl.join(a + b, a - b), [0, 1, 3, 2])
-        x = tl.reshape(x, [ROWS, BLOCK])
+    x = butterfly(tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32), ROWS, BLOCK, LOG_B)
     tl.store(y_ptr + offs, (x * scale).to(y_ptr.dtype.element_ty), mask=mask)
 
 

@@ -2,11 +2,22 @@
 
 A weight ``W [N, K]`` is padded with zero columns to ``Kp = ceil(K / block) * block``; each
 row's blocks of ``block`` inputs are rotated by the orthonormal Walsh-Hadamard transform,
-``W_rot = fwht(W_pad, block=block)``. Each rotated block is stored as one fp16 scale
-``norms[n, b]`` (the block's RMS, i.e. its L2 norm / sqrt(block), so coordinates divided by
-it are ~N(0, 1)) and one Lloyd-Max code per coordinate, bit-packed along K
-(docs/FORMAT.md). Dequantized: ``W_rot[n, k] ~= norms[n, k // block] * codebook[code[n, k]]``
+``W_rot = fwht(W_pad, block=block)``. Each rotated block ``y`` is stored as one code per
+coordinate (an index into the sorted codebook, bit-packed along K, docs/FORMAT.md) and one fp16
+scale ``norms[n, b]``; dequantized, ``W_rot[n, k] ~= norms[n, k // block] * codebook[code[n, k]]``
 and, H being symmetric and orthonormal, ``x @ W.T == fwht(x_pad) @ W_rot.T``.
+
+The quantizer chooses codes and scale per block by a small search (``reference.SCALE_FACTORS``):
+for each candidate ``s = f * rms(y)`` (4 factors per bit width, ~0.83..1.19) the codes are the
+nearest levels of ``y / s`` and the scale is their least-squares fit
+``lam = max(0, <y, c> / <c, c>)`` (``c = codebook[code]``); the candidate with the smallest
+``|y - lam * c|^2`` is stored. So ``norms`` is "the block's scale": the best scale for the
+stored codes, on N(0, 1) blocks 0.8-1.25 x the block's RMS (mean ~1.0 at 2-3 bits, ~0.92 at
+5-8 bits), not the RMS itself.
+
+One op, two paths with the same arguments (``IMPLS``): ``reference.py`` (PyTorch, the CPU
+path) and ``triton.py`` (one fused kernel). ``rtn.py`` holds the round-to-nearest baseline
+that the quality tests compare against.
 """
 
 from __future__ import annotations
@@ -14,14 +25,19 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-import torch.nn.functional as F
 
 from .._common import FLOAT_DTYPES, check_bits, check_finite, check_power_of_two, check_tensor
+from .._common import resolve_impl
 from ..fwht import fwht
 from ..lloyd_max import gaussian_codebook
-from ..pack_bits import pack_bits, packed_words, unpack_bits
+from ..pack_bits import packed_words, unpack_bits
+from .reference import quantize_weight_reference
+from .triton import quantize_weight_triton
 
-__all__ = ["HLWQWeight", "quantize_weight", "dequantize_weight", "FP16_MAX"]
+IMPLS = ((quantize_weight_reference, quantize_weight_triton),)  # reference/launcher pairs: same arguments
+
+__all__ = ["HLWQWeight", "quantize_weight", "dequantize_weight", "FP16_MAX",
+           "quantize_weight_reference", "quantize_weight_triton"]
 
 FP16_MAX = 65504.0
 
@@ -31,8 +47,11 @@ class HLWQWeight:
     """An HLWQ-quantized weight (immutable).
 
     Fields:
-        packed: ``[N, Kp * bits / 32]`` int32, codes in the bit-sliced plane layout.
-        norms: ``[N, Kp / block]`` float16 per-block scales (block RMS after rotation).
+        packed: ``[N, Kp * bits / 32]`` int32, codes in the bit-sliced plane layout
+            (``Kp = ceil(K / block) * block``; the padded columns are zero weights).
+        norms: ``[N, Kp / block]`` float16 per-block scales: ``W_rot = norms * codebook[code]``.
+            ``quantize_weight`` stores the least-squares scale of the block's codes (>= 0, ~0.8-1
+            x the block's RMS after rotation, module docstring); consumers only multiply by it.
         codebook: ``[2**bits]`` float32 sorted levels.
         bits: 1..8.  block: power of two >= 32.  shape: ``(N, K)`` of the original weight.
     """
@@ -87,9 +106,24 @@ def quantize_weight(w: torch.Tensor, bits: int, *, block: int = 128, codebook: t
                     impl: str = "auto") -> HLWQWeight:
     """Quantize ``w [N, K]`` (fp32/bf16/fp16) to HLWQ codes of ``bits`` bits.
 
-    ``codebook`` (sorted float32 ``[2**bits]``) defaults to the Lloyd-Max levels for N(0, 1).
-    Raises ``ValueError`` if a block's RMS exceeds the fp16 range (65504): such a weight
-    cannot be stored in this format without loss of the block entirely.
+    Args:
+        w: ``[N, K]`` weight (out features x in features), finite. ``K`` need not be a multiple
+            of ``block``: the rows are zero-padded to ``Kp = ceil(K / block) * block`` (the
+            padding is rotated with the block and costs codes, ``dequantize_weight`` drops it).
+        bits: 1..8.
+        block: power of two >= 32 (the Triton kernel takes <= 4096).
+        codebook: sorted float32 ``[2**bits]``; default ``gaussian_codebook(bits)``.
+        impl: "auto" | "triton" | "reference".
+    Returns:
+        :class:`HLWQWeight`. Each block: ``y = fwht(w_block)``; for each candidate scale
+        ``s = f * rms(y)``, ``f`` in ``SCALE_FACTORS[bits]``: ``code = #{thresholds < y / s}``
+        (nearest level, ties to the lower one; thresholds are the float32 midpoints) and
+        ``lam = max(0, <y, c> / <c, c>)``, ``c = codebook[code]``; the candidate with the least
+        ``|y - lam c|^2`` gives the codes and ``norms = fp16(lam)``.
+    Raises:
+        ValueError if a block's scale exceeds the fp16 range (> 65504): such a block cannot be
+        stored in this format (fp16 norms); scale the weight first. Scales below fp16's
+        smallest subnormal (6e-8) round to 0 (the block dequantizes to zeros).
     """
     check_tensor(w, "w", ndim=2, dtypes=FLOAT_DTYPES)
     check_bits(bits)
@@ -98,19 +132,22 @@ def quantize_weight(w: torch.Tensor, bits: int, *, block: int = 128, codebook: t
     if codebook is None:
         codebook = gaussian_codebook(bits, device=w.device)
     check_tensor(codebook, "codebook", shape=(1 << bits,), dtypes=(torch.float32,))
-    n, k = w.shape
-    kp = -(-k // block) * block
-    y = fwht(F.pad(w.to(torch.float32), (0, kp - k)), block=block, impl=impl).view(n, kp // block, block)
-    rms = y.pow(2).mean(-1).sqrt()
-    if rms.numel() and float(rms.max()) > FP16_MAX:
-        raise ValueError(f"w has a block with RMS {float(rms.max()):.4g} > fp16 max {FP16_MAX}; "
-                         "HLWQ stores per-block norms in fp16")
-    norms = rms.to(torch.float16)
-    u = y / norms.float().clamp_min(torch.finfo(torch.float32).tiny)[..., None]
-    thresholds = (codebook[1:] + codebook[:-1]) * 0.5
-    codes = torch.bucketize(u, thresholds).to(torch.uint8).view(n, kp)
-    packed = pack_bits(codes, bits, impl=impl)
-    return HLWQWeight(packed, norms, codebook.contiguous(), bits, block, (n, k))
+    check_finite(codebook, "codebook")
+    if bool((codebook[1:] < codebook[:-1]).any()):
+        raise ValueError("codebook must be sorted in non-decreasing order")
+    codebook = codebook.to(w.device).contiguous()
+    if resolve_impl(impl, w) == "triton":
+        if block > 4096:
+            raise ValueError(f"block must be <= 4096 for impl='triton', got {block}")
+        packed, scales = quantize_weight_triton(w, bits, block, codebook)
+    else:
+        packed, scales = quantize_weight_reference(w, bits, block, codebook)
+    if scales.numel():
+        smax = float(scales.max())
+        if smax > FP16_MAX:
+            raise ValueError(f"w has a block with scale {smax:.4g} > fp16 max {FP16_MAX}; HLWQ stores per-block "
+                             "norms in fp16 (scale the weight down first)")
+    return HLWQWeight(packed, scales.to(torch.float16), codebook, bits, block, (w.shape[0], w.shape[1]))
 
 
 def dequantize_weight(qw: HLWQWeight, *, rotated: bool = False, dtype: torch.dtype = torch.float32,
@@ -122,6 +159,8 @@ def dequantize_weight(qw: HLWQWeight, *, rotated: bool = False, dtype: torch.dty
     qw.validate("qw")
     n, k = qw.shape
     kp = qw.padded_in_features
+    if n == 0 or kp == 0:
+        return torch.zeros(n, kp if rotated else k, dtype=dtype, device=qw.device)
     codes = unpack_bits(qw.packed, qw.bits, kp, impl=impl).long()
     w_rot = (qw.codebook[codes].view(n, kp // qw.block, qw.block) * qw.norms.float()[..., None]).view(n, kp)
     if rotated:
