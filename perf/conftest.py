@@ -11,6 +11,8 @@ Everything here skips without CUDA: CPU timings of interpreted kernels mean noth
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -51,3 +53,18 @@ def _gpu_bench(benchmark, fn, *, nbytes: float, flops: float = 0.0, **info):
 @pytest.fixture
 def gpu_bench():
     return _gpu_bench
+
+
+@pytest.fixture(autouse=True)
+def _log_each_result(request):
+    """Append each benchmark's extra_info to $OUT/bench.jsonl as soon as it finishes: a run cut
+    off by the device's time limit still keeps what it measured (the JSON report comes at the end)."""
+    yield
+    out = os.environ.get("OUT")
+    if out and "benchmark" in request.fixturenames:
+        b = request.getfixturevalue("benchmark")
+        stats = getattr(getattr(b, "stats", None), "stats", None)
+        row = {"test": request.node.nodeid, **b.extra_info,
+               "round_median_s": getattr(stats, "median", None)}
+        with open(os.path.join(out, "bench.jsonl"), "a") as f:
+            f.write(json.dumps(row, default=str) + "\n")

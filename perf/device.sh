@@ -21,7 +21,7 @@ rc=0
 if [[ $mode == tests || $mode == all ]]; then
   # 8 workers: each new kernel specialization is a CPU-bound compile (16 cores here)
   xd=(); python3 -c 'import xdist' 2>/dev/null && xd=(-n 8)
-  timeout ${TESTS_TIMEOUT:-270} python3 -m pytest tests -q -p no:cacheprovider -rf --durations=15 "${xd[@]}" 2>&1 | tee "$OUT/tests.log"; rc=$((rc | $?))
+  timeout ${TESTS_TIMEOUT:-270} python3 -m pytest tests -v -p no:cacheprovider -rf --durations=15 "${xd[@]}" 2>&1 | tee "$OUT/tests.log"; rc=$((rc | $?))
 fi
 if [[ $mode == eval || $mode == all ]]; then
   # Quality on the trained fixture: held-out bits/byte (256 x 1024-byte windows) in bf16, with
@@ -35,7 +35,7 @@ if [[ $mode == perf || $mode == all ]]; then
   if compgen -G "perf/baseline/*/*.json" >/dev/null; then
     gate=(--benchmark-storage=file://perf/baseline --benchmark-compare --benchmark-compare-fail=median:25%)
   fi
-  timeout ${PERF_TIMEOUT:-300} python3 -m pytest perf -q -p no:cacheprovider --benchmark-json="$OUT/bench.json" \
+  timeout ${PERF_TIMEOUT:-300} python3 -m pytest ${PERF_FILES:-perf} -q -p no:cacheprovider --benchmark-json="$OUT/bench.json" \
     --benchmark-columns=median,rounds --benchmark-sort=name "${gate[@]}" "$@" 2>&1 | tee "$OUT/perf.log"; rc=$((rc | $?))
   python3 perf/report.py "$OUT/bench.json" | tee "$OUT/report.md"
 fi
