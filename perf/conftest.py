@@ -59,10 +59,11 @@ def gpu_bench():
 def _log_each_result(request):
     """Append each benchmark's extra_info to $OUT/bench.jsonl as soon as it finishes: a run cut
     off by the device's time limit still keeps what it measured (the JSON report comes at the end)."""
+    # take the benchmark fixture before yielding, so it is torn down after this one
+    b = request.getfixturevalue("benchmark") if "benchmark" in request.fixturenames else None
     yield
     out = os.environ.get("OUT")
-    if out and "benchmark" in request.fixturenames:
-        b = request.getfixturevalue("benchmark")
+    if out and b is not None:
         stats = getattr(getattr(b, "stats", None), "stats", None)
         row = {"test": request.node.nodeid, **b.extra_info,
                "round_median_s": getattr(stats, "median", None)}
