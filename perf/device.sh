@@ -8,10 +8,13 @@ set -uo pipefail
 mode=${1:-all}; shift || true
 OUT=${OUT:-$PWD/.out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-gpu}
-# Side-by-side peers (flash-linear-attention) travel as wheels in .whl/, never into the package.
+# Side-by-side peers (flash-linear-attention) travel as wheels in .whl/, never into the package,
+# and only the benchmarks see them: with fla importable, transformers switches its GDN to fla's
+# kernels, which the tests' reference comparisons must not pick up.
+peers=""
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=$PYTHONPATH:/tmp/site
+    && peers=/tmp/site
 fi
 # The trained fixture lives beside the checkout (../shared/fixtures); the device copy carries it as .fixtures/.
 if [[ -d .fixtures && ! -e ../shared/fixtures ]]; then mkdir -p ../shared && ln -s "$PWD/.fixtures" ../shared/fixtures; fi
@@ -35,7 +38,7 @@ if [[ $mode == perf || $mode == all ]]; then
   if compgen -G "perf/baseline/*/*.json" >/dev/null; then
     gate=(--benchmark-storage=file://perf/baseline --benchmark-compare --benchmark-compare-fail=median:25%)
   fi
-  timeout ${PERF_TIMEOUT:-300} python3 -m pytest ${PERF_FILES:-perf} -q -p no:cacheprovider --benchmark-json="$OUT/bench.json" \
+  PYTHONPATH=$PYTHONPATH${peers:+:$peers} timeout ${PERF_TIMEOUT:-300} python3 -m pytest ${PERF_FILES:-perf} -q -p no:cacheprovider --benchmark-json="$OUT/bench.json" \
     --benchmark-columns=median,rounds --benchmark-sort=name "${gate[@]}" "$@" 2>&1 | tee "$OUT/perf.log"; rc=$((rc | $?))
   python3 perf/report.py "$OUT/bench.json" | tee "$OUT/report.md"
 fi

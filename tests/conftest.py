@@ -25,6 +25,10 @@ settings.register_profile("dev", max_examples=25, deadline=None,
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "gpu" if torch.cuda.is_available() else "ci"))
 
 ON_GPU = torch.cuda.is_available()
+if ON_GPU:
+    # fp32 comparisons against fp32 references mean fp32: no TF32 in cuBLAS/cuDNN behind our backs
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 @pytest.fixture(scope="session")

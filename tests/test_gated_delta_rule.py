@@ -76,9 +76,12 @@ def test_reference_matches_transformers():
     mod = pytest.importorskip("transformers.models.qwen3_5.modeling_qwen3_5")
     q, k, v, g, beta, s0 = make_inputs(1, 70, 2, 4, 16, 16, seed=3)
     ours = recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=s0, impl="reference")
+    # transformers <= 5.17's fallbacks take as many key as value heads (its model repeats q, k first)
+    rep = v.shape[2] // q.shape[2]
+    qe, ke = q.repeat_interleave(rep, dim=2), k.repeat_interleave(rep, dim=2)
     for fn in (mod.torch_chunk_gated_delta_rule, mod.torch_recurrent_gated_delta_rule):
         fn = getattr(fn, "__wrapped__", fn)
-        out, state = fn(q * 16**0.5, k, v, g, beta, initial_state=s0, output_final_state=True)
+        out, state = fn(qe * 16**0.5, ke, v, g, beta, initial_state=s0, output_final_state=True)
         assert_close_verbose(ours.out, out, atol=1e-5, what=fn.__name__)
         assert_close_verbose(ours.final_state, state, atol=1e-5, what=fn.__name__)
 
@@ -280,7 +283,9 @@ def test_decode_step_reference_matches_transformers():
     y = upd(qkv.transpose(1, 2), their_cs, cw, None, "silu").transpose(1, 2)
     q, k, v = y.split([hk * dk, hk * dk, hv * dv], -1)
     g = -A_log.exp() * torch.nn.functional.softplus(a + dt_bias)
-    out, state = rec(q.reshape(1, 1, hk, dk), k.reshape(1, 1, hk, dk), v.reshape(1, 1, hv, dv), g, b.sigmoid(),
+    rep = hv // hk  # transformers <= 5.17's fallback takes as many key as value heads
+    out, state = rec(q.reshape(1, 1, hk, dk).repeat_interleave(rep, 2), k.reshape(1, 1, hk, dk).repeat_interleave(rep, 2),
+                     v.reshape(1, 1, hv, dv), g, b.sigmoid(),
                      initial_state=s0, output_final_state=True, use_qk_l2norm_in_kernel=True)
     assert_close_verbose(ours.out, out, atol=1e-5, what="out")
     assert_close_verbose(ours.final_state, state, atol=1e-5, what="state")
