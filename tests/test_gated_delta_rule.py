@@ -188,8 +188,8 @@ def test_inputs_not_mutated(device):
 
 # ---- validation ------------------------------------------------------------------------------
 
-def test_validation_errors():
-    q, k, v, g, beta, s0 = make_inputs(1, 4, 2, 4, 16, 8)
+def test_validation_errors(device):
+    q, k, v, g, beta, s0 = make_inputs(1, 4, 2, 4, 16, 8, device=device)
     fn = chunk_gated_delta_rule
     with pytest.raises(ValueError, match=r"k must have shape \[1, 4, 2, 16\]"):
         fn(q, k[:, :3], v, g, beta)
