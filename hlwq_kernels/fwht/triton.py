@@ -71,7 +71,8 @@ def _fwht_dot_kernel(x_ptr, h_ptr, y_ptr, n_rows, scale, BLOCK: tl.constexpr, RO
 _H_CACHE: dict = {}
 
 
-def _pm1_hadamard(block: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def pm1_hadamard(block: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The unnormalised +-1 Sylvester matrix (exact in bf16/fp16), cached per (block, dtype, device)."""
     key = (block, dtype, device)
     if key not in _H_CACHE:  # a cache of constants, not configuration
         _H_CACHE[key] = hadamard_matrix(block, dtype=dtype, device=device, normalized=False).contiguous()
@@ -113,7 +114,7 @@ def fwht_triton_method(x: torch.Tensor, block: int, method: str, **config) -> to
         if not use_dot:
             raise ValueError(f"the dot method needs bf16/fp16 and 16 <= block <= 128, got {x.dtype}, {block}")
         rows = cfg["rows"]
-        h = _pm1_hadamard(block, x.dtype, x.device)
+        h = pm1_hadamard(block, x.dtype, x.device)
         n_prog = min(triton.cdiv(n_rows, rows), cfg["programs_per_sm"] * _num_sms(x.device))
         _fwht_dot_kernel[(n_prog,)](xc, h, y, n_rows, scale, BLOCK=block, ROWS=rows, UPCAST=interpreting(),
                                     NUM_STAGES=cfg["num_stages"], num_warps=cfg["num_warps"])

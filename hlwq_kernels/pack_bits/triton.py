@@ -63,14 +63,11 @@ def _pack_plane(codes, p_ptr, row_off, row_mask, col0, groups, W: tl.constexpr, 
 
 
 @triton.jit
-def _pack_kernel(c_ptr, p_ptr, n_rows, n, groups, BITS: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
-    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
-    col0 = tl.program_id(1) * BLOCK
-    row_mask = rows < n_rows
-    cols = col0 + tl.arange(0, BLOCK)
-    mask = row_mask[:, None] & (cols[None, :] < n)
-    codes = tl.load(c_ptr + rows[:, None] * n + cols[None, :], mask=mask, other=0).to(tl.uint32)
-    p_row = rows * groups * BITS
+def pack_tile(codes, p_ptr, p_row, row_mask, col0, groups, BITS: tl.constexpr, ROWS: tl.constexpr,
+              BLOCK: tl.constexpr):
+    """Store a ``[ROWS, BLOCK]`` register tile of uint32 codes (columns ``col0..``) into every plane
+    of its rows (``p_row``: each row's first word). Shared by the pack and quantize kernels."""
+    # planes widest first; OFF = sum of the wider widths present (layout.plane_offsets)
     if BITS & 8:
         _pack_plane(codes, p_ptr, p_row, row_mask, col0, groups, 8, 0, ROWS, BLOCK)
     if BITS & 4:
@@ -79,6 +76,17 @@ def _pack_kernel(c_ptr, p_ptr, n_rows, n, groups, BITS: tl.constexpr, ROWS: tl.c
         _pack_plane(codes, p_ptr, p_row, row_mask, col0, groups, 2, BITS & 12, ROWS, BLOCK)
     if BITS & 1:
         _pack_plane(codes, p_ptr, p_row, row_mask, col0, groups, 1, BITS & 14, ROWS, BLOCK)
+
+
+@triton.jit
+def _pack_kernel(c_ptr, p_ptr, n_rows, n, groups, BITS: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    col0 = tl.program_id(1) * BLOCK
+    row_mask = rows < n_rows
+    cols = col0 + tl.arange(0, BLOCK)
+    mask = row_mask[:, None] & (cols[None, :] < n)
+    codes = tl.load(c_ptr + rows[:, None] * n + cols[None, :], mask=mask, other=0).to(tl.uint32)
+    pack_tile(codes, p_ptr, rows * groups * BITS, row_mask, col0, groups, BITS, ROWS, BLOCK)
 
 
 def _tiles(n_rows: int, n32: int) -> tuple[int, int]:

@@ -6,7 +6,7 @@ candidate scale ``f * rms`` (``reference.SCALE_FACTORS[bits]``, 4 per width): th
 ``y / (f * rms)`` by a binary search over the ``2**bits - 1`` sorted thresholds (``bits``
 compare steps, gathered loads from a <= 1 KiB table that stays in L1), the least-squares scale
 ``lam = max(0, <y, c> / <c, c>)`` of those codes and its error ``|y|^2 - lam <y, c>``; the best
-candidate's codes are packed straight into the bit-sliced planes (``pack_bits.triton._pack_plane``)
+candidate's codes are packed straight into the bit-sliced planes (``pack_bits.triton.pack_tile``)
 and its fp32 scale is stored (the caller checks the fp16 range and casts).
 
 Floor for 4096 x 12288 bf16 at 5 bits: read 100.7 MB + write 31.5 MB codes + 1.6 MB scales
@@ -25,10 +25,9 @@ import triton
 import triton.language as tl
 
 from .._common import interpreting
-from ..fwht.reference import hadamard_matrix
-from ..fwht.triton import butterfly
+from ..fwht.triton import butterfly, pm1_hadamard
 from ..lloyd_max import thresholds_of
-from ..pack_bits.triton import _pack_plane
+from ..pack_bits.triton import pack_tile
 from .reference import SCALE_FACTORS
 
 
@@ -81,27 +80,7 @@ def _quant_kernel(w_ptr, h_ptr, thr_ptr, cb_ptr, f_ptr, p_ptr, s_ptr, n_rows, k,
             best_lam = tl.where(better, lam, best_lam)
             best_code = tl.where(better[:, None], code, best_code)
     tl.store(s_ptr + rows * n_blocks + blk, best_lam, mask=row_mask)
-    codes = best_code.to(tl.uint32)
-    p_row = rows * groups * BITS
-    # planes widest first; OFF = sum of the wider widths present (pack_bits/layout.py)
-    if BITS & 8:
-        _pack_plane(codes, p_ptr, p_row, row_mask, col0, groups, 8, 0, ROWS, BLOCK)
-    if BITS & 4:
-        _pack_plane(codes, p_ptr, p_row, row_mask, col0, groups, 4, BITS & 8, ROWS, BLOCK)
-    if BITS & 2:
-        _pack_plane(codes, p_ptr, p_row, row_mask, col0, groups, 2, BITS & 12, ROWS, BLOCK)
-    if BITS & 1:
-        _pack_plane(codes, p_ptr, p_row, row_mask, col0, groups, 1, BITS & 14, ROWS, BLOCK)
-
-
-_H_CACHE: dict = {}
-
-
-def _pm1_hadamard(block: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    key = (block, dtype, device)
-    if key not in _H_CACHE:  # a cache of constants, not configuration
-        _H_CACHE[key] = hadamard_matrix(block, dtype=dtype, device=device, normalized=False).contiguous()
-    return _H_CACHE[key]
+    pack_tile(best_code.to(tl.uint32), p_ptr, rows * groups * BITS, row_mask, col0, groups, BITS, ROWS, BLOCK)
 
 
 def quantize_weight_triton(w: torch.Tensor, bits: int, block: int, codebook: torch.Tensor
@@ -121,7 +100,7 @@ def quantize_weight_triton(w: torch.Tensor, bits: int, block: int, codebook: tor
     thr = torch.cat([thresholds_of(cb), cb.new_full((1,), math.inf)]).contiguous()
     factors = torch.tensor(SCALE_FACTORS[bits], dtype=torch.float32, device=dev)
     use_dot = w.dtype in (torch.bfloat16, torch.float16) and 16 <= block <= 128
-    h = _pm1_hadamard(block, w.dtype, dev) if use_dot else thr  # (unused pointer without the dot)
+    h = pm1_hadamard(block, w.dtype, dev) if use_dot else thr  # (unused pointer without the dot)
     # ROWS x block = 4 K values per program: y, u, code, best_code, c live together (32 registers
     # each per thread at 4 warps); tl.dot needs >= 16 rows. 4096 x 12288: 128 row tiles x 96 blocks.
     rows = max(16 if use_dot else 1, min(32, 4096 // block))
