@@ -239,14 +239,10 @@ def _decode_step_launch(qkv, conv_weight, a, b, A_log, dt_bias, conv_state, stat
 
 
 @triton.jit
-def _mm(a, b, MODE: tl.constexpr):
-    """a @ b for fp32 a, b with fp32 accumulation. MODE "ieee"/"tf32": one tl.dot; "x3": each
-    operand split into bf16 hi + lo, three tensor-core products (~2^-16 relative error, ~fp32 for
-    these well-scaled operands, at 1.5x the cost of one tf32 product); "x3i": the same split
-    upcast to fp32 before tl.dot (the interpreter's bf16 tl.dot is broken)."""
+def _mm_split(a_hi, a_lo, b, MODE: tl.constexpr):
+    """a @ b where a was split into bf16 hi + lo beforehand ("x3"/"x3i"; a_lo unused otherwise,
+    a_hi is then fp32) and b is fp32: the "x3" product of ``_mm`` without re-splitting a."""
     if MODE == "x3" or MODE == "x3i":
-        a_hi = a.to(tl.bfloat16)
-        a_lo = (a - a_hi.to(tl.float32)).to(tl.bfloat16)
         b_hi = b.to(tl.bfloat16)
         b_lo = (b - b_hi.to(tl.float32)).to(tl.bfloat16)
         if MODE == "x3i":
@@ -258,6 +254,19 @@ def _mm(a, b, MODE: tl.constexpr):
         acc = tl.dot(a_hi, b_lo, acc)
         acc = tl.dot(a_lo, b_hi, acc)
         return acc
+    else:
+        return tl.dot(a_hi, b, input_precision=MODE)
+
+
+@triton.jit
+def _mm(a, b, MODE: tl.constexpr):
+    """a @ b for fp32 a, b with fp32 accumulation. MODE "ieee"/"tf32": one tl.dot; "x3": each
+    operand split into bf16 hi + lo, three tensor-core products (~2^-16 relative error, ~fp32 for
+    these well-scaled operands, at 1.5x the cost of one tf32 product); "x3i": the same split
+    upcast to fp32 before tl.dot (the interpreter's bf16 tl.dot is broken)."""
+    if MODE == "x3" or MODE == "x3i":
+        a_hi = a.to(tl.bfloat16)
+        return _mm_split(a_hi, (a - a_hi.to(tl.float32)).to(tl.bfloat16), b, MODE)
     else:
         return tl.dot(a, b, input_precision=MODE)
 
@@ -278,26 +287,6 @@ def _mm_in(x, b, MODE: tl.constexpr):
         return acc
     else:
         return tl.dot(x.to(tl.float32), b, input_precision=MODE)
-
-
-@triton.jit
-def _mm_split(a_hi, a_lo, b, MODE: tl.constexpr):
-    """a @ b where a was split into bf16 hi + lo beforehand ("x3"/"x3i"; a_lo unused otherwise,
-    a_hi is then fp32) and b is fp32: the "x3" product of ``_mm`` without re-splitting a."""
-    if MODE == "x3" or MODE == "x3i":
-        b_hi = b.to(tl.bfloat16)
-        b_lo = (b - b_hi.to(tl.float32)).to(tl.bfloat16)
-        if MODE == "x3i":
-            a_hi = a_hi.to(tl.float32)
-            a_lo = a_lo.to(tl.float32)
-            b_hi = b_hi.to(tl.float32)
-            b_lo = b_lo.to(tl.float32)
-        acc = tl.dot(a_hi, b_hi)
-        acc = tl.dot(a_hi, b_lo, acc)
-        acc = tl.dot(a_lo, b_hi, acc)
-        return acc
-    else:
-        return tl.dot(a_hi, b, input_precision=MODE)
 
 
 @triton.jit
