@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU call: the whole test suite on the H100, then the benchmarks, then a results table.
-#   bash perf/device.sh [tests|eval|perf|all] [extra pytest args for the perf step...]
+#   bash perf/device.sh [tests|eval|perf|graph|ncu|all] [extra pytest args for the perf step...]
+# graph: perf/graph_sweep.py (kernel-only times in CUDA graphs; sections from $GRAPH_SECTIONS).
 # Writes under $OUT (the device tool's output folder; ./.out elsewhere): env.txt, tests.log,
 # eval.jsonl, perf.log, bench.json, report.md. The regression gate: when perf/baseline/ holds a stored run
 # for this machine, the benchmarks are compared against it and a median more than 25% slower fails.
@@ -41,5 +42,15 @@ if [[ $mode == perf || $mode == all ]]; then
   PYTHONPATH=$PYTHONPATH${peers:+:$peers} timeout ${PERF_TIMEOUT:-300} python3 -m pytest ${PERF_FILES:-perf} -q -p no:cacheprovider --benchmark-json="$OUT/bench.json" \
     --benchmark-columns=median,rounds --benchmark-sort=name "${gate[@]}" "$@" 2>&1 | tee "$OUT/perf.log"; rc=$((rc | $?))
   python3 perf/report.py "$OUT/bench.json" | tee "$OUT/report.md"
+fi
+if [[ $mode == graph || $mode == all ]]; then
+  PYTHONPATH=$PYTHONPATH${peers:+:$peers} timeout ${GRAPH_TIMEOUT:-240} python3 perf/graph_sweep.py ${GRAPH_SECTIONS:-} 2>&1 \
+    | tee "$OUT/graph.log"; rc=$((rc | $?))
+fi
+if [[ $mode == ncu ]]; then  # stall profile of one kernel: NCU_TARGET (gemv|kv), NCU_KERNEL (regex)
+  timeout ${NCU_TIMEOUT:-120} ncu --clock-control none -k "regex:${NCU_KERNEL:-_gemv_kernel}" -s 2 -c 1 \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section SchedulerStats \
+    --section WarpStateStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+    python3 perf/ncu_target.py ${NCU_TARGET:-gemv} 2>&1 | tee "$OUT/ncu-${NCU_TARGET:-gemv}.txt"; rc=$((rc | $?))
 fi
 exit $rc

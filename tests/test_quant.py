@@ -213,17 +213,17 @@ def test_zero_weight(device, impl):
     assert bool((dequantize_weight(qw, impl="reference") == 0).all())
 
 
-def test_custom_codebook_and_empty():
+def test_custom_codebook_and_empty(device):
     cb = torch.tensor([-3.0, -1.0, 0.5, 2.0])
     w = torch.randn(4, 128, generator=torch.Generator().manual_seed(0))
     qw = quantize_weight(w, 2, codebook=cb, impl="reference")
     assert torch.equal(qw.codebook, cb)
     assert set(_codes(qw).unique().tolist()) <= {0, 1, 2, 3}
     assert rel_err(dequantize_weight(qw, impl="reference"), w) < 0.6
-    for impl in ("reference", "triton"):
-        empty = quantize_weight(torch.zeros(0, 64), 4, block=32, impl=impl)
+    for impl, dev in (("reference", "cpu"), ("triton", device)):  # Triton: CUDA on the GPU, else the interpreter
+        empty = quantize_weight(torch.zeros(0, 64, device=dev), 4, block=32, impl=impl)
         assert empty.packed.shape == (0, 8) and empty.norms.shape == (0, 2)
-        no_k = quantize_weight(torch.zeros(3, 0), 4, block=32, impl=impl)
+        no_k = quantize_weight(torch.zeros(3, 0, device=dev), 4, block=32, impl=impl)
         assert no_k.packed.shape == (3, 0) and no_k.norms.shape == (3, 0)
         assert dequantize_weight(no_k, impl="reference").shape == (3, 0)
 

@@ -1,0 +1,300 @@
+"""Kernel-only times on the GPU: every case and its baseline timed by perf/graphbench.graph_us
+(many calls in one CUDA graph, rotating over input sets several times the L2), in one run.
+
+    python perf/graph_sweep.py [fwht] [dq] [dqcfg] [kv] [kvcfg] [gdn]     (default: all)
+
+Prints one line per case (us per call, GB/s of the bytes the op must move, ratio to the
+section's baseline) and appends JSON rows to $OUT/graph.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from graphbench import graph_us, sets_for  # noqa: E402
+from shapes import (ATTN_HEAD_DIM, ATTN_KV_HEADS, ATTN_Q_HEADS, GDN_CONV, GDN_HEAD_DIM, GDN_K_HEADS,  # noqa: E402
+                    GDN_V_HEADS, HIDDEN, HLWQ_BLOCK, LINEARS)
+
+OUT = os.environ.get("OUT", "/tmp/graph_out")
+os.makedirs(OUT, exist_ok=True)
+LOG = open(os.path.join(OUT, "graph.jsonl"), "a")
+DEV = "cuda"
+T0 = time.time()
+
+
+def report(section, case, impl, us, nbytes, base_us=None, **extra):
+    gbs = nbytes / (us * 1e-6) / 1e9
+    ratio = "" if base_us is None else f"  x{base_us / us:5.2f} vs base"
+    print(f"[{time.time() - T0:6.1f}s] {section:5s} {case:28s} {impl:34s} {us:9.2f} us {gbs:8.0f} GB/s{ratio}",
+          flush=True)
+    LOG.write(json.dumps(dict(section=section, case=case, impl=impl, us=round(us, 3), GBps=round(gbs, 1),
+                              nbytes=int(nbytes), base_us=base_us, device=torch.cuda.get_device_name(),
+                              **extra)) + "\n")
+    LOG.flush()
+
+
+def safe(section, case, impl, make, nbytes, base_us=None, **extra):
+    """Time one case; a failure prints and the sweep goes on."""
+    try:
+        us = graph_us(make())
+    except Exception as exc:  # noqa: BLE001
+        print(f"{section} {case} {impl}: FAILED {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+        torch.cuda.synchronize()
+        return None
+    report(section, case, impl, us, nbytes, base_us, **extra)
+    return us
+
+
+# ---- fwht ---------------------------------------------------------------------------------------
+def sec_fwht():
+    from hlwq_kernels import fwht, hadamard_matrix
+    from hlwq_kernels.fwht import fwht_triton_method
+
+    h = hadamard_matrix(HLWQ_BLOCK, dtype=torch.bfloat16, device=DEV)
+    for rows in (2048, 16384, 1):
+        shape = (rows, HIDDEN)
+        nbytes = 2 * rows * HIDDEN * 2
+        n = sets_for(nbytes)
+        xs = [torch.randn(shape, device=DEV, dtype=torch.bfloat16) for _ in range(n)]
+        ys = [torch.empty_like(x) for x in xs]
+        case = f"[{rows},{HIDDEN}] bf16 b128"
+        base = safe("fwht", case, "baseline-copy", lambda: [lambda x=x, y=y: y.copy_(x) for x, y in zip(xs, ys)],
+                    nbytes)
+        safe("fwht", case, "baseline-matmul-H",
+             lambda: [lambda x=x: (x.view(-1, HLWQ_BLOCK) @ h).view(shape) for x in xs], nbytes, base)
+        for method in ("butterfly", "dot"):
+            safe("fwht", case, f"hlwq-{method}",
+                 lambda: [lambda x=x: fwht_triton_method(x, HLWQ_BLOCK, method) for x in xs], nbytes, base)
+        safe("fwht", case, "hlwq-public-fwht", lambda: [lambda x=x: fwht(x, block=HLWQ_BLOCK) for x in xs], nbytes,
+             base)
+        del xs, ys
+
+
+# ---- dequant_matmul ------------------------------------------------------------------------------
+def _hlwq_weight(n, k, bits, seed):
+    from hlwq_kernels.lloyd_max import gaussian_codebook
+    from hlwq_kernels.quant import HLWQWeight
+
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    packed = torch.randint(-2**31, 2**31 - 1, (n, k * bits // 32), dtype=torch.int32, device=DEV, generator=g)
+    norms = (torch.rand(n, k // HLWQ_BLOCK, device=DEV, generator=g) * 0.02 + 0.01).half()
+    return HLWQWeight(packed, norms, gaussian_codebook(bits, device=DEV), bits, HLWQ_BLOCK, (n, k))
+
+
+def _dq_cases(m, bits_list, shapes, configs):
+    from hlwq_kernels import dequant_matmul
+    from hlwq_kernels.dequant_matmul.triton import dequant_matmul_rotated
+
+    for name, n, k in shapes:
+        case = f"M={m} {name} {n}x{k}"
+        wbytes = n * k * 2
+        nb = (wbytes + (m * k + m * n) * 2)
+        nsets = sets_for(wbytes)
+        if n * k * 2 * nsets > 8 * 2**30:
+            nsets = max(1, (8 * 2**30) // (n * k * 2))
+        ws = [torch.randn(n, k, device=DEV, dtype=torch.bfloat16) for _ in range(nsets)]
+        xs = [torch.randn(m, k, device=DEV, dtype=torch.bfloat16) for _ in range(nsets)]
+        base = safe("dq", case, "cublas-bf16", lambda: [lambda x=x, w=w: F.linear(x, w) for x, w in zip(xs, ws)],
+                    nb, flops=2 * m * n * k)
+        del ws
+        for bits in bits_list:
+            qbytes = n * k * bits // 8 + n * k // HLWQ_BLOCK * 2
+            nbq = qbytes + (m * k + m * n) * 2
+            nq = sets_for(qbytes)
+            qws = [_hlwq_weight(n, k, bits, s) for s in range(nq)]
+            xq = [xs[i % len(xs)] for i in range(nq)]
+            for label, cfg in configs:
+                if cfg == "public":
+                    make = lambda: [lambda x=x, w=w: dequant_matmul(x, w) for x, w in zip(xq, qws)]  # noqa: E731
+                else:
+                    make = lambda cfg=cfg: [lambda x=x, w=w: dequant_matmul_rotated(x, w, torch.bfloat16, config=cfg)  # noqa: E731
+                                            for x, w in zip(xq, qws)]
+                safe("dq", case, f"hlwq-{bits}b-{label}", make, nbq, base, bits=bits, flops=2 * m * n * k)
+            del qws
+
+
+def sec_dq():
+    _dq_cases(1, (5,), LINEARS, [("rotated-default", None), ("public(+fwht)", "public")])
+    gate_up = [s for s in LINEARS if s[0] == "gate_up"]
+    _dq_cases(1, (4, 3), gate_up, [("rotated-default", None)])
+    _dq_cases(16, (5,), LINEARS[:5], [("rotated-default", None)])
+
+
+def sec_dqcfg():
+    from hlwq_kernels.dequant_matmul.triton import Config
+
+    cfgs = [("default", None)]
+    for split in (1, 2, 4, 8):
+        for unroll in (1, 4):
+            cfgs.append((f"s{split}u{unroll}", Config("gemv", BN=32, G=4, split_k=split, prefetch=True, unroll=unroll)))
+    cfgs += [("bn16s4u4", Config("gemv", BN=16, G=4, split_k=4, prefetch=True, unroll=4)),
+             ("bn64w8s2u4", Config("gemv", BN=64, G=4, split_k=2, num_warps=8, prefetch=True, unroll=4))]
+    small = [s for s in LINEARS if s[0] in ("square", "down", "attn_kv", "gate_up")]
+    _dq_cases(1, (5,), small, cfgs)
+
+
+# ---- KV attention ---------------------------------------------------------------------------------
+D, HKV, HQ = ATTN_HEAD_DIM, ATTN_KV_HEADS, ATTN_Q_HEADS
+
+
+def _packed_cache(b, lmax, bits, seed):
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    w = D * bits // 32
+    kp = torch.randint(-2**31, 2**31 - 1, (b, HKV, lmax, w), device=DEV, dtype=torch.int32, generator=g)
+    vp = torch.randint(-2**31, 2**31 - 1, (b, HKV, lmax, w), device=DEV, dtype=torch.int32, generator=g)
+    kn = (torch.rand(b, HKV, lmax, device=DEV, generator=g) + 0.5).half()
+    vn = (torch.rand(b, HKV, lmax, device=DEV, generator=g) + 0.5).half()
+    return kp, kn, vp, vn
+
+
+def _kv_attn(cases, bits_list, variants):
+    from hlwq_kernels import kv_quant_attn
+    from hlwq_kernels.kv_quant_attn.triton import kv_quant_attn_triton_splits
+    from hlwq_kernels.quantize_kv import default_codebook
+
+    for name, (b, lmax) in cases.items():
+        q = torch.randn(b, HQ, 1, D, device=DEV, dtype=torch.bfloat16)
+        qo = 2 * q.numel() * 2
+        sb = b * lmax * HKV * 2 * D * 2
+        ns = sets_for(sb)
+        kvs = [(torch.randn(b, HKV, lmax, D, device=DEV, dtype=torch.bfloat16),
+                torch.randn(b, HKV, lmax, D, device=DEV, dtype=torch.bfloat16)) for _ in range(ns)]
+        base = safe("kv", name, "sdpa-bf16", lambda: [
+            lambda k=k, v=v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True) for k, v in kvs], sb + qo)
+        del kvs
+        lens = torch.full((b,), lmax, device=DEV, dtype=torch.int32)
+        for bits in bits_list:
+            qb = b * lmax * HKV * 2 * (D * bits // 8 + 2)
+            caches = [_packed_cache(b, lmax, bits, s) for s in range(sets_for(qb))]
+            cb = default_codebook(bits, DEV)
+            for label, kw in variants:
+                if kw is None:
+                    make = lambda: [lambda c=c: kv_quant_attn(q, *c, bits=bits, kv_lens=lens) for c in caches]  # noqa: E731
+                else:
+                    make = lambda kw=kw: [  # noqa: E731
+                        lambda c=c: kv_quant_attn_triton_splits(q, *c, lens, None, bits, D ** -0.5, True, cb,
+                                                                kw.get("splits"), decode=kw.get("decode"),
+                                                                block_n=kw.get("block_n"), num_warps=kw.get("warps"))
+                        for c in caches]
+                safe("kv", name, f"hlwq-{bits}b-{label}", make, qb + qo, base, bits=bits)
+            del caches
+
+
+KV_CASES = {"decode-32k": (1, 32768), "decode-128k": (1, 131072), "batch8x8k": (8, 8192)}
+
+
+def sec_kv():
+    _kv_attn(KV_CASES, (3, 2), [("default", None)])
+    sec_kv_append()
+
+
+def sec_kvcfg():
+    variants = []
+    for splits in (32, 64, 132, 264, 528):
+        for block_n, warps in ((64, 4), (32, 4), (64, 8)):
+            variants.append((f"s{splits}-bn{block_n}-w{warps}", dict(splits=splits, block_n=block_n, warps=warps)))
+    _kv_attn({"decode-32k": (1, 32768)}, (3,), variants)
+    _kv_attn({"decode-128k": (1, 131072), "batch8x8k": (8, 8192)}, (3,),
+             [(f"s{s}", dict(splits=s)) for s in (66, 132, 264, 528)])
+
+
+def sec_kv_append():
+    from hlwq_kernels import kv_cache_write_
+
+    lmax, bits = 32768, 3
+    nbytes = 2 * HKV * (D * 2 + D * bits // 8 + 2)
+    sets = []
+    for s in range(16):
+        k_new = torch.randn(1, 1, HKV, D, device=DEV, dtype=torch.bfloat16).transpose(1, 2)
+        v_new = torch.randn_like(k_new)
+        start = torch.tensor([lmax // 2 + s], device=DEV, dtype=torch.int32)
+        sets.append((k_new, v_new, start))
+    kp, kn, vp, vn = _packed_cache(1, lmax, bits, 0)
+    kc = torch.zeros(1, HKV, lmax, D, device=DEV, dtype=torch.bfloat16)
+    vc = torch.zeros_like(kc)
+
+    def bf16(k_new, v_new, start):
+        kc.index_copy_(2, start.long(), k_new)
+        vc.index_copy_(2, start.long(), v_new)
+
+    def ours(k_new, v_new, start):
+        kv_cache_write_(kp, kn, k_new, start, bits=bits)
+        kv_cache_write_(vp, vn, v_new, start, bits=bits)
+
+    base = safe("kv", "append 1 token K+V 4 heads", "bf16-index-copy", lambda: [
+        lambda a=a: bf16(*a) for a in sets], nbytes)
+    safe("kv", "append 1 token K+V 4 heads", "hlwq-3b (2 launches)", lambda: [lambda a=a: ours(*a) for a in sets],
+         nbytes, base)
+    try:
+        from hlwq_kernels.quantize_kv import kv_cache_write_kv_
+    except ImportError:
+        return
+    safe("kv", "append 1 token K+V 4 heads", "hlwq-3b fused K+V", lambda: [
+        lambda a=a: kv_cache_write_kv_(kp, kn, vp, vn, a[0], a[1], a[2], bits=bits) for a in sets], nbytes, base)
+
+
+# ---- Gated DeltaNet decode step -------------------------------------------------------------------
+def sec_gdn():
+    from hlwq_kernels import recurrent_gated_delta_rule
+    from hlwq_kernels.gated_delta_rule import gated_delta_decode_step
+
+    HK, HV, DK, W = GDN_K_HEADS, GDN_V_HEADS, GDN_HEAD_DIM, GDN_CONV
+    C = (2 * HK + HV) * DK
+    state_b = HV * DK * DK * 4
+    conv_b = 2 * (2 * C + 2 * C * (W - 1) + C * W)
+    rec_b = 2 * state_b + 2 * (2 * HK * DK + 2 * HV * DK) + 8 * HV
+    n = sets_for(2 * state_b)
+    sets = []
+    for _ in range(n):
+        sets.append(dict(
+            x=torch.randn(1, 1, C, device=DEV, dtype=torch.bfloat16),
+            wconv=torch.randn(C, W, device=DEV, dtype=torch.bfloat16) * 0.5,
+            cs=torch.randn(1, C, W - 1, device=DEV, dtype=torch.bfloat16),
+            a=torch.randn(1, 1, HV, device=DEV, dtype=torch.bfloat16),
+            b=torch.randn(1, 1, HV, device=DEV, dtype=torch.bfloat16),
+            A_log=torch.rand(HV, device=DEV), dt_bias=torch.rand(HV, device=DEV),
+            s0=torch.randn(1, HV, DK, DK, device=DEV) * 0.01,
+            q=F.normalize(torch.randn(1, 1, HK, DK, device=DEV), dim=-1).bfloat16(),
+            k=F.normalize(torch.randn(1, 1, HK, DK, device=DEV), dim=-1).bfloat16(),
+            v=torch.randn(1, 1, HV, DK, device=DEV, dtype=torch.bfloat16),
+            g=-0.1 * torch.rand(1, 1, HV, device=DEV), beta=torch.rand(1, 1, HV, device=DEV, dtype=torch.bfloat16)))
+    case = "decode step B=1 16k/32v heads"
+    base = safe("gdn", case, "baseline-copy-of-state", lambda: [
+        lambda s=s: s["s0"].clone() for s in sets], 2 * state_b)
+    safe("gdn", case, "hlwq-fused-step(conv+rec)", lambda: [
+        lambda s=s: gated_delta_decode_step(s["x"], s["wconv"], s["a"], s["b"], s["A_log"], s["dt_bias"],
+                                            num_k_heads=HK, head_k_dim=DK, conv_state=s["cs"], state=s["s0"])
+        for s in sets], conv_b + rec_b, base)
+    safe("gdn", case, "hlwq-recurrent", lambda: [
+        lambda s=s: recurrent_gated_delta_rule(s["q"], s["k"], s["v"], s["g"], s["beta"], initial_state=s["s0"])
+        for s in sets], rec_b, base)
+    try:
+        import fla.ops.gated_delta_rule as fla
+    except Exception as exc:  # noqa: BLE001
+        print(f"gdn: fla not importable ({exc!r}); no side-by-side", flush=True)
+        return
+    safe("gdn", case, "fla-0.6-fused-recurrent", lambda: [
+        lambda s=s: fla.fused_recurrent_gated_delta_rule(s["q"], s["k"], s["v"], g=s["g"], beta=s["beta"], scale=1.0,
+                                                         initial_state=s["s0"], output_final_state=True)
+        for s in sets], rec_b, base)
+
+
+SECTIONS = {"fwht": sec_fwht, "dq": sec_dq, "dqcfg": sec_dqcfg, "kv": sec_kv, "kvcfg": sec_kvcfg, "gdn": sec_gdn}
+
+if __name__ == "__main__":
+    torch.backends.cuda.matmul.allow_tf32 = False
+    print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
+    for name in sys.argv[1:] or list(SECTIONS):
+        try:
+            SECTIONS[name]()
+        except Exception as exc:  # noqa: BLE001
+            print(f"section {name} FAILED: {exc!r}", flush=True)
+        torch.cuda.empty_cache()

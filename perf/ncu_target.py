@@ -1,0 +1,28 @@
+"""A few launches of one kernel for Nsight Compute (device.sh's ncu mode):
+    ncu --clock-control none -k regex:_gemv_kernel -c 1 --section ... python3 perf/ncu_target.py gemv
+Targets: gemv (dequant_matmul M=1, 5 bits, gate_up 24576x4096), kv (kv_quant_attn 3 bits, 32k, batch 1),
+gdn (gated_delta_decode_step, batch 1)."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import graph_sweep as gs  # noqa: E402
+
+what = sys.argv[1] if len(sys.argv) > 1 else "gemv"
+if what == "gemv":
+    from hlwq_kernels.dequant_matmul.triton import dequant_matmul_rotated
+    w = gs._hlwq_weight(24576, 4096, 5, 0)
+    x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        dequant_matmul_rotated(x, w, torch.bfloat16)
+elif what == "kv":
+    from hlwq_kernels import kv_quant_attn
+    c = gs._packed_cache(1, 32768, 3, 0)
+    q = torch.randn(1, 16, 1, 256, device="cuda", dtype=torch.bfloat16)
+    lens = torch.full((1,), 32768, device="cuda", dtype=torch.int32)
+    for _ in range(3):
+        kv_quant_attn(q, *c, bits=3, kv_lens=lens)
+torch.cuda.synchronize()
