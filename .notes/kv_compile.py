@@ -2,6 +2,7 @@
 and print register use, spills and the SASS instruction mix of the attention kernel.
 
     python .notes/kv_compile.py [bits] [decode: 0 gather | 2 lut] [D] [BLOCK_N] [warps]
+    python .notes/kv_compile.py all | sweep | append   (append: the quantize/append kernels only)
 """
 import collections
 import itertools
@@ -19,7 +20,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from hlwq_kernels.kv_quant_attn.triton import _reduce_kernel, _split_kernel  # noqa: E402
-from hlwq_kernels.quantize_kv.triton import _quantize_kv_kernel  # noqa: E402
+from hlwq_kernels.quantize_kv.triton import _quantize_kv_kernel, _quantize_kv_pair_kernel, _rows_warps  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 NVDISASM = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
@@ -132,6 +133,44 @@ def compile_quantize(d, bits, has_start, rows):
                           options={"num_warps": 4 if d * rows <= 2048 else 8})
 
 
+def compile_quantize_pair(d, bits, rows, x_dtype="*bf16"):
+    """The K+V append kernel (kv_cache_write_kv_), as _launch_pair calls it."""
+    sig = {"k_ptr": x_dtype, "v_ptr": x_dtype, "thr_ptr": "*fp32", "kp_ptr": "*i32", "kn_ptr": "*fp16",
+           "vp_ptr": "*i32", "vn_ptr": "*fp16", "start_ptr": "*i32"}
+    sig.update({k: "i32" for k in ["s_start", "n_rows", "H", "T", "L", "skb", "skh", "skt", "svb", "svh", "svt",
+                                   "skpb", "skph", "skpl", "sknb", "sknh", "sknl",
+                                   "svpb", "svph", "svpl", "svnb", "svnh", "svnl"]})
+    sig["scale"] = "fp32"
+    const = dict(D=d, LOG_D=d.bit_length() - 1, BITS=bits, ROWS=rows)
+    sig.update({k: "constexpr" for k in const})
+    return triton.compile(ASTSource(_quantize_kv_pair_kernel, sig, constexprs=const), target=TARGET,
+                          options={"num_warps": _rows_warps(d)[1]})
+
+
+def check_append():
+    """Compile the single-tensor and the K+V quantize/append kernels at every D and width, and
+    print registers/spills and the SASS size of both at the Qwen3.5 shape (D = 256, 3 bits)."""
+    bad = []
+    for d, bits in itertools.product((64, 128, 256), (1, 2, 3, 4, 5, 8)):
+        rows = _rows_warps(d)[0]
+        for name, make in (("quantize", lambda: compile_quantize(d, bits, True, rows)),
+                           ("pair", lambda: compile_quantize_pair(d, bits, rows))):
+            try:
+                k = make()
+            except Exception as e:  # noqa: BLE001
+                bad.append((name, d, bits))
+                print("FAIL", name, d, bits, type(e).__name__, str(e)[:300])
+                continue
+            regs = regs_spills(k)
+            if regs[3] != "0":
+                print("spills:", name, d, bits, regs)
+            if d == 256 and bits == 3:
+                ops, _ = sass_mix(k)
+                print(f"{name} D=256 bits=3 rows={rows}: regs/stack/shared/local={regs} "
+                      f"SASS {sum(ops.values())} instr")
+    print("compiled append kernels; failures:", bad)
+
+
 def check_all():
     """Compile every kernel variant the tests and benchmarks launch (as the launcher plans them)."""
     from hlwq_kernels.kv_quant_attn.triton import plan
@@ -165,6 +204,12 @@ def check_all():
         except Exception as e:  # noqa: BLE001
             bad.append(("quantize", d, bits, hs))
             print("FAIL quantize", d, bits, hs, str(e)[:300])
+    for d, bits in itertools.product((64, 128, 256), (1, 2, 3, 4, 5, 8)):
+        try:
+            compile_quantize_pair(d, bits, max(1, min(16, 4096 // d)))
+        except Exception as e:  # noqa: BLE001
+            bad.append(("quantize_pair", d, bits))
+            print("FAIL quantize_pair", d, bits, str(e)[:300])
     print("compiled all; failures:", bad)
 
 
@@ -173,6 +218,8 @@ if __name__ == "__main__":
         sweep()
     elif len(sys.argv) > 1 and sys.argv[1] == "all":
         check_all()
+    elif len(sys.argv) > 1 and sys.argv[1] == "append":
+        check_append()
     else:
         bits = int(sys.argv[1]) if len(sys.argv) > 1 else 3
         decode = int(sys.argv[2]) if len(sys.argv) > 2 else 2

@@ -1,4 +1,4 @@
-"""quantize_kv / kv_cache_write_ / kv_quant_attn: Triton (GPU or interpreter) vs the references.
+"""quantize_kv / kv_cache_write_ / kv_cache_write_kv_ / kv_quant_attn: Triton (GPU or interpreter) vs the references.
 
 Interpreter budget: every attention launch costs ~0.3-1 s on the 2-core CPU, so CPU shapes stay
 at D = 64 (D = 128/256 only on the GPU) and contexts of at most a few hundred tokens.
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from hlwq_kernels import dequantize_kv, kv_cache_write_, kv_quant_attn, quantize_kv
+from hlwq_kernels import dequantize_kv, kv_cache_write_, kv_cache_write_kv_, kv_quant_attn, quantize_kv
 from hlwq_kernels.kv_quant_attn import kv_quant_attn_reference, kv_quant_attn_triton_splits
 from hlwq_kernels.kv_quant_attn.triton import plan
 from hlwq_kernels.quantize_kv import default_codebook, quantize_kv_reference
@@ -147,6 +147,96 @@ def test_kv_cache_write_validation():
         kv_cache_write_(p, n[:, :, :8], x, torch.tensor([0, 1]), bits=3)
     with pytest.raises(ValueError, match=r"cache_packed.shape\[-1\]\*32/bits \(D\) must be in 64..256, got 32"):
         kv_cache_write_(p[..., :3], n, x, torch.tensor([0, 1]), bits=3)
+
+
+# ----------------------------------------------------------------------------- kv_cache_write_kv_
+
+@given(b=st.integers(1, 2), h=st.integers(1, 3), t=st.integers(1, 3), lmax=st.integers(3, 24),
+       d=st.sampled_from(DIMS), bits=st.sampled_from(ATTN_BITS),
+       v_dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]), seed=st.integers(0, 2**31 - 1))
+@example(b=1, h=4, t=1, lmax=33, d=DIMS[-1], bits=3, v_dtype=torch.bfloat16, seed=0)  # one decode token
+@example(b=2, h=2, t=0, lmax=5, d=64, bits=2, v_dtype=torch.float32, seed=1)  # nothing to write
+@settings(max_examples=min(settings.default.max_examples, 8))
+def test_kv_cache_write_kv_equals_two_writes(b, h, t, lmax, d, bits, v_dtype, seed):
+    """One launch for K and V == kv_cache_write_ for K then V: bit-exact against the two Triton
+    writes (the same kernel body) and the two reference writes, codes as in the kv_cache_write_
+    test against the reference; nothing else in the caches touched."""
+    assume(t <= lmax)
+    g = _gen(seed)
+    w = d * bits // 32
+    start = torch.randint(0, lmax - t + 1, (b,), generator=g)
+    if b > 1 and seed % 2:
+        start = start[:1].expand(b)  # stride 0, as QuantKVCache passes it
+    # K and V caches: the two halves of one [B, 2H, L, W] buffer (strided views)
+    big = torch.randint(-2**31, 2**31 - 1, (b, 2 * h, lmax, w), generator=g, dtype=torch.int64).to(torch.int32)
+    big_norms = torch.randn(b, 2 * h, lmax, generator=g).to(torch.float16)
+    k = torch.randn(b, t, h, d, generator=g).transpose(1, 2)  # strided, fp32
+    v = (torch.randn(b, h, t, d, generator=g) * 3).to(v_dtype)
+
+    def run(fused, impl, dev):
+        p, n = big.clone().to(dev), big_norms.clone().to(dev)
+        kk, vv, ss = k.to(dev), v.to(dev), start.to(dev)
+        if fused:
+            kv_cache_write_kv_(p[:, :h], n[:, :h], p[:, h:], n[:, h:], kk, vv, ss, bits=bits, impl=impl)
+        else:
+            kv_cache_write_(p[:, :h], n[:, :h], kk, ss, bits=bits, impl=impl)
+            kv_cache_write_(p[:, h:], n[:, h:], vv, ss, bits=bits, impl=impl)
+        return p.cpu(), n.cpu()
+
+    got_p, got_n = run(True, "triton", DEV)
+    two_p, two_n = run(False, "triton", DEV)
+    assert torch.equal(got_p, two_p) and torch.equal(got_n, two_n)
+    ref_p, ref_n = run(True, "reference", "cpu")
+    ref2_p, ref2_n = run(False, "reference", "cpu")
+    assert torch.equal(ref_p, ref2_p) and torch.equal(ref_n, ref2_n)
+    written = torch.zeros(b, 2 * h, lmax, dtype=torch.bool)
+    for i in range(b):
+        written[i, :, int(start[i]):int(start[i]) + t] = True
+    assert torch.equal(got_p[~written], big[~written]) and torch.equal(got_n[~written], big_norms[~written])
+    for i in range(b):
+        s = int(start[i])
+        for half, x in ((slice(0, h), k), (slice(h, 2 * h), v)):
+            assert_codes_match(got_p[i, half, s:s + t], got_n[i, half, s:s + t], ref_p[i, half, s:s + t],
+                               ref_n[i, half, s:s + t], x[i].float(), bits, what=f"b={i} {half}")
+
+
+def test_kv_cache_write_kv_validation():
+    kp, vp = torch.zeros(2, 4, 16, 6, dtype=torch.int32), torch.zeros(2, 4, 16, 6, dtype=torch.int32)
+    kn, vn = torch.zeros(2, 4, 16, dtype=torch.float16), torch.zeros(2, 4, 16, dtype=torch.float16)
+    k, v = torch.randn(2, 4, 3, 64), torch.randn(2, 4, 3, 64)
+    start = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"v must have the shape of k \[2, 4, 3, 64\], got \[2, 4, 2, 64\]"):
+        kv_cache_write_kv_(kp, kn, vp, vn, k, v[:, :, :2], start, bits=3)
+    with pytest.raises(ValueError, match=r"v must have the shape of k"):
+        kv_cache_write_kv_(kp, kn, vp, vn, k, v[:1], start, bits=3, impl="reference")
+    with pytest.raises(ValueError, match=r"k must have shape \[2, 4, T, 64\] to match the cache, got \[2, 4, 3, 128\]"):
+        kv_cache_write_kv_(kp, kn, vp, vn, torch.randn(2, 4, 3, 128), torch.randn(2, 4, 3, 128), start, bits=3)
+    with pytest.raises(TypeError, match=r"v.dtype must be one of \(float32, bfloat16, float16\), got int32"):
+        kv_cache_write_kv_(kp, kn, vp, vn, k, v.int(), start, bits=3)
+    with pytest.raises(ValueError, match=r"v_packed must have the shape of k_packed \[2, 4, 16, 6\], got \[2, 4, 8, 6\]"):
+        kv_cache_write_kv_(kp, kn, vp[:, :, :8], vn[:, :, :8], k, v, start, bits=3)
+    with pytest.raises(ValueError, match=r"v_norms must have shape \[2, 4, 16\]"):
+        kv_cache_write_kv_(kp, kn, vp, vn[:, :, :8], k, v, start, bits=3)
+    with pytest.raises(ValueError, match=r"start must be in \[0, L - T\] = \[0, 13\], got values in \[0, 14\]"):
+        kv_cache_write_kv_(kp, kn, vp, vn, k, v, torch.tensor([0, 14]), bits=3)
+    v_bad = v.clone()
+    v_bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"v must be finite, got 1 NaN"):
+        kv_cache_write_kv_(kp, kn, vp, vn, k, v_bad, start, bits=3)
+    assert not kp.any() and not vp.any() and not kn.any() and not vn.any()  # nothing written on an error
+
+
+def test_kv_cache_write_kv_custom_op_schema_and_fake(device):
+    """The launcher goes through torch.library (torch.compile / CUDA graphs): the schema declares the
+    four mutated caches and the fake implementation agrees with the real one."""
+    bits, d = 3, 64
+    kp, vp = (torch.zeros(1, 2, 8, d * bits // 32, dtype=torch.int32, device=device) for _ in range(2))
+    kn, vn = (torch.zeros(1, 2, 8, dtype=torch.float16, device=device) for _ in range(2))
+    k, v = (torch.randn(1, 2, 1, d, device=device) for _ in range(2))
+    start = torch.tensor([5], device=device)
+    torch.library.opcheck(torch.ops.hlwq.kv_cache_write_kv_, (kp, kn, vp, vn, k, v, start,
+                                                              default_codebook(bits, device), bits),
+                          test_utils=["test_schema", "test_faketensor"])
 
 
 # ----------------------------------------------------------------------------- kv_quant_attn
@@ -381,9 +471,11 @@ def test_kv_quant_attn_qwen35_shapes_gpu(bits):
 
 
 @pytest.mark.skipif(not ON_GPU, reason="needs CUDA")
-def test_decode_step_is_cuda_graph_capturable():
-    """append K/V + attend, captured once and replayed at a new position (device-side `start` and
-    `kv_lens`, no host syncs), equals the eager result."""
+@pytest.mark.parametrize("fused", [False, True])
+def test_decode_step_is_cuda_graph_capturable(fused):
+    """append K/V (two kv_cache_write_ or one kv_cache_write_kv_) + attend, captured once and
+    replayed at a new position (device-side `start` and `kv_lens`, no host syncs), equals the
+    eager result."""
     bits, lmax, d = 3, 1024, 256
     kp, kn, vp, vn = make_cache(1, 4, lmax, d, bits, 1)
     start = torch.tensor([100], device=DEV)
@@ -391,8 +483,11 @@ def test_decode_step_is_cuda_graph_capturable():
     k_new, v_new, q = (torch.randn(1, n, 1, d, device=DEV).to(torch.bfloat16) for n in (4, 4, 16))
 
     def step():
-        kv_cache_write_(kp, kn, k_new, start, bits=bits)
-        kv_cache_write_(vp, vn, v_new, start, bits=bits)
+        if fused:
+            kv_cache_write_kv_(kp, kn, vp, vn, k_new, v_new, start, bits=bits)
+        else:
+            kv_cache_write_(kp, kn, k_new, start, bits=bits)
+            kv_cache_write_(vp, vn, v_new, start, bits=bits)
         return kv_quant_attn(q, kp, kn, vp, vn, bits=bits, kv_lens=lens)
 
     step()  # compile outside the capture

@@ -358,7 +358,7 @@ def test_compiled_elementwise_ops_match_eager(pair):
 
 def test_quantized_kv_cache_in_the_model(device):
     """QuantKVCache behind the model's cache seam (prefill, decode, continuation through
-    kv_cache_write_ + kv_quant_attn, Triton on the GPU or the interpreter here) agrees with the
+    kv_cache_write_kv_ + kv_quant_attn, Triton on the GPU or the interpreter here) agrees with the
     model-dtype cache to within what 8-bit keys/values cost, and 2 bits cost visibly more."""
     ours = ours_from_hf(hf_tiny(3, head_dim=64), device=device, impl="auto")
     tokens = torch.randint(0, TINY["vocab_size"], (2, 20), generator=torch.Generator().manual_seed(11)).to(device)

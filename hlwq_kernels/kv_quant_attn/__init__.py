@@ -15,14 +15,14 @@ import torch
 
 from .._common import check_bits, check_same_device, check_tensor, resolve_impl
 from ..quantize_kv import (QuantizedKV, check_cache, check_codebook, default_codebook, dequantize_kv,
-                           kv_cache_write_, quantize_kv)
+                           kv_cache_write_, kv_cache_write_kv_, quantize_kv)
 from .reference import kv_quant_attn_reference
 from .triton import kv_quant_attn_triton, kv_quant_attn_triton_splits
 
 IMPLS = ((kv_quant_attn_reference, kv_quant_attn_triton),)
 
 __all__ = ["kv_quant_attn", "kv_quant_attn_reference", "kv_quant_attn_triton", "kv_quant_attn_triton_splits",
-           "quantize_kv", "dequantize_kv", "kv_cache_write_", "QuantizedKV", "default_codebook"]
+           "quantize_kv", "dequantize_kv", "kv_cache_write_", "kv_cache_write_kv_", "QuantizedKV", "default_codebook"]
 
 ATTN_BITS = (2, 3, 4, 8)
 

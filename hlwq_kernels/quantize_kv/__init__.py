@@ -1,4 +1,5 @@
-"""KV-cache quantization: ``quantize_kv``, ``dequantize_kv`` and the in-place ``kv_cache_write_``.
+"""KV-cache quantization: ``quantize_kv``, ``dequantize_kv`` and the in-place ``kv_cache_write_``
+(one tensor) / ``kv_cache_write_kv_`` (keys and values of one step, one launch).
 
 A key or value vector ``x [D]`` (D a power of two, 64..256) is stored as
 * one fp16 ``norm = rms(H x)`` (H the orthonormal Walsh-Hadamard matrix over D, so also
@@ -12,8 +13,8 @@ Dequantized: ``x ~= H (norm * codebook[code])`` (H is its own inverse).
 Why ``kv_cache_write_`` mutates: the cache is owned by the model and preallocated with static
 shapes (``[B, H, Lmax, words]`` + ``[B, H, Lmax]``); a functional append would copy the whole
 cache (O(context) bytes) per decode step, which is exactly the failure this format exists to
-avoid. So it is the one op that writes into its arguments; the trailing underscore says so
-(PyTorch's convention), and it touches only the new tokens' words and norms.
+avoid. So it (and its K+V twin) are the ops that write into their arguments; the trailing
+underscore says so (PyTorch's convention), and they touch only the new tokens' words and norms.
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ import torch
 from .._common import (FLOAT_DTYPES, check_bits, check_finite, check_power_of_two, check_same_device,
                        check_tensor, resolve_impl)
 from .codebooks import default_codebook, tables
-from .reference import dequantize_kv_reference, kv_cache_write_reference, quantize_kv_reference
-from .triton import kv_cache_write_triton, quantize_kv_triton
+from .reference import (dequantize_kv_reference, kv_cache_write_kv_reference, kv_cache_write_reference,
+                        quantize_kv_reference)
+from .triton import kv_cache_write_kv_triton, kv_cache_write_triton, quantize_kv_triton
 
-IMPLS = ((quantize_kv_reference, quantize_kv_triton), (kv_cache_write_reference, kv_cache_write_triton))
+IMPLS = ((quantize_kv_reference, quantize_kv_triton), (kv_cache_write_reference, kv_cache_write_triton),
+         (kv_cache_write_kv_reference, kv_cache_write_kv_triton))
 
-__all__ = ["QuantizedKV", "quantize_kv", "dequantize_kv", "kv_cache_write_", "default_codebook", "tables",
-           "quantize_kv_reference", "quantize_kv_triton", "kv_cache_write_reference", "kv_cache_write_triton",
+__all__ = ["QuantizedKV", "quantize_kv", "dequantize_kv", "kv_cache_write_", "kv_cache_write_kv_",
+           "default_codebook", "tables", "quantize_kv_reference", "quantize_kv_triton", "kv_cache_write_reference",
+           "kv_cache_write_triton", "kv_cache_write_kv_reference", "kv_cache_write_kv_triton",
            "dequantize_kv_reference", "check_codebook", "MIN_D", "MAX_D"]
 
 MIN_D, MAX_D = 64, 256
@@ -112,10 +116,24 @@ def check_cache(packed, norms, name: str, bits: int) -> tuple[int, int, int, int
     return b, h, lmax, d
 
 
+def _check_new(x, name: str, b: int, h: int, d: int) -> None:
+    """New vectors ``[B, H, T, D]`` matching a cache of ``[B, H, L, D*bits/32]``."""
+    check_tensor(x, name, ndim=4, dtypes=FLOAT_DTYPES)
+    if x.shape[0] != b or x.shape[1] != h or x.shape[3] != d:
+        raise ValueError(f"{name} must have shape [{b}, {h}, T, {d}] to match the cache, got {list(x.shape)}")
+
+
+def _check_start_range(start: torch.Tensor, t: int, lmax: int) -> None:
+    """``0 <= start[b]`` and ``start[b] + T <= L``: CPU only (on CUDA it would cost a host sync)."""
+    if start.numel() and (int(start.min()) < 0 or int(start.max()) + t > lmax):
+        raise ValueError(f"start must be in [0, L - T] = [0, {lmax - t}], got values in "
+                         f"[{int(start.min())}, {int(start.max())}]")
+
+
 def kv_cache_write_(cache_packed: torch.Tensor, cache_norms: torch.Tensor, x: torch.Tensor, start: torch.Tensor,
                     *, bits: int, codebook: torch.Tensor | None = None, impl: str = "auto") -> None:
-    """Quantize new vectors and write them into a cache **in place** (the one mutating op; see
-    the module docstring). Token ``t`` of sequence ``b`` goes to position ``start[b] + t``.
+    """Quantize new vectors and write them into a cache **in place** (a mutating op; see the
+    module docstring). Token ``t`` of sequence ``b`` goes to position ``start[b] + t``.
 
     Args:
         cache_packed: ``[B, H, L, D*bits/32]`` int32, words contiguous (other strides free, e.g. a
@@ -128,18 +146,53 @@ def kv_cache_write_(cache_packed: torch.Tensor, cache_norms: torch.Tensor, x: to
     """
     check_bits(bits)
     b, h, lmax, d = check_cache(cache_packed, cache_norms, "cache", bits)
-    check_tensor(x, "x", ndim=4, dtypes=FLOAT_DTYPES)
-    if x.shape[0] != b or x.shape[1] != h or x.shape[3] != d:
-        raise ValueError(f"x must have shape [{b}, {h}, T, {d}] to match the cache, got {list(x.shape)}")
+    _check_new(x, "x", b, h, d)
     check_tensor(start, "start", shape=(b,), dtypes=INDEX_DTYPES)
     check_same_device(cache_packed=cache_packed, cache_norms=cache_norms, x=x, start=start)
     if not x.is_cuda:
         check_finite(x, "x")
-        if b and (int(start.min()) < 0 or int(start.max()) + x.shape[2] > lmax):
-            raise ValueError(f"start must be in [0, L - T] = [0, {lmax - x.shape[2]}], got values in "
-                             f"[{int(start.min())}, {int(start.max())}]")
+        _check_start_range(start, x.shape[2], lmax)
     codebook = check_codebook(codebook, bits, x.device)
     if resolve_impl(impl, cache_packed, cache_norms, x, start) == "triton":
         kv_cache_write_triton(cache_packed, cache_norms, x, start, bits, codebook)
     else:
         kv_cache_write_reference(cache_packed, cache_norms, x, start, bits, codebook)
+
+
+def kv_cache_write_kv_(k_packed: torch.Tensor, k_norms: torch.Tensor, v_packed: torch.Tensor, v_norms: torch.Tensor,
+                       k: torch.Tensor, v: torch.Tensor, start: torch.Tensor, *, bits: int,
+                       codebook: torch.Tensor | None = None, impl: str = "auto") -> None:
+    """Keys and values of one step into their caches **in place**, in one kernel launch: the same
+    result as ``kv_cache_write_(k_packed, k_norms, k, start, ...)`` then
+    ``kv_cache_write_(v_packed, v_norms, v, start, ...)``, at half the launches (a decode append is
+    launch bound; docs/FORMAT.md, "Appending").
+
+    Args:
+        k_packed, v_packed: ``[B, H, L, D*bits/32]`` int32, words contiguous, the same shape (other
+            strides free: e.g. the two halves of one ``[B, 2H, L, W]`` buffer). The K and V regions
+            must not overlap (the Triton path writes them concurrently).
+        k_norms, v_norms: ``[B, H, L]`` float16.
+        k, v: ``[B, H, T, D]`` float32/bfloat16/float16, the same shape (dtypes and strides free).
+        start: ``[B]`` int32/int64, shared by K and V; checked on CPU, and out-of-range positions
+            skipped on CUDA, as in ``kv_cache_write_``.
+    """
+    check_bits(bits)
+    b, h, lmax, d = check_cache(k_packed, k_norms, "k", bits)
+    vshape = check_cache(v_packed, v_norms, "v", bits)
+    if vshape != (b, h, lmax, d):
+        raise ValueError(f"v_packed must have the shape of k_packed {list(k_packed.shape)}, got {list(v_packed.shape)}")
+    _check_new(k, "k", b, h, d)
+    check_tensor(v, "v", ndim=4, dtypes=FLOAT_DTYPES)
+    if v.shape != k.shape:
+        raise ValueError(f"v must have the shape of k {list(k.shape)}, got {list(v.shape)}")
+    check_tensor(start, "start", shape=(b,), dtypes=INDEX_DTYPES)
+    check_same_device(k_packed=k_packed, k_norms=k_norms, v_packed=v_packed, v_norms=v_norms, k=k, v=v, start=start)
+    if not k.is_cuda:
+        check_finite(k, "k")
+        check_finite(v, "v")
+        _check_start_range(start, k.shape[2], lmax)
+    codebook = check_codebook(codebook, bits, k.device)
+    if resolve_impl(impl, k_packed, k_norms, v_packed, v_norms, k, v, start) == "triton":
+        kv_cache_write_kv_triton(k_packed, k_norms, v_packed, v_norms, k, v, start, bits, codebook)
+    else:
+        kv_cache_write_kv_reference(k_packed, k_norms, v_packed, v_norms, k, v, start, bits, codebook)

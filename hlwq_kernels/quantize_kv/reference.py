@@ -41,6 +41,14 @@ def kv_cache_write_reference(cache_packed: torch.Tensor, cache_norms: torch.Tens
         cache_norms[b, :, p] = norms[b][:, keep.to(norms.device)]
 
 
+def kv_cache_write_kv_reference(k_packed: torch.Tensor, k_norms: torch.Tensor, v_packed: torch.Tensor,
+                                v_norms: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: torch.Tensor,
+                                bits: int, codebook: torch.Tensor) -> None:
+    """Keys then values: two ``kv_cache_write_reference`` calls (in place)."""
+    kv_cache_write_reference(k_packed, k_norms, k, start, bits, codebook)
+    kv_cache_write_reference(v_packed, v_norms, v, start, bits, codebook)
+
+
 def dequantize_kv_reference(packed: torch.Tensor, norms: torch.Tensor, bits: int, codebook: torch.Tensor,
                             rotated: bool) -> torch.Tensor:
     """``packed [..., D*bits/32]``, ``norms [...]`` -> fp32 ``[..., D]`` (rotated basis if asked)."""

@@ -131,13 +131,14 @@ class QuantKVCache(nn.Module):
         return self.k_packed.shape[2]
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pad: torch.Tensor | None) -> None:
-        """Quantize ``k, v [B, Hkv, T, D]`` and write only their codes and norms at slots ``input_pos``."""
-        from hlwq_kernels import kv_cache_write_
+        """Quantize ``k, v [B, Hkv, T, D]`` and write only their codes and norms at slots ``input_pos``
+        (keys and values in one kernel launch)."""
+        from hlwq_kernels import kv_cache_write_kv_
 
         b = k.shape[0]
         start = input_pos[:1].expand(b)  # every row writes the same slots (left padding): no host sync
-        kv_cache_write_(self.k_packed[:b], self.k_norms[:b], k, start, bits=self.bits, impl=self.impl)
-        kv_cache_write_(self.v_packed[:b], self.v_norms[:b], v, start, bits=self.bits, impl=self.impl)
+        kv_cache_write_kv_(self.k_packed[:b], self.k_norms[:b], self.v_packed[:b], self.v_norms[:b], k, v, start,
+                           bits=self.bits, impl=self.impl)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, input_pos: torch.Tensor,
                pad: torch.Tensor | None, *, fresh_prefill: bool, memo: dict | None = None) -> torch.Tensor:
