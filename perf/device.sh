@@ -25,7 +25,7 @@ rc=0
 if [[ $mode == tests || $mode == all ]]; then
   # 8 workers: each new kernel specialization is a CPU-bound compile (16 cores here)
   xd=(); python3 -c 'import xdist' 2>/dev/null && xd=(-n 8)
-  timeout ${TESTS_TIMEOUT:-270} python3 -m pytest tests -v -p no:cacheprovider -rf --durations=15 "${xd[@]}" 2>&1 | tee "$OUT/tests.log"; rc=$((rc | $?))
+  timeout ${TESTS_TIMEOUT:-270} python3 -m pytest ${TEST_PATHS:-tests} -v -p no:cacheprovider -rf --durations=15 "${xd[@]}" 2>&1 | tee "$OUT/tests.log"; rc=$((rc | $?))
 fi
 if [[ $mode == eval || $mode == all ]]; then
   # Quality on the trained fixture: held-out bits/byte (256 x 1024-byte windows) in bf16, with
@@ -48,7 +48,7 @@ if [[ $mode == graph || $mode == all ]]; then
     | tee "$OUT/graph.log"; rc=$((rc | $?))
 fi
 if [[ $mode == ncu ]]; then  # stall profile of one kernel: NCU_TARGET (gemv|kv), NCU_KERNEL (regex)
-  timeout ${NCU_TIMEOUT:-120} ncu --clock-control none -k "regex:${NCU_KERNEL:-_gemv_kernel}" -s 2 -c 1 \
+  timeout ${NCU_TIMEOUT:-120} ncu --clock-control none -k "regex:${NCU_KERNEL:-_gemv_kernel}" -s 2 -c ${NCU_COUNT:-1} \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section SchedulerStats \
     --section WarpStateStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
     python3 perf/ncu_target.py ${NCU_TARGET:-gemv} 2>&1 | tee "$OUT/ncu-${NCU_TARGET:-gemv}.txt"; rc=$((rc | $?))

@@ -78,6 +78,27 @@ def sec_fwht():
         del xs, ys
 
 
+def sec_fwhtcfg():
+    from hlwq_kernels.fwht import fwht_triton_method
+
+    for rows in (2048, 16384):
+        shape = (rows, HIDDEN)
+        nbytes = 2 * rows * HIDDEN * 2
+        xs = [torch.randn(shape, device=DEV, dtype=torch.bfloat16) for _ in range(sets_for(nbytes))]
+        ys = [torch.empty_like(x) for x in xs]
+        case = f"[{rows},{HIDDEN}] bf16 b128"
+        base = safe("fwht", case, "baseline-copy", lambda: [lambda x=x, y=y: y.copy_(x) for x, y in zip(xs, ys)],
+                    nbytes)
+        for elems in (1024, 2048, 4096, 8192):
+            for warps in (1, 2, 4, 8):
+                if elems // (32 * warps) < 4:
+                    continue
+                safe("fwht", case, f"butterfly-e{elems}-w{warps}", lambda: [
+                    lambda x=x: fwht_triton_method(x, HLWQ_BLOCK, "butterfly", elems=elems, warps=warps)
+                    for x in xs], nbytes, base)
+        del xs, ys
+
+
 # ---- dequant_matmul ------------------------------------------------------------------------------
 def _hlwq_weight(n, k, bits, seed):
     from hlwq_kernels.lloyd_max import gaussian_codebook
@@ -287,7 +308,7 @@ def sec_gdn():
         for s in sets], rec_b, base)
 
 
-SECTIONS = {"fwht": sec_fwht, "dq": sec_dq, "dqcfg": sec_dqcfg, "kv": sec_kv, "kvcfg": sec_kvcfg, "gdn": sec_gdn}
+SECTIONS = {"fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dqcfg": sec_dqcfg, "kv": sec_kv, "kvcfg": sec_kvcfg, "gdn": sec_gdn}
 
 if __name__ == "__main__":
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -91,12 +91,13 @@ def fwht_triton(x: torch.Tensor, block: int) -> torch.Tensor:
 
 
 DOT_CONFIG = dict(rows=64, num_warps=4, num_stages=2, programs_per_sm=4)
+BUTTERFLY_CONFIG = dict(elems=4096, warps=4)  # elements per program, warps per program
 
 
 def fwht_triton_method(x: torch.Tensor, block: int, method: str, **config) -> torch.Tensor:
     """``method``: "auto" | "butterfly" | "dot", to benchmark and test each kernel; ``config``
-    overrides ``DOT_CONFIG`` (for perf/tune_fwht.py)."""
-    cfg = {**DOT_CONFIG, **config}
+    overrides ``DOT_CONFIG`` / ``BUTTERFLY_CONFIG`` (for perf/tune_fwht.py and perf/graph_sweep.py)."""
+    cfg = {**DOT_CONFIG, **BUTTERFLY_CONFIG, **config}
     shape = x.shape
     xc = x.contiguous().reshape(-1, block)
     y = torch.empty_like(xc)
@@ -107,9 +108,10 @@ def fwht_triton_method(x: torch.Tensor, block: int, method: str, **config) -> to
     use_dot = x.dtype in (torch.bfloat16, torch.float16) and 16 <= block <= 128
     if method in ("auto", "butterfly"):
         log_b = block.bit_length() - 1
-        rows = max(1, min(64, 4096 // block))
+        rows = max(1, min(64, cfg["elems"] // block))
+        warps = cfg["warps"] if block <= 1024 else max(8, cfg["warps"])
         _fwht_butterfly_kernel[(triton.cdiv(n_rows, rows),)](
-            xc, y, n_rows, scale, BLOCK=block, LOG_B=log_b, ROWS=rows, num_warps=4 if block <= 1024 else 8)
+            xc, y, n_rows, scale, BLOCK=block, LOG_B=log_b, ROWS=rows, num_warps=warps)
     else:
         if not use_dot:
             raise ValueError(f"the dot method needs bf16/fp16 and 16 <= block <= 128, got {x.dtype}, {block}")
