@@ -89,10 +89,8 @@ def sec_fwhtcfg():
         case = f"[{rows},{HIDDEN}] bf16 b128"
         base = safe("fwht", case, "baseline-copy", lambda: [lambda x=x, y=y: y.copy_(x) for x, y in zip(xs, ys)],
                     nbytes)
-        for elems in (1024, 2048, 4096, 8192):
-            for warps in (1, 2, 4, 8):
-                if elems // (32 * warps) < 4:
-                    continue
+        for elems, warps in ((512, 1), (1024, 1), (1024, 2), (2048, 1), (2048, 2), (4096, 4), (4096, 8)):
+            if True:
                 safe("fwht", case, f"butterfly-e{elems}-w{warps}", lambda: [
                     lambda x=x: fwht_triton_method(x, HLWQ_BLOCK, "butterfly", elems=elems, warps=warps)
                     for x in xs], nbytes, base)

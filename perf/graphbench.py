@@ -7,6 +7,9 @@ baselines alike:
 
 * launch gaps: inside a graph the next kernel starts within ~1 us, as it does in the model's
   captured decode step (Python launch overhead is gone too);
+* outputs: every call's result is kept alive while the graph is captured, so each call writes
+  fresh memory as it would in a real pipeline (a reused output buffer would stay in the L2 and
+  its writes would never reach DRAM inside the timing, flattering ops that allocate their output);
 * the L2 flush: ``triton.testing.do_bench`` zeroes a 256 MB buffer before each call, which leaves
   the 50 MB L2 full of dirty lines that the timed kernel must write back to DRAM as it reads its
   own data. Rotating over input sets whose total is several times the L2 keeps every read a DRAM
@@ -42,10 +45,11 @@ def graph_us(fns, *, min_calls: int = 64, replays: int = 15) -> float:
     torch.cuda.synchronize()
     passes = max(1, -(-min_calls // len(fns)))
     g = torch.cuda.CUDAGraph()
+    keep = []  # outputs stay allocated: every call of the graph writes its own memory
     with torch.cuda.graph(g):
         for _ in range(passes):
             for f in fns:
-                f()
+                keep.append(f())
     calls = passes * len(fns)
     g.replay()
     g.replay()
@@ -58,5 +62,5 @@ def graph_us(fns, *, min_calls: int = 64, replays: int = 15) -> float:
         b.record()
         b.synchronize()
         times.append(a.elapsed_time(b) * 1e3 / calls)
-    del g
+    del g, keep
     return statistics.median(times)

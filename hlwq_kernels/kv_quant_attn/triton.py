@@ -287,33 +287,39 @@ def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_p
 
 @triton.jit
 def _reduce_kernel(op_ptr, lse_ptr, out_ptr, n_splits, total_rows, n_rows, Hkv, G, oscale, sob, soh, sot,
-                   D: tl.constexpr, LOG_D: tl.constexpr, ROWS: tl.constexpr, PERM: tl.constexpr):
-    R = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # row over (b, hk, r)
-    ok = R < total_rows
+                   D: tl.constexpr, LOG_D: tl.constexpr, SB: tl.constexpr, PERM: tl.constexpr):
+    """One output row per program: merge its ``n_splits`` partials ``SB`` splits at a time (all
+    of a block's loads independent, in flight together), rotate back, store. A first pass over
+    the log2-sum-exps finds the max, so every weight is final when its partial is loaded."""
+    R = tl.program_id(0).to(tl.int64)  # row over (b, hk, r)
     cols = tl.arange(0, D)
-    m = tl.full([ROWS], float("-inf"), dtype=tl.float32)
-    l = tl.zeros([ROWS], dtype=tl.float32)
-    acc = tl.zeros([ROWS, D], dtype=tl.float32)
-    for s in range(n_splits):
-        lse = tl.load(lse_ptr + s * total_rows + R, mask=ok, other=float("-inf"))
-        o = tl.load(op_ptr + (s * total_rows + R)[:, None] * D + cols[None, :], mask=ok[:, None], other=0.0)
-        m_new = tl.maximum(m, lse)
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m - m_safe)
-        w = tl.exp2(lse - m_safe)
-        l = l * alpha + w
-        acc = acc * alpha[:, None] + o * w[:, None]
-        m = m_new
-    o = acc / tl.where(l > 0.0, l, 1.0)[:, None]
-    o = fwht_tile(o, ROWS, D, LOG_D) * oscale
+    sb = tl.arange(0, SB)
+    m = tl.full([SB], float("-inf"), dtype=tl.float32)
+    for s0 in range(0, n_splits, SB):
+        sp = s0 + sb
+        m = tl.maximum(m, tl.load(lse_ptr + sp * total_rows + R, mask=sp < n_splits, other=float("-inf")))
+    m_max = tl.max(m, axis=0)
+    m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)  # a row that saw no key: output 0
+    l = tl.zeros([SB], dtype=tl.float32)
+    acc = tl.zeros([SB, D], dtype=tl.float32)
+    for s0 in range(0, n_splits, SB):
+        sp = s0 + sb
+        ok = sp < n_splits
+        w = tl.exp2(tl.load(lse_ptr + sp * total_rows + R, mask=ok, other=float("-inf")) - m_safe)
+        o = tl.load(op_ptr + (sp * total_rows + R)[:, None] * D + cols[None, :], mask=ok[:, None], other=0.0)
+        l += w
+        acc += o * w[:, None]
+    l_sum = tl.sum(l, axis=0)
+    o = tl.reshape(tl.sum(acc, axis=0) / tl.where(l_sum > 0.0, l_sum, 1.0), [1, D])
+    o = fwht_tile(o, 1, D, LOG_D) * oscale
     bh = R // n_rows
     r = R % n_rows
     b = bh // Hkv
     hk = bh % Hkv
     t = r // G
     g = r % G
-    tl.store(out_ptr + (b * sob + (hk * G + g) * soh + t * sot)[:, None] + colperm(cols, PERM)[None, :],
-             o.to(out_ptr.dtype.element_ty), mask=ok[:, None])
+    tl.store(out_ptr + (b * sob + (hk * G + g) * soh + t * sot) + colperm(cols, PERM)[None, :],
+             o.to(out_ptr.dtype.element_ty))
 
 
 @functools.lru_cache(maxsize=None)
@@ -420,10 +426,10 @@ def kv_quant_attn_triton_splits(q, k_packed, k_norms, v_packed, v_norms, kv_lens
             num_warps=cfg["num_warps"], num_stages=num_stages)
         if not direct:
             total = B * Hkv * n_rows
-            rows = max(1, min(16, 2048 // D))
-            _reduce_kernel[(_cdiv(total, rows),)](
+            sb = max(2, min(64, _next_pow2(cfg["splits"]), 16384 // D))  # <= 64 fp32 partials per thread
+            _reduce_kernel[(total,)](
                 op, lse, out, cfg["splits"], total, n_rows, Hkv, G, oscale, out.stride(0), out.stride(1),
-                out.stride(2), D=D, LOG_D=log_d, ROWS=rows, PERM=mode != 0, num_warps=4)
+                out.stride(2), D=D, LOG_D=log_d, SB=sb, PERM=mode != 0, num_warps=8 if sb * D >= 8192 else 4)
 
     if decode == "lut" and on_gpu and auto:
         try:
