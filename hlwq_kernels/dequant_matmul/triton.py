@@ -445,9 +445,16 @@ def _lut_mode(bits: int) -> int:
 def _split_k(cfg: Config, programs: int, n_tiles: int, device: torch.device) -> int:
     if cfg.split_k:
         return max(1, min(cfg.split_k, n_tiles))
-    # at least one full wave of programs (N=2048 at BN=32: 64 programs for 132 SMs -> 4 splits);
-    # a divisor of the tile count, so every split is full and the kernel needs no predicates
-    want = -(-_num_sms(device) // max(programs, 1))
+    # about three programs per SM, at most 4 splits; a divisor of the tile count, so every split is
+    # full and the kernel needs no predicates. H100, M=1, 5 bits, graph timing (perf/graph_sweep.py
+    # dqcfg, 2026-11-27 run 3), splits 1/2/4/8 at unroll 4: 4096x4096 (128 programs) 17.95 / 12.66 /
+    # 10.95 / 12.45 us; 4096x12288 50.99 / 31.87 / 24.56 / 25.77; 2048x4096 17.31 / 11.23 / 8.25 /
+    # 8.82; 24576x4096 (768 programs) 41.57 / 42.54 / 42.07 / 44.48.
+    # The dot kernel (M <= 256) keeps the measured rule of session 1: at least one full wave.
+    if cfg.method == "gemv":
+        want = min(4, -(-3 * _num_sms(device) // max(programs, 1)))
+    else:
+        want = -(-_num_sms(device) // max(programs, 1))
     divisors = [d for d in range(1, min(n_tiles, 16) + 1) if n_tiles % d == 0]
     bigger = [d for d in divisors if d >= want]
     return bigger[0] if bigger else divisors[-1]

@@ -91,7 +91,10 @@ def fwht_triton(x: torch.Tensor, block: int) -> torch.Tensor:
 
 
 DOT_CONFIG = dict(rows=64, num_warps=4, num_stages=2, programs_per_sm=4)
-BUTTERFLY_CONFIG = dict(elems=4096, warps=4)  # elements per program, warps per program
+# Elements and warps per butterfly program. H100, bf16 [2048, 4096], block 128, CUDA-graph timing
+# over rotating inputs with fresh outputs (perf/graph_sweep.py fwhtcfg, 2026-11-27 run 3):
+# 1024/2 -> 13.22 us (2.54 TB/s, = the copy's 13.22), 4096/4 (the old default) 13.75, 2048/1 14.10.
+BUTTERFLY_CONFIG = dict(elems=1024, warps=2)
 
 
 def fwht_triton_method(x: torch.Tensor, block: int, method: str, **config) -> torch.Tensor:
