@@ -5,7 +5,11 @@
   per-call time reported as ``us``, ``GBps`` and ``TFLOPs`` in ``extra_info`` (what
   perf/RESULTS.md quotes);
 * pytest-benchmark rounds of ``calls_per_round`` back-to-back calls + one synchronize,
-  which ``--benchmark-compare-fail`` gates against the stored baseline.
+  which ``--benchmark-compare-fail`` gates against the stored baseline. With ``graph=True`` the
+  round replays one CUDA graph holding those calls, so the gate sees GPU time: eager rounds of
+  a few-microsecond kernel measure the host's launch overhead, which differs between machines
+  (run 5 of 2026-11-27: fla's unchanged decode kernel 3.3x "slower" than in run 4). A function
+  that cannot be captured falls back to eager rounds (``extra_info["rounds"]`` says which).
 Everything here skips without CUDA: CPU timings of interpreted kernels mean nothing.
 """
 
@@ -29,24 +33,52 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def _gpu_bench(benchmark, fn, *, nbytes: float, flops: float = 0.0, **info):
+def _capture(fn, reps: int):
+    """A CUDA graph of ``reps`` calls of ``fn`` (warmed up on a side stream first)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(reps):
+            fn()
+    torch.cuda.synchronize()
+    return g
+
+
+def _gpu_bench(benchmark, fn, *, nbytes: float, flops: float = 0.0, graph: bool = False, **info):
     import triton
 
     fn()
     torch.cuda.synchronize()
     ms = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
     reps = max(1, min(1000, int(2.0 / max(ms, 1e-4))))
+    rounds = "eager"
+    g = None
+    if graph:
+        try:
+            g = _capture(fn, reps)
+            rounds = "cuda-graph"
+        except Exception as exc:  # noqa: BLE001  (host syncs, non-capturable peers): eager rounds
+            torch.cuda.synchronize()
+            rounds = f"eager (capture failed: {type(exc).__name__})"
 
     def one_round():
-        for _ in range(reps):
-            fn()
+        if g is not None:
+            g.replay()
+        else:
+            for _ in range(reps):
+                fn()
         torch.cuda.synchronize()
 
     benchmark.pedantic(one_round, rounds=15, warmup_rounds=2)
     benchmark.extra_info.update(
         us=round(ms * 1e3, 2), GBps=round(nbytes / (ms * 1e-3) / 1e9, 1),
         TFLOPs=round(flops / (ms * 1e-3) / 1e12, 2), nbytes=int(nbytes), flops=int(flops),
-        calls_per_round=reps, device=torch.cuda.get_device_name(), **info)
+        calls_per_round=reps, rounds=rounds, device=torch.cuda.get_device_name(), **info)
     return ms
 
 

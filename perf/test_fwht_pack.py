@@ -25,7 +25,7 @@ def test_fwht_2048x4096(benchmark, gpu_bench, impl):
     else:
         method = impl.split("-")[1]
         fn = lambda: fwht_triton_method(x, HLWQ_BLOCK, method)  # noqa: E731
-    gpu_bench(benchmark, fn, nbytes=nbytes, flops=2 * HLWQ_BLOCK * x.numel())
+    gpu_bench(benchmark, fn, graph=True, nbytes=nbytes, flops=2 * HLWQ_BLOCK * x.numel())
 
 
 @pytest.mark.benchmark(group="fwht [1,4096] bf16 block128 latency")
@@ -37,7 +37,7 @@ def test_fwht_1x4096(benchmark, gpu_bench, impl):
     else:
         h = hadamard_matrix(HLWQ_BLOCK, dtype=torch.bfloat16, device="cuda")
         fn = lambda: (x.view(-1, HLWQ_BLOCK) @ h).view(1, HIDDEN)  # noqa: E731
-    gpu_bench(benchmark, fn, nbytes=4 * x.numel())
+    gpu_bench(benchmark, fn, graph=True, nbytes=4 * x.numel())
 
 
 @pytest.mark.benchmark(group="unpack 2^27 codes")
@@ -57,4 +57,4 @@ def test_unpack_2p27(benchmark, gpu_bench, bits, impl):
     else:
         from hlwq_kernels.pack_bits import pack_bits_triton
         fn = lambda: pack_bits_triton(codes, bits)  # noqa: E731  (skips the range check's sync)
-    gpu_bench(benchmark, fn, nbytes=nbytes)
+    gpu_bench(benchmark, fn, graph=True, nbytes=nbytes)

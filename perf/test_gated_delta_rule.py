@@ -108,7 +108,7 @@ def test_gdn_decode_step(benchmark, gpu_bench, impl):
             q, k, v, g=g, beta=beta, scale=1.0, initial_state=s0, output_final_state=True)
     else:
         fn = lambda: recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=s0, impl="reference")  # noqa: E731
-    gpu_bench(benchmark, fn, nbytes=nbytes, flops=flops)
+    gpu_bench(benchmark, fn, graph=True, nbytes=nbytes, flops=flops)
 
 
 def test_decode_matches_fla():
@@ -166,7 +166,7 @@ def test_gdn_prefill(benchmark, gpu_bench, impl):
     else:
         fn = lambda: chunk_gated_delta_rule(q, k, v, g, beta, initial_state=s0, impl="reference")  # noqa: E731
         nbytes = io_bytes
-    ms = gpu_bench(benchmark, fn, nbytes=nbytes, flops=flops)
+    ms = gpu_bench(benchmark, fn, graph=True, nbytes=nbytes, flops=flops)
     benchmark.extra_info["Mtok_per_s"] = round(t / (ms * 1e-3) / 1e6, 2)
 
 

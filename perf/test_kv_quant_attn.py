@@ -52,7 +52,7 @@ def test_kv_attn_decode(benchmark, gpu_bench, case, impl):
         fn = lambda: kv_quant_attn(q, kp, kn, vp, vn, bits=bits, kv_lens=lens)  # noqa: E731
         per_token = HKV * 2 * (D * bits // 8 + 2)
     nbytes = b * lmax * per_token + qo_bytes
-    gpu_bench(benchmark, fn, nbytes=nbytes, flops=flops, kv_bytes_per_token=per_token,
+    gpu_bench(benchmark, fn, graph=True, nbytes=nbytes, flops=flops, kv_bytes_per_token=per_token,
               floor_us=round(nbytes / COPY_BW * 1e6, 2))
 
 
@@ -94,7 +94,7 @@ def test_kv_append_one_token(benchmark, gpu_bench, impl):
                 kv_cache_write_(kp, kn, k_new, start, bits=bits)
                 kv_cache_write_(vp, vn, v_new, start, bits=bits)
         nbytes = 2 * HKV * (D * 2 + D * bits // 8 + 2)
-    gpu_bench(benchmark, fn, nbytes=nbytes, floor_us=round(nbytes / COPY_BW * 1e6, 3))
+    gpu_bench(benchmark, fn, graph=True, nbytes=nbytes, floor_us=round(nbytes / COPY_BW * 1e6, 3))
 
 
 @pytest.mark.parametrize("impl", ["hlwq-3bit", "sdpa-bf16"])
@@ -116,7 +116,7 @@ def test_kv_attn_prefill_chunk(benchmark, gpu_bench, impl):
         lens = torch.tensor([lmax], device="cuda", dtype=torch.int32)
         fn = lambda: kv_quant_attn(q, kp, kn, vp, vn, bits=bits, kv_lens=lens)  # noqa: E731
         nbytes = HKV * lmax * 2 * (D * bits // 8 + 2)
-    gpu_bench(benchmark, fn, nbytes=nbytes + 2 * q.numel() * 2, flops=flops)
+    gpu_bench(benchmark, fn, graph=True, nbytes=nbytes + 2 * q.numel() * 2, flops=flops)
 
 
 @pytest.mark.parametrize("decode", ["lut", "gather"])
@@ -137,4 +137,4 @@ def test_kv_attn_decode_32k_variants(benchmark, gpu_bench, decode, block_n, num_
         return kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, None, bits, D ** -0.5, True, cb, None,
                                            decode=decode, block_n=block_n, num_warps=num_warps)
     nbytes = lmax * HKV * 2 * (D * bits // 8 + 2) + 4 * q.numel()
-    gpu_bench(benchmark, fn, nbytes=nbytes, flops=4 * HQ * lmax * D, floor_us=round(nbytes / COPY_BW * 1e6, 2))
+    gpu_bench(benchmark, fn, graph=True, nbytes=nbytes, flops=4 * HQ * lmax * D, floor_us=round(nbytes / COPY_BW * 1e6, 2))

@@ -31,7 +31,7 @@ def test_quantize_weight_down(benchmark, gpu_bench, impl):
         cb = gaussian_codebook(bits, device="cuda")
         # the kernel alone; quantize_weight adds the fp16-range check (one sync) and the fp16 cast
         fn = lambda: quantize_weight_triton(w, bits, HLWQ_BLOCK, cb)  # noqa: E731
-    gpu_bench(benchmark, fn, nbytes=nbytes, flops=2 * HLWQ_BLOCK * n * k)
+    gpu_bench(benchmark, fn, graph=True, nbytes=nbytes, flops=2 * HLWQ_BLOCK * n * k)
 
 
 @pytest.mark.benchmark(group="quantize_weight [4096,12288] bf16 5 bits, public API")
@@ -50,7 +50,7 @@ def test_lloyd_assign(benchmark, gpu_bench, bits, impl):
     x = torch.randn(N_SAMPLES, device="cuda")
     levels = gaussian_codebook(bits, device="cuda")
     f = lloyd_assign_triton if impl == "triton" else lloyd_assign_reference
-    gpu_bench(benchmark, lambda: f(x, levels), nbytes=x.numel() * 4)
+    gpu_bench(benchmark, lambda: f(x, levels), graph=True, nbytes=x.numel() * 4)
 
 
 @pytest.mark.benchmark(group="lloyd_max_fit 2^24 fp32 samples, 5 bits, 20 steps")
