@@ -2,6 +2,9 @@
 # One GPU call: the whole test suite on the H100, then the benchmarks, then a results table.
 #   bash perf/device.sh [tests|eval|perf|graph|ncu|all] [extra pytest args for the perf step...]
 # graph: perf/graph_sweep.py (kernel-only times in CUDA graphs; sections from $GRAPH_SECTIONS).
+# ncu: Nsight Compute stall profile of one kernel (NCU_TARGET gemv|kv, NCU_KERNEL regex).
+# On the lent H100 (10 minutes per call) "all" does not fit one call: the tests alone take ~5.5 min
+# with 8 workers; run the modes in separate calls (TEST_PATHS / PERF_FILES narrow them).
 # Writes under $OUT (the device tool's output folder; ./.out elsewhere): env.txt, tests.log,
 # eval.jsonl, perf.log, bench.json, report.md. The regression gate: when perf/baseline/ holds a stored run
 # for this machine, the benchmarks are compared against it and a median more than 25% slower fails.
