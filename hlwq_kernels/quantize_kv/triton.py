@@ -132,6 +132,11 @@ def _quantize_kv_pair_kernel(k_ptr, v_ptr, thr_ptr, kp_ptr, kn_ptr, vp_ptr, vn_p
                        svb, svh, svt, svpb, svph, svpl, svnb, svnh, svnl, scale, D, LOG_D, BITS, ROWS, True)
 
 
+def _unit_last(x: torch.Tensor) -> torch.Tensor:
+    """The kernels index the last dimension with unit stride: copy only a tensor that lacks it."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
 def _rows_warps(d: int) -> tuple[int, int]:
     """Vectors per program and warps: 4096-element tiles (16 vectors at D = 256)."""
     rows = max(1, min(16, 4096 // d))
@@ -140,12 +145,11 @@ def _rows_warps(d: int) -> tuple[int, int]:
 
 def _launch(x4: torch.Tensor, thr: torch.Tensor, packed: torch.Tensor, norms: torch.Tensor,
             start: torch.Tensor | None, bits: int) -> None:
-    b_, h_, t_, d = x4.shape
-    n_rows = b_ * h_ * t_
+    _, h_, t_, d = x4.shape
+    n_rows = x4.numel() // d if d else 0
     if n_rows == 0:
         return
-    if x4.stride(-1) != 1:
-        x4 = x4.contiguous()
+    x4 = _unit_last(x4)
     rows, warps = _rows_warps(d)
     _quantize_kv_kernel[(_cdiv(n_rows, rows),)](
         x4, thr, packed, norms, start if start is not None else thr, start.stride(0) if start is not None else 0,
@@ -157,14 +161,11 @@ def _launch(x4: torch.Tensor, thr: torch.Tensor, packed: torch.Tensor, norms: to
 
 def _launch_pair(k: torch.Tensor, v: torch.Tensor, thr: torch.Tensor, kp: torch.Tensor, kn: torch.Tensor,
                  vp: torch.Tensor, vn: torch.Tensor, start: torch.Tensor, bits: int) -> None:
-    b_, h_, t_, d = k.shape
-    n_rows = b_ * h_ * t_
+    _, h_, t_, d = k.shape
+    n_rows = k.numel() // d if d else 0
     if n_rows == 0:
         return
-    if k.stride(-1) != 1:
-        k = k.contiguous()
-    if v.stride(-1) != 1:
-        v = v.contiguous()
+    k, v = _unit_last(k), _unit_last(v)
     rows, warps = _rows_warps(d)
     _quantize_kv_pair_kernel[(_cdiv(n_rows, rows), 2)](
         k, v, thr, kp, kn, vp, vn, start, start.stride(0), n_rows, h_, t_, kp.shape[2],
