@@ -362,6 +362,19 @@ def test_lut_program_decodes_every_code(bits, codebook):
     ptx = lut.ptx()
     assert ptx.count("prmt.b32") == 16 and ptx.count("$21") == 4 and "$22" not in ptx
     assert lut.CONSTRAINTS.count("=h") == 16 and lut.CONSTRAINTS.count(",r") == 6
+    # the packed form (VARIANTS "...lutpack..."): output register k = fp16x2 of the pair of fields of
+    # tile positions 2k, 2k + 1 (low half first), in the kernel's tile order (colperm)
+    tile_order = [0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15]
+    assert [f for pair in lut.PACKED_PAIRS for f in pair] == tile_order
+    packed = lut.emulate(w.astype(np.uint32), h.astype(np.uint32), words.tolist(), packed=True)
+    for k, (lo, hi) in enumerate(lut.PACKED_PAIRS):
+        assert (packed[:, k] & 0xFFFF == want[:, lo]).all() and (packed[:, k] >> 16 == want[:, hi]).all()
+    ptx2 = lut.ptx(packed=True)
+    assert ptx2.count("prmt.b32") == 16 and "{" not in ptx2.replace("{\n", "", 1)  # no 16-bit splits
+    assert all(ptx2.count(f"mov.b32 ${k}, t") == 1 for k in range(8))
+    assert all(f"${i}" in ptx2 for i in (8, 9, 10, 12, 14, 16))  # w, h, the 4 LUT words (one of each pair)
+    assert not any(f"${i}" in ptx2 for i in (11, 13, 15, 17, 18))
+    assert lut.CONSTRAINTS_PACKED.count("=r") == 8 and lut.CONSTRAINTS_PACKED.count(",r") == 10
 
 
 @pytest.mark.skipif(not ON_GPU, reason="needs CUDA")

@@ -61,10 +61,17 @@ def _operand(x) -> str:
     return f"{x:#x}" if isinstance(x, int) else x
 
 
-def ptx() -> str:
+def ptx(packed: bool = False) -> str:
+    """The PTX block for ``tl.inline_asm_elementwise``. ``packed``: for ``pack=2`` with 16-bit
+    outputs: each output register is an fp16x2 pair (``PACKED_PAIRS``), so the 16-bit splits go
+    away; the inputs are then operands of a pack of two 32-bit elements (see ``PACKED_IN``)."""
+    ren = PACKED_IN if packed else {}
     lines = ["{", ".reg .b32 ta, tb, ts, tl, th, tp, tq;"]
     for op, dst, *src in PROGRAM:
-        if op == "split":
+        src = [ren.get(x, x) if isinstance(x, str) else x for x in src]
+        if op == "split" and packed:  # fields dst, src[0] -> the fp16x2 output register of the pair
+            lines.append(f"mov.b32 ${PACKED_OUT[(int(dst[1:]), int(src[0][1:]))]}, {src[1]};")
+        elif op == "split":
             lines.append(f"mov.b32 {{{dst}, {src[0]}}}, {src[1]};")
         elif op == "mov":
             lines.append(f"mov.b32 {dst}, {src[0]};")
@@ -75,6 +82,18 @@ def ptx() -> str:
 
 
 CONSTRAINTS = ",".join(["=h"] * N_OUT + ["r"] * 6)
+
+# Packed form, for ``tl.inline_asm_elementwise(..., pack=2)`` with int16 outputs: each of the 8
+# outputs ``$0..$7`` is one 32-bit register holding an fp16x2 pair of fields (low half first),
+# exactly the ``tp``/``tq`` words of a group, so no 16-bit split is emitted. Inputs come as packs of
+# two 32-bit elements, two operands each: the kernel passes ``join(w, h)`` (``$8`` = w, ``$9`` = h)
+# and the 4 ``byte_lut`` scalars (``$10/$11``, ``$12/$13``, ``$14/$15``, ``$16/$17``: both of a
+# pair hold the same word). The pairs, in output order, are the fields of tile positions
+# 2k, 2k + 1 of the kernel's tile order (``colperm``): [0,2, 4,6, 1,3, 5,7, 8,10, 12,14, 9,11, 13,15].
+PACKED_PAIRS = ((0, 2), (4, 6), (1, 3), (5, 7), (8, 10), (12, 14), (9, 11), (13, 15))
+PACKED_OUT = {pr: i for i, pr in enumerate(PACKED_PAIRS)}
+PACKED_IN = {IN_W: "$8", IN_H: "$9", IN_LA: "$10", IN_LB: "$12", IN_HA: "$14", IN_HB: "$16"}
+CONSTRAINTS_PACKED = ",".join(["=r"] * len(PACKED_PAIRS) + ["r"] * 10)
 
 
 def _prmt(a: np.ndarray, b: np.ndarray, c) -> np.ndarray:
@@ -90,9 +109,10 @@ def _prmt(a: np.ndarray, b: np.ndarray, c) -> np.ndarray:
     return out.astype(np.uint32)
 
 
-def emulate(w: np.ndarray, h: np.ndarray, lut_words) -> np.ndarray:
+def emulate(w: np.ndarray, h: np.ndarray, lut_words, packed: bool = False) -> np.ndarray:
     """Run ``PROGRAM`` on uint32 arrays ``w``, ``h`` (same shape) with the 4 ``byte_lut`` words;
-    returns uint16 fp16 bit patterns ``[..., 16]`` (field order)."""
+    returns uint16 fp16 bit patterns ``[..., 16]`` (field order), or with ``packed`` the 8 uint32
+    output registers ``[..., 8]`` of the packed form (what each ``mov.b32 $k, t`` stores)."""
     m = np.uint32(0xFFFFFFFF)
     regs = {IN_W: w.astype(np.uint32), IN_H: h.astype(np.uint32)}
     for name, val in zip((IN_LA, IN_LB, IN_HA, IN_HB), lut_words):
@@ -101,10 +121,12 @@ def emulate(w: np.ndarray, h: np.ndarray, lut_words) -> np.ndarray:
     def val(x):
         return regs[x] if isinstance(x, str) else np.uint32(x)
 
+    packs = {}
     for op, dst, *src in PROGRAM:
         if op == "split":
             v = val(src[1])
             regs[dst], regs[src[0]] = v & np.uint32(0xFFFF), v >> np.uint32(16)
+            packs[PACKED_OUT[(int(dst[1:]), int(src[0][1:]))]] = v
         elif op == "mov":
             regs[dst] = val(src[0])
         elif op == "shr":
@@ -120,4 +142,6 @@ def emulate(w: np.ndarray, h: np.ndarray, lut_words) -> np.ndarray:
             regs[dst] = _prmt(val(src[0]), val(src[1]), val(src[2]))
         else:
             raise ValueError(op)
+    if packed:
+        return np.stack([packs[k] for k in range(len(PACKED_PAIRS))], -1).astype(np.uint32)
     return np.stack([regs[f"${i}"] for i in range(N_OUT)], -1).astype(np.uint16)
