@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from hlwq_kernels import dequantize_kv, kv_cache_write_, kv_cache_write_kv_, kv_quant_attn, quantize_kv
 from hlwq_kernels.kv_quant_attn import kv_quant_attn_reference, kv_quant_attn_triton_splits
-from hlwq_kernels.kv_quant_attn.triton import plan
+from hlwq_kernels.kv_quant_attn.triton import VARIANTS, plan
 from hlwq_kernels.quantize_kv import default_codebook, quantize_kv_reference
 from hlwq_kernels.pack_bits import unpack_bits
 from helpers import assert_close_verbose, rel_err
@@ -337,6 +337,31 @@ def test_kv_quant_attn_many_blocks_and_splits(splits):
         check_attention(out, q, kp, kn, vp, vn, lens, bits, True, what=f"splits={splits} tq={tq}")
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_kv_quant_attn_variants(variant):
+    """Each opt-in register-cut configuration of the decode tile (VARIANTS: D cut into parts, packed
+    LUT outputs, other BLOCK_N / warps / stages; under the interpreter the LUT asm's layout is
+    emulated with gathers) against the reference, decode and a causal chunk, one split and several,
+    left padding; and the same function as the default configuration: the D parts only reorder fp32
+    sums (within one output ulp); a different BLOCK_N moves the online-softmax rescaling points."""
+    cases = [(64, 3, 1, 3, False), (128, 2, 3, 1, True)] + ([(256, 3, 1, None, False)] if ON_GPU else [])
+    for d, bits, tq, splits, left_pad in cases:  # D = 128: 4 parts; D = 64: at most 2 (D / 32)
+        b, hkv, group, lmax = 2, 1, 4, 150
+        kp, kn, vp, vn = make_cache(b, hkv, lmax, d, bits, d + bits)
+        lens = torch.tensor([150, 93], device=DEV)
+        start = torch.tensor([0, 40], device=DEV) if left_pad else None
+        q = torch.randn(b, hkv * group, tq, d, generator=_gen(d)).to(torch.float16).to(DEV)
+        cb = default_codebook(bits, DEV)
+        out = kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, start, bits, d ** -0.5, True, cb, splits,
+                                          variant=variant)
+        what = f"{variant} d={d} bits={bits} tq={tq}"
+        check_attention(out, q, kp, kn, vp, vn, lens, bits, True, what=what, start=start)
+        if VARIANTS[variant]["block_n"] == plan(b, hkv, group * tq, lmax, d, 132)["block_n"]:
+            base = kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, start, bits, d ** -0.5, True, cb, splits)
+            ulp = 2.0 ** -10 * float(base.abs().max())
+            assert float((out.float() - base.float()).abs().max()) <= ulp, what
+
+
 @pytest.mark.parametrize("bits", [2, 3])
 @pytest.mark.parametrize("codebook", ["gaussian", "random"])
 def test_lut_program_decodes_every_code(bits, codebook):
@@ -468,6 +493,23 @@ def test_plan_fills_the_gpu():
     assert plan(1, 4, 4, 40, 256, 132, lut=False)["splits"] == 2  # never a split shorter than BLOCK_N (32)
     assert plan(1, 4, 4, 40, 256, 132)["splits"] == 1  # LUT decode tiles: 64 tokens
     assert plan(128, 4, 4, 1024, 256, 132)["splits"] == 1  # 512 programs without splitting
+    assert {k: cfg[k] for k in ("dsplit", "packed", "num_stages", "maxnreg", "num_warps")} == dict(
+        dsplit=1, packed=False, num_stages=2, maxnreg=None, num_warps=4)  # the default configuration
+
+
+def test_plan_variants():
+    """The opt-in decode-tile configurations: their tiles, and splits for their programs per SM
+    (32k decode, 4 KV heads, 132 SMs); nothing changes where the default plan does not use that tile."""
+    cfg = plan(1, 4, 4, 32768, 256, 132, variant="dsplit4")
+    assert (cfg["dsplit"], cfg["maxnreg"], cfg["splits"], cfg["chunk"]) == (4, 128, 128, 256)  # 512 <= 4 x 132
+    cfg = plan(1, 4, 4, 32768, 256, 132, variant="dsplit2-lutpack-n128w8")
+    assert (cfg["block_n"], cfg["num_warps"], cfg["packed"], cfg["splits"], cfg["chunk"] % 128) == (128, 8, True, 64, 0)
+    assert plan(1, 4, 4, 32768, 64, 132, variant="dsplit4")["dsplit"] == 2  # at most D / 32 parts
+    for kw in (dict(lut=False), dict(n_rows=32)):  # gather decode, prefill tile: the default plan
+        args = dict(B=1, Hkv=4, n_rows=4, lmax=32768, d=256, sms=132) | kw
+        assert plan(**args, variant="dsplit4") == plan(**args)
+    with pytest.raises(ValueError, match="variant must be None or one of"):
+        plan(1, 4, 4, 32768, 256, 132, variant="fast")
 
 
 @pytest.mark.skipif(not ON_GPU, reason="needs CUDA")

@@ -58,11 +58,14 @@ from .._common import interpreting
 from ..quantize_kv.codebooks import tables
 from ..quantize_kv.triton import fwht_tile
 from .lut import CONSTRAINTS as _LUT_CONSTRAINTS
+from .lut import CONSTRAINTS_PACKED as _LUT_CONSTRAINTS_PACKED
 from .lut import ptx as _lut_ptx
 
 LOG2E = 1.4426950408889634
 LUT_PTX: tl.constexpr = tl.constexpr(_lut_ptx())
 LUT_CONSTRAINTS: tl.constexpr = tl.constexpr(_LUT_CONSTRAINTS)
+LUT_PTX_PACKED: tl.constexpr = tl.constexpr(_lut_ptx(packed=True))
+LUT_CONSTRAINTS_PACKED: tl.constexpr = tl.constexpr(_LUT_CONSTRAINTS_PACKED)
 
 
 def _cdiv(a: int, b: int) -> int:  # triton.cdiv is a @jit function: ~18 us per call from Python
@@ -75,28 +78,32 @@ def _next_pow2(n: int) -> int:
 
 @triton.jit
 def _unpack_plane(codes, base, toks, tok_ok, stride_l, D: tl.constexpr, W: tl.constexpr, OFF: tl.constexpr,
-                  BLOCK_N: tl.constexpr):
+                  BLOCK_N: tl.constexpr, PART: tl.constexpr = 0, NPART: tl.constexpr = 1):
+    # the plane of width W holds D * W / 32 words from word (D / 32) * OFF; part PART of NPART: a
+    # consecutive 1/NPART of them (= tile columns PART * D / NPART ...)
     PER: tl.constexpr = 32 // W
-    NW: tl.constexpr = D // PER
-    w_idx = (D // 32) * OFF + tl.arange(0, NW)
+    NW: tl.constexpr = D // PER // NPART
+    w_idx = (D // 32) * OFF + PART * NW + tl.arange(0, NW)
     words = tl.load(base + toks[:, None] * stride_l + w_idx[None, :], mask=tok_ok[:, None], other=0)
     shifts = (tl.arange(0, PER) * W).to(tl.uint32)
     fields = (words.to(tl.uint32, bitcast=True)[:, :, None] >> shifts[None, None, :]) & ((1 << W) - 1)
-    return codes | (tl.reshape(fields, [BLOCK_N, D]) << OFF)
+    return codes | (tl.reshape(fields, [BLOCK_N, D // NPART]) << OFF)
 
 
 @triton.jit
-def _levels(base, toks, tok_ok, stride_l, cb_ptr, D: tl.constexpr, BITS: tl.constexpr, BLOCK_N: tl.constexpr):
-    """fp16 codebook levels ``c[code]`` of a ``[BLOCK_N, D]`` tile of cached vectors."""
-    codes = tl.zeros([BLOCK_N, D], dtype=tl.uint32)
+def _levels(base, toks, tok_ok, stride_l, cb_ptr, D: tl.constexpr, BITS: tl.constexpr, BLOCK_N: tl.constexpr,
+            PART: tl.constexpr = 0, NPART: tl.constexpr = 1):
+    """fp16 codebook levels ``c[code]`` of a ``[BLOCK_N, D / NPART]`` tile of cached vectors
+    (coordinates ``PART * D / NPART ...`` of each)."""
+    codes = tl.zeros([BLOCK_N, D // NPART], dtype=tl.uint32)
     if BITS & 8:
-        codes = _unpack_plane(codes, base, toks, tok_ok, stride_l, D, 8, 0, BLOCK_N)
+        codes = _unpack_plane(codes, base, toks, tok_ok, stride_l, D, 8, 0, BLOCK_N, PART, NPART)
     if BITS & 4:
-        codes = _unpack_plane(codes, base, toks, tok_ok, stride_l, D, 4, BITS & 8, BLOCK_N)
+        codes = _unpack_plane(codes, base, toks, tok_ok, stride_l, D, 4, BITS & 8, BLOCK_N, PART, NPART)
     if BITS & 2:
-        codes = _unpack_plane(codes, base, toks, tok_ok, stride_l, D, 2, BITS & 12, BLOCK_N)
+        codes = _unpack_plane(codes, base, toks, tok_ok, stride_l, D, 2, BITS & 12, BLOCK_N, PART, NPART)
     if BITS & 1:
-        codes = _unpack_plane(codes, base, toks, tok_ok, stride_l, D, 1, BITS & 14, BLOCK_N)
+        codes = _unpack_plane(codes, base, toks, tok_ok, stride_l, D, 1, BITS & 14, BLOCK_N, PART, NPART)
     return tl.load(cb_ptr + codes.to(tl.int32))
 
 
@@ -134,16 +141,19 @@ def _emul_level(w, h, cb_ptr, J: tl.constexpr):
 
 @triton.jit
 def _levels_lut(base, toks, tok_ok, stride_l, lut_ptr, cb_ptr, D: tl.constexpr, BITS: tl.constexpr,
-                BLOCK_N: tl.constexpr, ASM: tl.constexpr):
+                BLOCK_N: tl.constexpr, ASM: tl.constexpr, PART: tl.constexpr = 0, NPART: tl.constexpr = 1,
+                PACKED: tl.constexpr = False):
     """``_levels`` for 2 and 3 bits through the ``prmt`` byte lookup of ``lut.py``: each word of
     the 2-bit plane (16 codes) and the matching half-word of the 1-bit plane, its bits spread to
-    even positions (Morton, 8 ops per 16 codes), become 16 fp16 levels in one PTX block."""
-    NW2: tl.constexpr = D // 16
+    even positions (Morton, 8 ops per 16 codes), become 16 fp16 levels in one PTX block.
+    Part PART of NPART: coordinates ``PART * D / NPART ...`` only (whole words of both planes)."""
+    NW2: tl.constexpr = D // 16 // NPART
     rows = toks[:, None] * stride_l
-    w = tl.load(base + rows + tl.arange(0, NW2)[None, :], mask=tok_ok[:, None], other=0).to(tl.uint32, bitcast=True)
+    w = tl.load(base + rows + PART * NW2 + tl.arange(0, NW2)[None, :], mask=tok_ok[:, None],
+                other=0).to(tl.uint32, bitcast=True)
     if BITS == 3:
-        NW1: tl.constexpr = D // 32
-        w1 = tl.load(base + rows + NW2 + tl.arange(0, NW1)[None, :], mask=tok_ok[:, None], other=0)
+        NW1: tl.constexpr = D // 32 // NPART
+        w1 = tl.load(base + rows + D // 16 + PART * NW1 + tl.arange(0, NW1)[None, :], mask=tok_ok[:, None], other=0)
         halves = (tl.arange(0, 2) * 16).to(tl.uint32)
         h = tl.reshape((w1.to(tl.uint32, bitcast=True)[:, :, None] >> halves[None, None, :]) & 0xFFFF, [BLOCK_N, NW2])
         h = (h | (h << 8)) & 0x00FF00FF
@@ -152,7 +162,38 @@ def _levels_lut(base, toks, tok_ok, stride_l, lut_ptr, cb_ptr, D: tl.constexpr, 
         h = (h | (h << 1)) & 0x55555555
     else:
         h = tl.zeros([BLOCK_N, NW2], dtype=tl.uint32)
-    if ASM:
+    if PACKED:
+        # fp16x2 outputs (lut.PACKED_PAIRS): p_k holds the fields of tile positions 2k, 2k + 1
+        if ASM:
+            la = tl.load(lut_ptr)
+            lb = tl.load(lut_ptr + 1)
+            ha = tl.load(lut_ptr + 2)
+            hb = tl.load(lut_ptr + 3)
+            p0, p1, p2, p3, p4, p5, p6, p7 = tl.inline_asm_elementwise(
+                LUT_PTX_PACKED, LUT_CONSTRAINTS_PACKED, [tl.join(w, h), la, lb, ha, hb],
+                dtype=(tl.int16, tl.int16, tl.int16, tl.int16, tl.int16, tl.int16, tl.int16, tl.int16),
+                is_pure=True, pack=2)
+            p0 = p0.to(tl.float16, bitcast=True)
+            p1 = p1.to(tl.float16, bitcast=True)
+            p2 = p2.to(tl.float16, bitcast=True)
+            p3 = p3.to(tl.float16, bitcast=True)
+            p4 = p4.to(tl.float16, bitcast=True)
+            p5 = p5.to(tl.float16, bitcast=True)
+            p6 = p6.to(tl.float16, bitcast=True)
+            p7 = p7.to(tl.float16, bitcast=True)
+        else:  # interpreter: the same pairs, gathered
+            p0 = tl.join(_emul_level(w, h, cb_ptr, 0), _emul_level(w, h, cb_ptr, 2))
+            p1 = tl.join(_emul_level(w, h, cb_ptr, 4), _emul_level(w, h, cb_ptr, 6))
+            p2 = tl.join(_emul_level(w, h, cb_ptr, 1), _emul_level(w, h, cb_ptr, 3))
+            p3 = tl.join(_emul_level(w, h, cb_ptr, 5), _emul_level(w, h, cb_ptr, 7))
+            p4 = tl.join(_emul_level(w, h, cb_ptr, 8), _emul_level(w, h, cb_ptr, 10))
+            p5 = tl.join(_emul_level(w, h, cb_ptr, 12), _emul_level(w, h, cb_ptr, 14))
+            p6 = tl.join(_emul_level(w, h, cb_ptr, 9), _emul_level(w, h, cb_ptr, 11))
+            p7 = tl.join(_emul_level(w, h, cb_ptr, 13), _emul_level(w, h, cb_ptr, 15))
+        # [N, M, 2 (pair), 2, 2, 2 (k, by _join16's rule)] -> [N, M, k, pair]: position 2k + pair
+        v = tl.join(tl.join(tl.join(p0, p4), tl.join(p2, p6)), tl.join(tl.join(p1, p5), tl.join(p3, p7)))
+        v = tl.permute(v, [0, 1, 3, 4, 5, 2])
+    elif ASM:
         la = tl.load(lut_ptr)
         lb = tl.load(lut_ptr + 1)
         ha = tl.load(lut_ptr + 2)
@@ -172,17 +213,48 @@ def _levels_lut(base, toks, tok_ok, stride_l, lut_ptr, cb_ptr, D: tl.constexpr, 
                     _emul_level(w, h, cb_ptr, 10), _emul_level(w, h, cb_ptr, 12), _emul_level(w, h, cb_ptr, 14),
                     _emul_level(w, h, cb_ptr, 9), _emul_level(w, h, cb_ptr, 11), _emul_level(w, h, cb_ptr, 13),
                     _emul_level(w, h, cb_ptr, 15))
-    return tl.reshape(v, [BLOCK_N, D])
+    return tl.reshape(v, [BLOCK_N, D // NPART])
 
 
 @triton.jit
 def _decode(base, toks, tok_ok, stride_l, cb_ptr, lut_ptr, D: tl.constexpr, BITS: tl.constexpr,
-            BLOCK_N: tl.constexpr, DECODE: tl.constexpr):
-    # DECODE: 0 = shift/mask + gathered level, 1 = LUT layout emulated (interpreter), 2 = LUT asm
+            BLOCK_N: tl.constexpr, DECODE: tl.constexpr, PART: tl.constexpr = 0, NPART: tl.constexpr = 1,
+            PACKED: tl.constexpr = False):
+    # DECODE: 0 = shift/mask + gathered level, 1 = LUT layout emulated (interpreter), 2 = LUT asm;
+    # PACKED (LUT only): the asm's outputs are fp16x2 registers (lut.PACKED_PAIRS)
     if DECODE == 0:
-        return _levels(base, toks, tok_ok, stride_l, cb_ptr, D, BITS, BLOCK_N)
+        return _levels(base, toks, tok_ok, stride_l, cb_ptr, D, BITS, BLOCK_N, PART, NPART)
     else:
-        return _levels_lut(base, toks, tok_ok, stride_l, lut_ptr, cb_ptr, D, BITS, BLOCK_N, DECODE == 2)
+        return _levels_lut(base, toks, tok_ok, stride_l, lut_ptr, cb_ptr, D, BITS, BLOCK_N, DECODE == 2, PART, NPART,
+                           PACKED)
+
+
+@triton.jit
+def _halves(x, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """[ROWS, COLS] -> its column halves [ROWS, COLS / 2] (left, right)."""
+    return tl.split(tl.permute(tl.reshape(x, [ROWS, 2, COLS // 2]), [0, 2, 1]))
+
+
+@triton.jit
+def _stack(a, b, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """two [ROWS, COLS] -> [2 * ROWS, COLS] (a above b); inverse of ``_halves`` on transposes."""
+    return tl.reshape(tl.permute(tl.join(a, b), [2, 0, 1]), [2 * ROWS, COLS])
+
+
+@triton.jit
+def _kdot(s, k_base, toks, tok_ok, skl, cb_ptr, lut_ptr, qt, D: tl.constexpr, BITS: tl.constexpr,
+          BLOCK_N: tl.constexpr, DECODE: tl.constexpr, PART: tl.constexpr, NPART: tl.constexpr, PACKED: tl.constexpr):
+    """s + levels of coordinates part PART of NPART of the keys @ the matching rows of q^T."""
+    kc = _decode(k_base, toks, tok_ok, skl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PART, NPART, PACKED)
+    return tl.dot(kc, qt, s)
+
+
+@triton.jit
+def _vdot(acc, alpha, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, pv, D: tl.constexpr, BITS: tl.constexpr,
+          BLOCK_N: tl.constexpr, DECODE: tl.constexpr, PART: tl.constexpr, NPART: tl.constexpr, PACKED: tl.constexpr):
+    """o^T rows of part PART: acc * alpha + levels(V part)^T @ (p * n_v)^T."""
+    vc = _decode(v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PART, NPART, PACKED)
+    return tl.dot(tl.trans(vc), pv, acc * alpha[None, :])
 
 
 @triton.jit
@@ -192,7 +264,8 @@ def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_p
                   sob, soh, sot,
                   D: tl.constexpr, LOG_D: tl.constexpr, BITS: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DIRECT: tl.constexpr,
-                  DECODE: tl.constexpr, TRANS: tl.constexpr, HAS_START: tl.constexpr):
+                  DECODE: tl.constexpr, TRANS: tl.constexpr, HAS_START: tl.constexpr, DSPLIT: tl.constexpr = 1,
+                  PACKED: tl.constexpr = False):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     split = tl.program_id(2)
@@ -224,7 +297,68 @@ def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_p
     vn_base = vn_ptr + b * snvb + hk * snvh
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    if TRANS:
+    if TRANS and DSPLIT > 1:
+        # as TRANS below, with D cut into DSPLIT (2 or 4) consecutive parts of the (permuted) basis:
+        # s^T = sum_p levels_k[:, part p] @ q^T[part p]; o^T[part p] += levels_v[:, part p]^T @ p^T.
+        # Each dot's register operand (and each decoded part) is 1/DSPLIT of the tile, so fewer
+        # values are live at once; the arithmetic is the same (fp32 accumulation of the same
+        # products, summed over the parts in order).
+        DP: tl.constexpr = D // DSPLIT
+        if DSPLIT == 2:
+            q0, q1 = _halves(q, BLOCK_M, D)
+        else:
+            qa, qb = _halves(q, BLOCK_M, D)
+            q0, q1 = _halves(qa, BLOCK_M, D // 2)
+            q2, q3 = _halves(qb, BLOCK_M, D // 2)
+            qt2 = tl.trans(q2)
+            qt3 = tl.trans(q3)
+            a2 = tl.zeros([DP, BLOCK_M], dtype=tl.float32)
+            a3 = tl.zeros([DP, BLOCK_M], dtype=tl.float32)
+        qt0 = tl.trans(q0)
+        qt1 = tl.trans(q1)
+        a0 = tl.zeros([DP, BLOCK_M], dtype=tl.float32)
+        a1 = tl.zeros([DP, BLOCK_M], dtype=tl.float32)
+        for n0 in range(lo, hi, BLOCK_N):
+            toks = n0 + tl.arange(0, BLOCK_N)
+            tok_ok = toks < hi
+            s = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+            s = _kdot(s, k_base, toks, tok_ok, skl, cb_ptr, lut_ptr, qt0, D, BITS, BLOCK_N, DECODE, 0, DSPLIT,
+                      PACKED)
+            s = _kdot(s, k_base, toks, tok_ok, skl, cb_ptr, lut_ptr, qt1, D, BITS, BLOCK_N, DECODE, 1, DSPLIT,
+                      PACKED)
+            if DSPLIT == 4:
+                s = _kdot(s, k_base, toks, tok_ok, skl, cb_ptr, lut_ptr, qt2, D, BITS, BLOCK_N, DECODE, 2, DSPLIT,
+                          PACKED)
+                s = _kdot(s, k_base, toks, tok_ok, skl, cb_ptr, lut_ptr, qt3, D, BITS, BLOCK_N, DECODE, 3, DSPLIT,
+                          PACKED)
+            kn = tl.load(kn_base + toks * snkl, mask=tok_ok, other=0.0).to(tl.float32)
+            s = s * kn[:, None]
+            valid = tok_ok[:, None]
+            if CAUSAL:
+                valid = valid & (toks[:, None] <= pos[None, :])
+            s = tl.where(valid, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=0))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_i - m_safe)
+            p = tl.exp2(s - m_safe[None, :])
+            l_i = l_i * alpha + tl.sum(p, axis=0)
+            vn = tl.load(vn_base + toks * snvl, mask=tok_ok, other=0.0).to(tl.float32)
+            pv = (p * vn[:, None]).to(tl.float16)
+            a0 = _vdot(a0, alpha, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, pv, D, BITS, BLOCK_N, DECODE, 0,
+                       DSPLIT, PACKED)
+            a1 = _vdot(a1, alpha, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, pv, D, BITS, BLOCK_N, DECODE, 1,
+                       DSPLIT, PACKED)
+            if DSPLIT == 4:
+                a2 = _vdot(a2, alpha, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, pv, D, BITS, BLOCK_N, DECODE, 2,
+                           DSPLIT, PACKED)
+                a3 = _vdot(a3, alpha, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, pv, D, BITS, BLOCK_N, DECODE, 3,
+                           DSPLIT, PACKED)
+            m_i = m_new
+        if DSPLIT == 2:
+            acc = tl.trans(_stack(a0, a1, DP, BLOCK_M))
+        else:
+            acc = tl.trans(_stack(_stack(a0, a1, DP, BLOCK_M), _stack(a2, a3, DP, BLOCK_M), 2 * DP, BLOCK_M))
+    elif TRANS:
         # keys as the MMA's M side: s^T = levels_k @ q^T, o^T += levels_v^T @ p^T. q^T is then the
         # loop-invariant B operand (it can stay in registers) instead of an A operand re-read
         # from shared memory every iteration.
@@ -233,7 +367,7 @@ def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_p
         for n0 in range(lo, hi, BLOCK_N):
             toks = n0 + tl.arange(0, BLOCK_N)
             tok_ok = toks < hi
-            kc = _decode(k_base, toks, tok_ok, skl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE)
+            kc = _decode(k_base, toks, tok_ok, skl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, 0, 1, PACKED)
             kn = tl.load(kn_base + toks * snkl, mask=tok_ok, other=0.0).to(tl.float32)
             s = tl.dot(kc, qt) * kn[:, None]  # [BLOCK_N, BLOCK_M]
             valid = tok_ok[:, None]
@@ -245,7 +379,7 @@ def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_p
             alpha = tl.exp2(m_i - m_safe)
             p = tl.exp2(s - m_safe[None, :])
             l_i = l_i * alpha + tl.sum(p, axis=0)
-            vc = _decode(v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE)
+            vc = _decode(v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, 0, 1, PACKED)
             vn = tl.load(vn_base + toks * snvl, mask=tok_ok, other=0.0).to(tl.float32)
             acc_t = acc_t * alpha[None, :] + tl.dot(tl.trans(vc), (p * vn[:, None]).to(tl.float16))
             m_i = m_new
@@ -255,7 +389,7 @@ def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_p
         for n0 in range(lo, hi, BLOCK_N):
             toks = n0 + tl.arange(0, BLOCK_N)
             tok_ok = toks < hi
-            kc = _decode(k_base, toks, tok_ok, skl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE)
+            kc = _decode(k_base, toks, tok_ok, skl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, 0, 1, PACKED)
             kn = tl.load(kn_base + toks * snkl, mask=tok_ok, other=0.0).to(tl.float32)
             s = tl.dot(q, tl.trans(kc)) * kn[None, :]
             valid = tok_ok[None, :]
@@ -267,7 +401,7 @@ def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_p
             alpha = tl.exp2(m_i - m_safe)
             p = tl.exp2(s - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            vc = _decode(v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE)
+            vc = _decode(v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, 0, 1, PACKED)
             vn = tl.load(vn_base + toks * snvl, mask=tok_ok, other=0.0).to(tl.float32)
             acc = acc * alpha[:, None] + tl.dot((p * vn[None, :]).to(tl.float16), vc)
             m_i = m_new
@@ -327,8 +461,34 @@ def _num_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+# Opt-in register-cut configurations of the LUT decode tile (BLOCK_M = 16, keys on the wgmma M side),
+# from sm_90 SASS compiled with Triton 3.6 (.notes/kv_compile.py variants); NOT timed on a GPU yet
+# (.notes/kv.md "Register-cut variants"). None is a default. Fields: dsplit = D parts (the kernel's
+# DSPLIT: each dot and each decoded tile 1/dsplit of D, so fewer values live at once), packed = the
+# LUT asm writes fp16x2 registers (no 16-bit splits / register moves), block_n, num_warps,
+# num_stages, maxnreg (ptxas register cap), per_sm = programs resident per SM at that register
+# count (sizes the split count: one full wave). Registers at 3 / 2 bits, D = 256, Triton 3.6.
+VARIANTS = {
+    # 238 / 175 regs (as the default), 4.86 / 3.91 instructions per code (default 5.33 / 4.35)
+    "lutpack": dict(dsplit=1, packed=True, block_n=64, num_warps=4, num_stages=2, maxnreg=None, per_sm=2),
+    # 158 / 134 regs, 5.57 / 4.27
+    "dsplit2": dict(dsplit=2, packed=False, block_n=64, num_warps=4, num_stages=2, maxnreg=None, per_sm=3),
+    # 128 / 126 regs (capped at 128), 5.55 / 4.34
+    "dsplit4": dict(dsplit=4, packed=False, block_n=64, num_warps=4, num_stages=2, maxnreg=128, per_sm=4),
+    # 157 / 137 regs, 4.71 / 3.97
+    "dsplit2-lutpack-s3": dict(dsplit=2, packed=True, block_n=64, num_warps=4, num_stages=3, maxnreg=None,
+                               per_sm=3),
+    # 128 / 128 regs (capped), 5.14 / 3.77; code words loaded straight to registers (no cp.async stage)
+    "dsplit4-lutpack-s1": dict(dsplit=4, packed=True, block_n=64, num_warps=4, num_stages=1, maxnreg=128,
+                               per_sm=4),
+    # 125 / 126 regs at 8 warps (2 programs = 16 warps per SM), 5.22 / 3.84
+    "dsplit2-lutpack-n128w8": dict(dsplit=2, packed=True, block_n=128, num_warps=8, num_stages=2, maxnreg=None,
+                                   per_sm=2),
+}
+
+
 def plan(B: int, Hkv: int, n_rows: int, lmax: int, d: int, sms: int, num_splits: int | None = None,
-         lut: bool = True) -> dict:
+         lut: bool = True, variant: str | None = None) -> dict:
     """Tiles, MMA orientation and split count, from shapes only (no host sync on kv_lens).
 
     Chosen from the sm_90 SASS of each variant (compiled without a GPU: .notes/kv_compile.py),
@@ -343,21 +503,34 @@ def plan(B: int, Hkv: int, n_rows: int, lmax: int, d: int, sms: int, num_splits:
     Splits: as many programs as fit at once (2 per SM: 264 on the H100) without a ragged second
     wave: 32k decode, 4 KV heads -> 64 splits of 512 tokens; batch 8 x 8k -> 8 splits of 1,024;
     never a split shorter than one BLOCK_N.
+    The plan also gives ``dsplit``, ``packed``, ``num_stages``, ``maxnreg`` (default 1, False, 2,
+    None). ``variant`` (a key of ``VARIANTS``, opt-in, untimed): that configuration for the LUT
+    decode tile (D parts at most D / 32), its split count from its programs per SM; ignored where
+    the default plan does not use that tile (gather decode, BLOCK_M > 16).
     """
+    if variant is not None and variant not in VARIANTS:
+        raise ValueError(f"variant must be None or one of {tuple(VARIANTS)}, got {variant!r}")
     block_m = min(64, max(16, _next_pow2(n_rows)))
     trans = lut and block_m == 16
     block_n = 64 if (trans or d < 256) else 32
     num_warps = 8 if block_m * d > 16 * 256 else 4  # BLOCK_M = 32 at D = 256 spills at 4 warps
+    extra = dict(dsplit=1, packed=False, num_stages=2, maxnreg=None)
+    per_sm = 2
+    if variant is not None and trans:  # elsewhere (gather decode, prefill tiles) the default plan
+        v = VARIANTS[variant]
+        block_n, num_warps, per_sm = v["block_n"], v["num_warps"], v["per_sm"]
+        extra = dict(dsplit=max(1, min(v["dsplit"], d // 32)), packed=v["packed"], num_stages=v["num_stages"],
+                     maxnreg=v["maxnreg"])
     m_tiles = _cdiv(n_rows, block_m)
     base = m_tiles * B * Hkv
-    if num_splits is None:  # at most 2 resident programs per SM (~240 registers x 128 threads):
-        num_splits = max(1, (2 * sms) // base)  # one full wave, no ragged tail wave
+    if num_splits is None:  # at most per_sm resident programs per SM (default: ~240 registers x 128 threads -> 2):
+        num_splits = max(1, (per_sm * sms) // base)  # one full wave, no ragged tail wave
     max_splits = max(1, _cdiv(lmax, block_n))
     num_splits = max(1, min(num_splits, max_splits))
     chunk = _cdiv(_cdiv(lmax, num_splits), block_n) * block_n
     num_splits = max(1, _cdiv(lmax, chunk))
     return dict(block_n=block_n, block_m=block_m, m_tiles=m_tiles, splits=num_splits, chunk=chunk,
-                num_warps=num_warps, trans=trans)
+                num_warps=num_warps, trans=trans, **extra)
 
 
 _LUT_BROKEN: set = set()  # (device, D, bits) whose LUT kernel failed to compile (then: gather + warning)
@@ -365,12 +538,15 @@ _LUT_BROKEN: set = set()  # (device, D, bits) whose LUT kernel failed to compile
 
 def kv_quant_attn_triton_splits(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_start, bits, scale, causal,
                                 codebook, num_splits=None, *, decode=None, block_n=None, num_warps=None,
-                                num_stages=2, trans=None):
+                                num_stages=None, trans=None, variant=None, maxnreg=None):
     """The launcher with its choices exposed (tests and the tuning benchmarks set them).
 
     ``decode``: "lut" (2/3 bits: the prmt byte lookup of ``lut.py``; under the interpreter its
     layout emulated with gathers) or "gather" (shift/mask + gathered level, any bits); default
     "lut" for 2 and 3 bits, falling back to "gather" with a warning if the PTX does not compile.
+    ``variant``: None (default) or a key of ``VARIANTS``: an opt-in, not yet timed configuration of
+    the LUT decode tile (see ``plan``); ``block_n``, ``num_warps``, ``num_stages`` (default 2),
+    ``trans`` and ``maxnreg`` (ptxas register cap, GPU only), when given, override the plan's.
     """
     B, Hq, Tq, D = q.shape
     Hkv, lmax = k_packed.shape[1], k_packed.shape[2]
@@ -393,7 +569,7 @@ def kv_quant_attn_triton_splits(q, k_packed, k_norms, v_packed, v_norms, kv_lens
     oscale = 1.0 / math.sqrt(D)
 
     def run(lut_decode: bool) -> None:
-        cfg = plan(B, Hkv, n_rows, lmax, D, sms, num_splits, lut=lut_decode)
+        cfg = plan(B, Hkv, n_rows, lmax, D, sms, num_splits, lut=lut_decode, variant=variant)
         if trans is not None:
             cfg["trans"] = trans
         if block_n is not None:
@@ -402,6 +578,11 @@ def kv_quant_attn_triton_splits(q, k_packed, k_norms, v_packed, v_norms, kv_lens
             cfg["splits"] = _cdiv(lmax, cfg["chunk"])
         if num_warps is not None:
             cfg["num_warps"] = num_warps
+        if num_stages is not None:
+            cfg["num_stages"] = num_stages
+        if maxnreg is not None:
+            cfg["maxnreg"] = maxnreg
+        opts = {"maxnreg": cfg["maxnreg"]} if cfg["maxnreg"] and on_gpu else {}
         mode = (2 if on_gpu else 1) if lut_decode else 0
         # One split: rotate and store the output in this kernel, unless the tile is big (BLOCK_M >= 32:
         # the in-register butterfly on [BLOCK_M, D] fp32 then spills) -> the reduce kernel does it.
@@ -423,7 +604,8 @@ def kv_quant_attn_triton_splits(q, k_packed, k_norms, v_packed, v_norms, kv_lens
             out.stride(0), out.stride(1), out.stride(2),
             D=D, LOG_D=log_d, BITS=bits, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], CAUSAL=causal,
             DIRECT=direct, DECODE=mode, TRANS=cfg["trans"], HAS_START=kv_start is not None,
-            num_warps=cfg["num_warps"], num_stages=num_stages)
+            DSPLIT=cfg["dsplit"], PACKED=cfg["packed"] and lut_decode,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **opts)
         if not direct:
             total = B * Hkv * n_rows
             sb = max(2, min(64, _next_pow2(cfg["splits"]), 16384 // D))  # <= 64 fp32 partials per thread
