@@ -201,7 +201,9 @@ def _kv_attn(cases, bits_list, variants):
                     make = lambda kw=kw: [  # noqa: E731
                         lambda c=c: kv_quant_attn_triton_splits(q, *c, lens, None, bits, D ** -0.5, True, cb,
                                                                 kw.get("splits"), decode=kw.get("decode"),
-                                                                block_n=kw.get("block_n"), num_warps=kw.get("warps"))
+                                                                block_n=kw.get("block_n"), num_warps=kw.get("warps"),
+                                                                num_stages=kw.get("stages"),
+                                                                variant=kw.get("variant"), maxnreg=kw.get("maxnreg"))
                         for c in caches]
                 safe("kv", name, f"hlwq-{bits}b-{label}", make, qb + qo, base, bits=bits)
             del caches
@@ -216,13 +218,22 @@ def sec_kv():
 
 
 def sec_kvcfg():
+    from hlwq_kernels.kv_quant_attn.triton import VARIANTS
+
     variants = []
     for splits in (32, 64, 132, 264, 528):
         for block_n, warps in ((64, 4), (32, 4), (64, 8)):
             variants.append((f"s{splits}-bn{block_n}-w{warps}", dict(splits=splits, block_n=block_n, warps=warps)))
+    # opt-in register-cut variants of the decode tile (.notes/kv.md "Register-cut variants", untimed):
+    # each at its planned split count (programs per SM from its registers: 64 / 86 / 128 at 32k),
+    # and at 64 and 132 splits (the default's and one 4-per-SM wave) to separate occupancy from splits
+    for v in VARIANTS:
+        variants += [(f"v-{v}", dict(variant=v)), (f"v-{v}-s64", dict(variant=v, splits=64)),
+                     (f"v-{v}-s132", dict(variant=v, splits=132))]
     _kv_attn({"decode-32k": (1, 32768)}, (3,), variants)
+    _kv_attn({"decode-32k": (1, 32768)}, (2,), [("default", None)] + [(f"v-{v}", dict(variant=v)) for v in VARIANTS])
     _kv_attn({"decode-128k": (1, 131072), "batch8x8k": (8, 8192)}, (3,),
-             [(f"s{s}", dict(splits=s)) for s in (66, 132, 264, 528)])
+             [(f"s{s}", dict(splits=s)) for s in (66, 132, 264, 528)] + [(f"v-{v}", dict(variant=v)) for v in VARIANTS])
 
 
 def sec_kv_append():
