@@ -505,6 +505,9 @@ def test_plan_variants():
     cfg = plan(1, 4, 4, 32768, 256, 132, variant="dsplit2-lutpack-n128w8")
     assert (cfg["block_n"], cfg["num_warps"], cfg["packed"], cfg["splits"], cfg["chunk"] % 128) == (128, 8, True, 64, 0)
     assert plan(1, 4, 4, 32768, 64, 132, variant="dsplit4")["dsplit"] == 2  # at most D / 32 parts
+    # the register cap only where it was compiled spill-free: D = 256 with split partials
+    assert plan(1, 4, 4, 32768, 128, 132, variant="dsplit4")["maxnreg"] is None
+    assert plan(1, 4, 4, 40, 256, 132, variant="dsplit4")["maxnreg"] is None  # one split: DIRECT epilogue
     for kw in (dict(lut=False), dict(n_rows=32)):  # gather decode, prefill tile: the default plan
         args = dict(B=1, Hkv=4, n_rows=4, lmax=32768, d=256, sms=132) | kw
         assert plan(**args, variant="dsplit4") == plan(**args)

@@ -473,7 +473,7 @@ VARIANTS = {
     "lutpack": dict(dsplit=1, packed=True, block_n=64, num_warps=4, num_stages=2, maxnreg=None, per_sm=2),
     # 158 / 134 regs, 5.57 / 4.27
     "dsplit2": dict(dsplit=2, packed=False, block_n=64, num_warps=4, num_stages=2, maxnreg=None, per_sm=3),
-    # 128 / 126 regs (capped at 128), 5.55 / 4.34
+    # 128 / 126 regs (capped at 128: D = 256 with split partials only, spill-free there), 5.55 / 4.34
     "dsplit4": dict(dsplit=4, packed=False, block_n=64, num_warps=4, num_stages=2, maxnreg=128, per_sm=4),
     # 157 / 137 regs, 4.71 / 3.97
     "dsplit2-lutpack-s3": dict(dsplit=2, packed=True, block_n=64, num_warps=4, num_stages=3, maxnreg=None,
@@ -529,6 +529,8 @@ def plan(B: int, Hkv: int, n_rows: int, lmax: int, d: int, sms: int, num_splits:
     num_splits = max(1, min(num_splits, max_splits))
     chunk = _cdiv(_cdiv(lmax, num_splits), block_n) * block_n
     num_splits = max(1, _cdiv(lmax, chunk))
+    if extra["maxnreg"] and (d != 256 or num_splits == 1):
+        extra["maxnreg"] = None  # the cap spills at D = 128 and in the one-split (DIRECT) epilogue
     return dict(block_n=block_n, block_m=block_m, m_tiles=m_tiles, splits=num_splits, chunk=chunk,
                 num_warps=num_warps, trans=trans, **extra)
 
