@@ -3,6 +3,8 @@ and print register use, spills and the SASS instruction mix of the attention ker
 
     python .notes/kv_compile.py [bits] [decode: 0 gather | 2 lut] [D] [BLOCK_N] [warps]
     python .notes/kv_compile.py all | sweep | append   (append: the quantize/append kernels only)
+    python .notes/kv_compile.py variants   (the opt-in VARIANTS of the decode tile vs the default:
+                                            registers, spills, instructions per code, CTAs per SM)
 """
 import collections
 import itertools
@@ -27,7 +29,7 @@ NVDISASM = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", 
 
 
 def compile_split(bits, decode, d, block_n, warps, block_m=16, causal=True, direct=False, stages=2, trans=False,
-                  has_start=False):
+                  has_start=False, dsplit=1, maxnreg=None, packed=False):
     ptr = {"q_ptr": "*bf16", "kp_ptr": "*i32", "kn_ptr": "*fp16", "vp_ptr": "*i32", "vn_ptr": "*fp16",
            "cb_ptr": "*fp16", "lut_ptr": "*i32", "lens_ptr": "*i32", "start_ptr": "*i32", "op_ptr": "*fp32", "lse_ptr": "*fp32",
            "out_ptr": "*bf16"}
@@ -40,12 +42,15 @@ def compile_split(bits, decode, d, block_n, warps, block_m=16, causal=True, dire
     sig.update({k: "fp32" for k in floats})
     sig.update({k: "i32" for k in strides})
     const = dict(D=d, LOG_D=d.bit_length() - 1, BITS=bits, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
-                 DIRECT=direct, DECODE=decode, TRANS=trans, HAS_START=has_start)
+                 DIRECT=direct, DECODE=decode, TRANS=trans, HAS_START=has_start, DSPLIT=dsplit, PACKED=packed)
     for k, v in const.items():
         sig[k] = "constexpr"
     src = ASTSource(_split_kernel, sig, constexprs=const,
                     attrs={(i,): [["tt.divisibility", 16]] for i in range(12)})
-    return triton.compile(src, target=TARGET, options={"num_warps": warps, "num_stages": stages})
+    opts = {"num_warps": warps, "num_stages": stages}
+    if maxnreg:
+        opts["maxnreg"] = maxnreg
+    return triton.compile(src, target=TARGET, options=opts)
 
 
 def regs_spills(k):
@@ -112,14 +117,15 @@ def sweep(bits_list=(3,), decodes=(2, 0), shapes=((32, 4), (64, 4), (64, 8), (12
                       + ", ".join(f"{o}:{c}" for o, c in ops.most_common(8)))
 
 
-def compile_reduce(d, perm, rows=8):
+def compile_reduce(d, perm, sb=64):
     sig = {"op_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": "*bf16"}
     sig.update({k: "i32" for k in ["n_splits", "total_rows", "n_rows", "Hkv", "G"]})
     sig["oscale"] = "fp32"
     sig.update({k: "i32" for k in ["sob", "soh", "sot"]})
-    const = dict(D=d, LOG_D=d.bit_length() - 1, ROWS=rows, PERM=perm)
+    const = dict(D=d, LOG_D=d.bit_length() - 1, SB=sb, PERM=perm)
     sig.update({k: "constexpr" for k in const})
-    return triton.compile(ASTSource(_reduce_kernel, sig, constexprs=const), target=TARGET, options={"num_warps": 4})
+    return triton.compile(ASTSource(_reduce_kernel, sig, constexprs=const), target=TARGET,
+                          options={"num_warps": 8 if sb * d >= 8192 else 4})  # as the launcher
 
 
 def compile_quantize(d, bits, has_start, rows):
@@ -171,6 +177,44 @@ def check_append():
     print("compiled append kernels; failures:", bad)
 
 
+def compile_plan(bits, d, n_rows=4, variant=None, causal=True, direct=False, has_start=False):
+    """The split kernel exactly as the launcher plans it (decode, tiles, variant) for a 32k cache."""
+    from hlwq_kernels.kv_quant_attn.triton import plan
+    lut = bits in (2, 3)
+    cfg = plan(1, 4, n_rows, 32768, d, 132, 1 if direct else None, lut=lut, variant=variant)  # DIRECT: one split
+    k = compile_split(bits, 2 if lut else 0, d, cfg["block_n"], cfg["num_warps"], block_m=cfg["block_m"],
+                      causal=causal, direct=direct, stages=cfg["num_stages"], trans=cfg["trans"],
+                      has_start=has_start, dsplit=cfg["dsplit"], maxnreg=cfg["maxnreg"],
+                      packed=cfg["packed"] and lut)
+    return k, cfg
+
+
+def ctas_per_sm(regs, warps, smem, max_regs=65536, max_smem=228 * 1024, max_warps=64):
+    """Resident programs per SM on the H100 (sm_90): registers are allocated per warp in units of
+    256 (8 per thread), each CTA reserves 1 KiB of shared memory beyond its own."""
+    by_regs = max_regs // (warps * 32 * (-(-regs // 8) * 8))
+    by_smem = max_smem // (smem + 1024)
+    return min(by_regs, by_smem, max_warps // warps, 32)
+
+
+def check_variants(d=256):
+    """Registers / spills / loop instructions per cached code of every VARIANTS entry next to the
+    default decode tile, at 2 and 3 bits (32k decode, 16 q / 4 KV heads, the launcher's plan)."""
+    from hlwq_kernels.kv_quant_attn.triton import VARIANTS
+    print(f"D={d}, Triton {triton.__version__}, sm_90; per code = SASS instructions in the loop / codes per thread")
+    print("| variant | bits | regs | stack | local | smem B | loop instr | per code | CTAs/SM | warps/SM | splits |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for variant in [None, *VARIANTS]:
+        for bits in (3, 2):
+            k, cfg = compile_plan(bits, d, variant=variant)
+            regs = regs_spills(k)
+            _, txt = sass_mix(k)
+            n, per_code, _ = loop_stats(txt, cfg["block_n"] * d * 2 / (32 * cfg["num_warps"]))
+            ctas = ctas_per_sm(int(regs[0]), cfg["num_warps"], k.metadata.shared)
+            print(f"| {variant or 'default'} | {bits} | {regs[0]} | {regs[1]} | {regs[3]} | {k.metadata.shared} | {n} | "
+                  f"{per_code:.2f} | {ctas} | {ctas * cfg['num_warps']} | {cfg['splits']} |", flush=True)
+
+
 def check_all():
     """Compile every kernel variant the tests and benchmarks launch (as the launcher plans them)."""
     from hlwq_kernels.kv_quant_attn.triton import plan
@@ -192,9 +236,19 @@ def check_all():
         except Exception as e:  # noqa: BLE001
             bad.append((d, bits, n_rows, direct, causal))
             print("FAIL split", d, bits, n_rows, direct, causal, type(e).__name__, str(e)[:300])
+    from hlwq_kernels.kv_quant_attn.triton import VARIANTS
+    for variant, d, bits, direct in itertools.product(VARIANTS, (64, 128, 256), (2, 3), (False, True)):
+        try:
+            k, _ = compile_plan(bits, d, variant=variant, direct=direct)
+            regs = regs_spills(k)
+            if regs[3] != "0" or regs[1] != "0":
+                print("spills:", variant, d, bits, direct, regs)
+        except Exception as e:  # noqa: BLE001
+            bad.append((variant, d, bits, direct))
+            print("FAIL split", variant, d, bits, direct, type(e).__name__, str(e)[:300])
     for d, perm in itertools.product((64, 128, 256), (False, True)):
         try:
-            compile_reduce(d, perm, max(1, min(16, 2048 // d)))
+            compile_reduce(d, perm, min(64, 16384 // d))
         except Exception as e:  # noqa: BLE001
             bad.append(("reduce", d, perm))
             print("FAIL reduce", d, perm, str(e)[:300])
@@ -220,6 +274,8 @@ if __name__ == "__main__":
         check_all()
     elif len(sys.argv) > 1 and sys.argv[1] == "append":
         check_append()
+    elif len(sys.argv) > 1 and sys.argv[1] == "variants":
+        check_variants()
     else:
         bits = int(sys.argv[1]) if len(sys.argv) > 1 else 3
         decode = int(sys.argv[2]) if len(sys.argv) > 2 else 2
