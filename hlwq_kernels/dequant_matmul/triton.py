@@ -289,6 +289,85 @@ def _gemv_kernel(x_ptr, p_ptr, p_addr, n_ptr, cb_ptr, cb_addr, out_ptr, N, group
 
 
 @triton.jit
+def _norm_tile(n_ptr, n_addr, nidx, MODE: tl.constexpr):
+    """fp32 norms at element offsets ``nidx`` (any shape). On the GPU an ``ld.global.nc`` per
+    element: an inline-asm load takes its operand's layout (the reduced row-tile layout) where a
+    tl.load of these broadcast pointers would anchor a layout of its own and cost a shared-memory
+    conversion per row tile."""
+    if MODE == 0:
+        return tl.load(n_ptr + nidx).to(tl.float32)
+    else:
+        h = tl.inline_asm_elementwise("{ .reg .u64 ad; mad.wide.s32 ad, $1, 2, $2; ld.global.nc.b16 $0, [ad]; }",
+                                      "=h,r,l", [nidx.to(tl.int32), n_addr], dtype=tl.int16, is_pure=True,
+                                      pack=1)
+        return h.to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr, N, groups, nblk, stride_xm,
+                  stride_om, stride_os, row_tiles, BITS: tl.constexpr, BLOCK: tl.constexpr, BN: tl.constexpr,
+                  G: tl.constexpr, A: tl.constexpr, F: tl.constexpr, SPLIT_K: tl.constexpr, MODE: tl.constexpr,
+                  MASKED: tl.constexpr, PREFETCH: tl.constexpr):
+    """GEMV with K across the CTA ("gemv2", opt-in): program (m, s, n) owns K slice s (G groups =
+    32*G codes, whole norm blocks) and ``row_tiles`` tiles of BN rows. Each thread keeps the x values
+    of its fixed quads in registers (fp32, loaded once) and walks the row tiles: per tile the plane
+    words of the whole slice (one [BN, G*A] load per plane), unpack + LUT + FMA into [BN, Q], a sum
+    over the quads of each norm block, the norm, and one cross-thread sum per row. Rows past N are
+    clamped for the loads (no predicates) and masked at the store; MASKED only for a ragged K."""
+    pid_m = tl.program_id(0)
+    t = tl.program_id(1)  # the K slice = "tile" t of G groups for _tile_words
+    pid_n = tl.program_id(2)
+    NB: tl.constexpr = (G * 32) // BLOCK  # norm blocks in the slice
+    QB: tl.constexpr = BLOCK // F  # quads per norm block
+    q = tl.arange(0, G * A)
+    kq = q[:, None] * F + tl.arange(0, F)[None, :]  # [Q, F]
+    x_row = x_ptr + pid_m.to(tl.int64) * stride_xm + t * (G * 32)
+    if MASKED:
+        xv = tl.load(x_row + kq, mask=((t * G + q // A) < groups)[:, None], other=0.0).to(tl.float32)
+    else:
+        xv = tl.load(x_row + kq).to(tl.float32)
+    lane_cb = 0.0
+    if MODE == 2:
+        lane_cb = _lut_lane(cb_addr, tl.zeros([BN, G * A, F], dtype=tl.int32), BITS)
+    row_true = tl.full([BN], 1, tl.int1)
+    blk = t * NB + tl.arange(0, NB)  # norm block indices of the slice
+    r0 = pid_n * (row_tiles * BN)
+    rr = tl.arange(0, BN)
+    if PREFETCH:
+        rows = tl.minimum(r0 + rr, N - 1).to(tl.int64)
+        wa, wb, wc = _tile_words(p_ptr, p_addr, rows * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
+                                 MASKED, MODE)
+    for i in range(row_tiles):
+        rows_out = r0 + i * BN + rr
+        rows = tl.minimum(rows_out, N - 1).to(tl.int64)  # clamped: loads need no row predicate
+        if PREFETCH:
+            nrows = tl.minimum(rows_out + BN, N - 1).to(tl.int64)
+            na, nb, nc = _tile_words(p_ptr, p_addr, nrows * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
+                                     MASKED, MODE)
+            code = _words_to_codes(wa, wb, wc, BITS, BN, G, A, F)
+            wa, wb, wc = na, nb, nc
+        else:
+            code = _tile_codes(p_ptr, p_addr, rows * (groups * BITS), row_true, t, groups, BITS, BN, G, A, F,
+                               MASKED, MODE)
+        vals = _lut(cb_ptr, cb_addr, lane_cb, code, BITS, MODE)  # [BN, Q, F]
+        part = tl.sum(vals * xv[None, :, :], axis=2)  # [BN, Q]: F in-thread
+        pb = tl.sum(tl.reshape(part, [BN, NB, QB]), axis=2)  # [BN, NB]: per norm block
+        nidx = rows[:, None] * nblk + blk[None, :]
+        if MASKED:
+            nv = tl.load(n_ptr + nidx, mask=(blk < nblk)[None, :], other=0.0).to(tl.float32)
+        else:
+            nv = _norm_tile(n_ptr, n_addr, nidx, MODE)
+        y = tl.sum(pb * nv, axis=1)  # [BN]
+        omask = rows_out < N
+        if SPLIT_K == 1:
+            tl.store(out_ptr + pid_m.to(tl.int64) * stride_om + rows_out, y.to(out_ptr.dtype.element_ty),
+                     mask=omask)
+        else:
+            tl.store(out_ptr + t.to(tl.int64) * stride_os + pid_m.to(tl.int64) * stride_om + rows_out, y,
+                     mask=omask)
+
+
+@triton.jit
 def _dot_kernel(x_ptr, p_ptr, p_addr, n_ptr, cb_ptr, cb_addr, out_ptr, M, N, groups, nblk, stride_xm, stride_om,
                 stride_os, tiles_per_split, BITS: tl.constexpr, BLOCK: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                 G: tl.constexpr, A: tl.constexpr, F: tl.constexpr, SPLIT_K: tl.constexpr,
@@ -389,7 +468,11 @@ def _splitk_reduce_kernel(part_ptr, out_ptr, numel, SPLIT_K: tl.constexpr, BLOCK
 # launch
 # ----------------------------------------------------------------------------------------------
 class Config(NamedTuple):
-    """One launch configuration (``method``: "gemv", "dot" or "slab"; BM only for "dot")."""
+    """One launch configuration (``method``: "gemv", "gemv2", "dot" or "slab"; BM only for "dot").
+
+    gemv2 (opt-in, ``_gemv2_kernel``): G = the most groups of 32 codes per K slice (a power of
+    two; the slice is rounded up to whole norm blocks), split_k = at least this many K slices,
+    BN = rows per tile, row_tiles = BN-row tiles per program (0: about 4 programs per SM)."""
     method: str
     BN: int
     G: int
@@ -399,6 +482,7 @@ class Config(NamedTuple):
     num_stages: int = 2
     prefetch: bool = False  # gemv: load tile t+1's words before computing tile t
     unroll: int = 1  # gemv: tiles per loop trip (straight-line code: loads of all of them in flight)
+    row_tiles: int = 0  # gemv2: BN-row tiles per program (0: chosen from the SM count)
 
 
 @functools.lru_cache(maxsize=None)
@@ -426,6 +510,8 @@ def _pick(m: int, n: int, kp: int, block: int, method: str) -> Config:
         # 54.3 / 55.5 / 54.2 us (more loads in flight did not help: not latency-bound alone);
         # prefetch + unroll 4 -> 50.4 us, the best of the sweep; BN 16/64/128 no better.
         return Config("gemv", BN=32, G=g_max, num_warps=4, prefetch=True, unroll=4)
+    if method == "gemv2":  # opt-in, NOT yet timed (.notes/dequant_matmul.md "gemv2")
+        return Config("gemv2", BN=4, G=128, num_warps=4, prefetch=True)
     if method == "slab":
         return Config("slab", BN=32, G=g_max, num_warps=4)
     if m <= 16:  # one m64n16 wgmma per K-step, no Triton pipelining (stages=2 was 1.6x slower);
@@ -482,6 +568,34 @@ def _slab_matmul(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, cfg: C
     return out if out_dtype == out.dtype else out.to(out_dtype)
 
 
+def _gemv2(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, cfg: Config) -> torch.Tensor:
+    """Launch ``_gemv2_kernel`` (K across the CTA; see there and ``Config``)."""
+    m, kp = xr.shape
+    n, block, bits = w.out_features, w.block, w.bits
+    if cfg.G < 1 or cfg.G & (cfg.G - 1) or cfg.BN < 1 or cfg.BN & (cfg.BN - 1):
+        raise ValueError(f"gemv2: G and BN must be powers of two, got G={cfg.G} BN={cfg.BN}")
+    groups, nblk = kp // 32, kp // block
+    split = max(cfg.split_k, triton.cdiv(groups, cfg.G))
+    g = max(triton.next_power_of_2(triton.cdiv(groups, split)), block // 32)  # whole norm blocks per slice
+    split = triton.cdiv(groups, g)  # no empty slices
+    masked = g * split != groups
+    a, f = (8, 4) if bits == 8 else (4, 8)
+    n_tiles = triton.cdiv(n, cfg.BN)
+    rt = cfg.row_tiles or max(1, triton.cdiv(n_tiles * split * m, 4 * _num_sms(xr.device)))
+    rt = min(rt, n_tiles)
+    out = torch.empty(m, n, dtype=out_dtype, device=xr.device)
+    dst = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=xr.device)
+    grid = (m, split, triton.cdiv(n_tiles, rt))
+    _gemv2_kernel[grid](xr, w.packed, w.packed.data_ptr(), w.norms, w.norms.data_ptr(), w.codebook,
+                        w.codebook.data_ptr(), dst, n, groups, nblk, xr.stride(0), n, 0 if split == 1 else m * n, rt,
+                        BITS=bits, BLOCK=block, BN=cfg.BN, G=g, A=a, F=f, SPLIT_K=split, MODE=_lut_mode(bits),
+                        MASKED=masked, PREFETCH=cfg.prefetch, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if split > 1:
+        rb = 1024
+        _splitk_reduce_kernel[(triton.cdiv(m * n, rb),)](dst, out, m * n, SPLIT_K=split, BLOCK=rb, num_warps=4)
+    return out
+
+
 def dequant_matmul_rotated(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, method: str = "auto",
                            config: Config | None = None) -> torch.Tensor:
     """``xr [M, Kp]`` (already rotated and padded) @ W_rot.T -> ``[M, N]`` in ``out_dtype``."""
@@ -494,6 +608,8 @@ def dequant_matmul_rotated(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dty
     groups = kp // 32
     nblk = kp // block
     cfg = config or _pick(m, n, kp, block, method)
+    if cfg.method == "gemv2":
+        return _gemv2(xr, w, out_dtype, cfg)
     if (cfg.G * 32) > block or block % (cfg.G * 32):
         raise ValueError(f"config.G*32 must divide block={block}, got G={cfg.G}")
     if cfg.method == "slab":
@@ -529,7 +645,7 @@ def dequant_matmul_rotated(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dty
                           MASKED=masked, MASK_M=bool(m % cfg.BM), UNROLL=unroll,
                           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     else:
-        raise ValueError(f"method must be 'auto', 'gemv', 'dot' or 'slab', got {cfg.method!r}")
+        raise ValueError(f"method must be 'auto', 'gemv', 'gemv2', 'dot' or 'slab', got {cfg.method!r}")
     if split > 1:
         rb = 1024
         _splitk_reduce_kernel[(triton.cdiv(m * n, rb),)](dst, out, m * n, SPLIT_K=split, BLOCK=rb, num_warps=4)
