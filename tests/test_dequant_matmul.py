@@ -102,6 +102,40 @@ def test_split_k_configs(device, cfg):
     check(y, x, qw, False, torch.float32, str(cfg))
 
 
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_gemv2_every_bit_width(device, bits):
+    """The opt-in K-across-the-CTA GEMV through method="gemv2" (its _pick default config)."""
+    qw = make_weight(40, 256, bits, 128, bits, device)
+    x = make_x((2,), 256, torch.bfloat16 if ON_GPU else torch.float16, bits, device)
+    y = dequant_matmul_triton_method(x, qw, False, x.dtype, "gemv2")
+    check(y, x, qw, False, x.dtype, f"gemv2 bits={bits}")
+
+
+@given(n=st.integers(1, 80), k=st.integers(1, 300), bits=st.integers(1, 8), block=st.sampled_from([32, 64, 128]),
+       bn=st.sampled_from([1, 4, 8]), g=st.sampled_from([1, 2, 4, 16]), split_k=st.sampled_from([0, 2, 3]),
+       row_tiles=st.sampled_from([0, 1, 3]), prefetch=st.booleans(), dtype=st.sampled_from(DTYPES),
+       seed=st.integers(0, 2**20))
+@example(n=70, k=300, bits=5, block=64, bn=4, g=4, split_k=0, row_tiles=3, prefetch=True, dtype=torch.float32,
+         seed=0)  # ragged K slices (10 groups in 3 slices of 4) and a ragged last row tile
+@example(n=33, k=200, bits=8, block=32, bn=8, g=1, split_k=0, row_tiles=0, prefetch=False, dtype=torch.bfloat16,
+         seed=1)
+def test_gemv2_configs(device, n, k, bits, block, bn, g, split_k, row_tiles, prefetch, dtype, seed):
+    kp = -(-k // block) * block
+    assume(n * kp <= 20_000)
+    qw = make_weight(n, k, bits, block, seed, device)
+    x = make_x((1,), k, dtype, seed, device)
+    cfg = Config("gemv2", BN=bn, G=g, split_k=split_k, row_tiles=row_tiles, prefetch=prefetch)
+    y = dequant_matmul_triton_method(x, qw, False, dtype, config=cfg)
+    check(y, x, qw, False, dtype, str(cfg))
+
+
+def test_gemv2_rejects_non_power_of_two(device):
+    qw = make_weight(16, 64, 3, 32, 0, device)
+    x = make_x((1,), 64, torch.float32, 0, device)
+    with pytest.raises(ValueError, match="powers of two"):
+        dequant_matmul_triton_method(x, qw, False, torch.float32, config=Config("gemv2", BN=4, G=3))
+
+
 def test_slab_path_many_slabs(device, monkeypatch):
     from hlwq_kernels.dequant_matmul import triton as dq
     monkeypatch.setattr(dq, "SLAB_BYTES", 4096)  # 32-row slabs: 3 slabs for 70 rows, the last ragged
