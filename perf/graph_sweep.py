@@ -156,6 +156,16 @@ def sec_dqcfg():
             cfgs.append((f"s{split}u{unroll}", Config("gemv", BN=32, G=4, split_k=split, prefetch=True, unroll=unroll)))
     cfgs += [("bn16s4u4", Config("gemv", BN=16, G=4, split_k=4, prefetch=True, unroll=4)),
              ("bn64w8s2u4", Config("gemv", BN=64, G=4, split_k=2, num_warps=8, prefetch=True, unroll=4))]
+    # gemv2 (opt-in, K across the CTA; .notes/dequant_matmul.md "gemv2"): NOT yet timed.
+    # G=128: 4096-code K slices (K=12288 -> 3 slices); row_tiles 0 = ~4 programs per SM.
+    cfgs += [("g2-bn4", Config("gemv2", BN=4, G=128, prefetch=True)),
+             ("g2-bn4-nopf", Config("gemv2", BN=4, G=128)),
+             ("g2-bn2", Config("gemv2", BN=2, G=128, prefetch=True)),
+             ("g2-bn8", Config("gemv2", BN=8, G=128, prefetch=True)),
+             ("g2-bn8w8", Config("gemv2", BN=8, G=128, num_warps=8, prefetch=True)),
+             ("g2-bn4-s2", Config("gemv2", BN=4, G=64, prefetch=True)),
+             ("g2-bn4-rt2", Config("gemv2", BN=4, G=128, prefetch=True, row_tiles=2)),
+             ("g2-bn4-w2", Config("gemv2", BN=4, G=64, num_warps=2, prefetch=True))]
     small = [s for s in LINEARS if s[0] in ("square", "down", "attn_kv", "gate_up")]
     _dq_cases(1, (5,), small, cfgs)
 
