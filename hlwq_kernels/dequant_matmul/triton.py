@@ -16,6 +16,9 @@ Kernels, chosen by M in ``_pick`` (explicit, documented there):
   BK = 32*G <= block, ``unroll`` steps per loop trip. M is the fastest grid axis so programs
   sharing a weight tile run together (one DRAM read). Split-K (fp32 partials +
   ``_splitk_reduce_kernel``) when N/BN gives fewer programs than SMs.
+* ``_gemv2_kernel`` (opt-in only, ``method="gemv2"``; not yet timed): K across the CTA, each
+  thread's x values in registers for the whole program, rows walked in BN-row tiles (removes the
+  per-code LDS of x that the gemv loop has; .notes/dequant_matmul.md "gemv2").
 * ``_dot_kernel`` (M <= SLAB_MIN_M): the dequantized ``[BN, BK]`` tile (x's dtype) is the A
   operand of ``tl.dot(w_tile, x_tile^T)`` ("swap AB": weight rows fill the 64-row wgmma M
   dimension, BM = 16/32 tokens the N dimension); fp32 accumulation, norm per K-step.
