@@ -20,6 +20,17 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for launch grids: plain integer arithmetic (``triton.cdiv`` is a constexpr
+    function object, a few microseconds per call from Python on a launcher's hot path)."""
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (0 for 0), as ``triton.next_power_of_2``, in plain Python."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
 def resolve_impl(impl: str, *tensors: torch.Tensor) -> str:
     """Turn ``impl`` into "triton" or "reference".
 

@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._common import cdiv, next_pow2
+
 
 @triton.jit(do_not_specialize=["T"])  # no recompiles per length
 def _causal_conv1d_kernel(x_ptr, w_ptr, s0_ptr, o_ptr, sT_ptr, T, C,
@@ -81,13 +83,13 @@ def _causal_conv1d_launch(x, weight, initial_state, activation):
     # Decode (T small): a short time tile and 256 channels: C=8192 gives 32 programs.
     # Prefill: [16, 128] tiles (4096 x 8192: 16384 programs; x rows read ~(1 + 3/16) times, the
     # halo from L2); [32, 128] needs 255 registers and spills on sm_90 (Triton 3.6).
-    bt = 2 if t <= 2 else min(16, triton.next_power_of_2(t))
+    bt = 2 if t <= 2 else min(16, next_pow2(t))
     bc = 256 if t <= 2 else 128
-    grid = (triton.cdiv(c, bc), triton.cdiv(t, bt), bsz)
+    grid = (cdiv(c, bc), cdiv(t, bt), bsz)
     _causal_conv1d_kernel[grid](
         x, weight, s0, out, final, t, c, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
         final.stride(0), final.stride(1), out.stride(0), out.stride(1),
-        W=w, WP=max(2, triton.next_power_of_2(w - 1)), HAS_S0=initial_state is not None, SILU=activation == "silu", BT=bt, BC=bc, num_warps=4)
+        W=w, WP=max(2, next_pow2(w - 1)), HAS_S0=initial_state is not None, SILU=activation == "silu", BT=bt, BC=bc, num_warps=4)
     return out, final
 
 

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .._common import interpreting
+from .._common import cdiv, interpreting, next_pow2
 from ..fwht import MAX_TRITON_BLOCK, fwht
 from ..quant import HLWQWeight
 
@@ -557,13 +557,13 @@ def _slab_matmul(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, cfg: C
     groups, nblk = kp // 32, kp // w.block
     a, f = (8, 4) if w.bits == 8 else (4, 8)
     rows = max(cfg.BN, (SLAB_BYTES // (kp * xr.element_size())) // cfg.BN * cfg.BN)
-    rows = min(rows, triton.cdiv(n, cfg.BN) * cfg.BN)
+    rows = min(rows, cdiv(n, cfg.BN) * cfg.BN)
     slab = torch.empty(rows, kp, dtype=xr.dtype, device=xr.device)
     out = torch.empty(m, n, dtype=xr.dtype, device=xr.device)
     for r0 in range(0, n, rows):
         r1 = min(n, r0 + rows)
         masked = bool((r1 - r0) % cfg.BN)
-        _dequant_rows_kernel[(triton.cdiv(r1 - r0, cfg.BN), triton.cdiv(groups, cfg.G))](
+        _dequant_rows_kernel[(cdiv(r1 - r0, cfg.BN), cdiv(groups, cfg.G))](
             w.packed, w.packed.data_ptr(), w.norms, w.codebook, w.codebook.data_ptr(), slab, r0, n, groups, nblk,
             BITS=w.bits, BLOCK=w.block, BN=cfg.BN, G=cfg.G, A=a, F=f, MODE=_lut_mode(w.bits), MASKED=masked,
             num_warps=cfg.num_warps)
@@ -578,24 +578,24 @@ def _gemv2(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, cfg: Config)
     if cfg.G < 1 or cfg.G & (cfg.G - 1) or cfg.BN < 1 or cfg.BN & (cfg.BN - 1):
         raise ValueError(f"gemv2: G and BN must be powers of two, got G={cfg.G} BN={cfg.BN}")
     groups, nblk = kp // 32, kp // block
-    split = max(cfg.split_k, triton.cdiv(groups, cfg.G))
-    g = max(triton.next_power_of_2(triton.cdiv(groups, split)), block // 32)  # whole norm blocks per slice
-    split = triton.cdiv(groups, g)  # no empty slices
+    split = max(cfg.split_k, cdiv(groups, cfg.G))
+    g = max(next_pow2(cdiv(groups, split)), block // 32)  # whole norm blocks per slice
+    split = cdiv(groups, g)  # no empty slices
     masked = g * split != groups
     a, f = (8, 4) if bits == 8 else (4, 8)
-    n_tiles = triton.cdiv(n, cfg.BN)
-    rt = cfg.row_tiles or max(1, triton.cdiv(n_tiles * split * m, 4 * _num_sms(xr.device)))
+    n_tiles = cdiv(n, cfg.BN)
+    rt = cfg.row_tiles or max(1, cdiv(n_tiles * split * m, 4 * _num_sms(xr.device)))
     rt = min(rt, n_tiles)
     out = torch.empty(m, n, dtype=out_dtype, device=xr.device)
     dst = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=xr.device)
-    grid = (m, split, triton.cdiv(n_tiles, rt))
+    grid = (m, split, cdiv(n_tiles, rt))
     _gemv2_kernel[grid](xr, w.packed, w.packed.data_ptr(), w.norms, w.norms.data_ptr(), w.codebook,
                         w.codebook.data_ptr(), dst, n, groups, nblk, xr.stride(0), n, 0 if split == 1 else m * n, rt,
                         BITS=bits, BLOCK=block, BN=cfg.BN, G=g, A=a, F=f, SPLIT_K=split, MODE=_lut_mode(bits),
                         MASKED=masked, PREFETCH=cfg.prefetch, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if split > 1:
         rb = 1024
-        _splitk_reduce_kernel[(triton.cdiv(m * n, rb),)](dst, out, m * n, SPLIT_K=split, BLOCK=rb, num_warps=4)
+        _splitk_reduce_kernel[(cdiv(m * n, rb),)](dst, out, m * n, SPLIT_K=split, BLOCK=rb, num_warps=4)
     return out
 
 
@@ -618,14 +618,14 @@ def dequant_matmul_rotated(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dty
     if cfg.method == "slab":
         return _slab_matmul(xr, w, out_dtype, cfg)
     a, f = (8, 4) if bits == 8 else (4, 8)
-    n_tiles = triton.cdiv(groups, cfg.G)
+    n_tiles = cdiv(groups, cfg.G)
     if cfg.method == "gemv":
-        programs = m * triton.cdiv(n, cfg.BN)
+        programs = m * cdiv(n, cfg.BN)
     else:
-        programs = triton.cdiv(m, cfg.BM) * triton.cdiv(n, cfg.BN)
+        programs = cdiv(m, cfg.BM) * cdiv(n, cfg.BN)
     split = _split_k(cfg, programs, n_tiles, xr.device)
-    tiles_per_split = triton.cdiv(n_tiles, split)
-    split = triton.cdiv(n_tiles, tiles_per_split)  # no empty splits
+    tiles_per_split = cdiv(n_tiles, split)
+    split = cdiv(n_tiles, tiles_per_split)  # no empty splits
     # no predicates when every row tile and K tile is full (the Qwen3.5 shapes)
     masked = bool(n % cfg.BN or n_tiles * cfg.G != groups or tiles_per_split * split != n_tiles)
     out = torch.empty(m, n, dtype=out_dtype, device=xr.device)
@@ -635,13 +635,13 @@ def dequant_matmul_rotated(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dty
     mode = _lut_mode(bits)
     common = (w.packed, w.packed.data_ptr(), w.norms, w.codebook, w.codebook.data_ptr(), dst)
     if cfg.method == "gemv":
-        grid = (m, split, triton.cdiv(n, cfg.BN))
+        grid = (m, split, cdiv(n, cfg.BN))
         _gemv_kernel[grid](xr, *common, n, groups, nblk, xr.stride(0), n, stride_os, tiles_per_split,
                            BITS=bits, BLOCK=block, BN=cfg.BN, G=cfg.G, A=a, F=f, SPLIT_K=split, MODE=mode,
                            MASKED=masked, PREFETCH=cfg.prefetch, UNROLL=unroll,
                            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif cfg.method == "dot":
-        grid = (triton.cdiv(m, cfg.BM) * triton.cdiv(n, cfg.BN), split)
+        grid = (cdiv(m, cfg.BM) * cdiv(n, cfg.BN), split)
         _dot_kernel[grid](xr, *common, m, n, groups, nblk, xr.stride(0), n, stride_os, tiles_per_split,
                           BITS=bits, BLOCK=block, BM=cfg.BM, BN=cfg.BN, G=cfg.G, A=a, F=f, SPLIT_K=split,
                           UPCAST=interpreting(), IEEE=xr.dtype == torch.float32, MODE=mode,
@@ -651,7 +651,7 @@ def dequant_matmul_rotated(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dty
         raise ValueError(f"method must be 'auto', 'gemv', 'gemv2', 'dot' or 'slab', got {cfg.method!r}")
     if split > 1:
         rb = 1024
-        _splitk_reduce_kernel[(triton.cdiv(m * n, rb),)](dst, out, m * n, SPLIT_K=split, BLOCK=rb, num_warps=4)
+        _splitk_reduce_kernel[(cdiv(m * n, rb),)](dst, out, m * n, SPLIT_K=split, BLOCK=rb, num_warps=4)
     return out
 
 

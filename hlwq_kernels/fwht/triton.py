@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._common import interpreting
+from .._common import cdiv, interpreting, next_pow2
 from .reference import hadamard_matrix
 
 
@@ -113,14 +113,14 @@ def fwht_triton_method(x: torch.Tensor, block: int, method: str, **config) -> to
         log_b = block.bit_length() - 1
         rows = max(1, min(64, cfg["elems"] // block))
         warps = cfg["warps"] if block <= 1024 else max(8, cfg["warps"])
-        _fwht_butterfly_kernel[(triton.cdiv(n_rows, rows),)](
+        _fwht_butterfly_kernel[(cdiv(n_rows, rows),)](
             xc, y, n_rows, scale, BLOCK=block, LOG_B=log_b, ROWS=rows, num_warps=warps)
     else:
         if not use_dot:
             raise ValueError(f"the dot method needs bf16/fp16 and 16 <= block <= 128, got {x.dtype}, {block}")
         rows = cfg["rows"]
         h = pm1_hadamard(block, x.dtype, x.device)
-        n_prog = min(triton.cdiv(n_rows, rows), cfg["programs_per_sm"] * _num_sms(x.device))
+        n_prog = min(cdiv(n_rows, rows), cfg["programs_per_sm"] * _num_sms(x.device))
         _fwht_dot_kernel[(n_prog,)](xc, h, y, n_rows, scale, BLOCK=block, ROWS=rows, UPCAST=interpreting(),
                                     NUM_STAGES=cfg["num_stages"], num_warps=cfg["num_warps"])
     return y.reshape(shape)

@@ -44,7 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._common import interpreting
+from .._common import cdiv, interpreting, next_pow2
 
 SUB = 16  # diagonal block size of the triangular solve
 
@@ -112,10 +112,10 @@ def _recurrent_launch(q, k, v, g, beta, initial_state):
     out = torch.empty(bsz, t, hv, dv, dtype=v.dtype, device=v.device)
     final = torch.empty(bsz, hv, dk, dv, dtype=torch.float32, device=v.device)
     s0 = initial_state.contiguous() if initial_state is not None else final
-    bk = triton.next_power_of_2(dk)
+    bk = next_pow2(dk)
     # BV=16 at Dk=128: 8 tiles x 32 heads = 256 programs at batch 1 (132 SMs), 8 KB of state each.
-    bv = min(triton.next_power_of_2(dv), max(16, 2048 // bk))
-    grid = (triton.cdiv(dv, bv), bsz * hv)
+    bv = min(next_pow2(dv), max(16, 2048 // bk))
+    grid = (cdiv(dv, bv), bsz * hv)
     _recurrent_kernel[grid](
         q, k, v, g, beta, s0, out, final, t, hv, dk, dv, hv // hk,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *g.stride(), *beta.stride(), *out.stride()[:3],
@@ -219,10 +219,10 @@ def _decode_step_launch(qkv, conv_weight, a, b, A_log, dt_bias, conv_state, stat
     else:
         cs = conv_state.contiguous()
     s0 = state.contiguous() if state is not None else final
-    bk = triton.next_power_of_2(dk)
-    bv = min(triton.next_power_of_2(dv), max(16, 2048 // bk))
+    bk = next_pow2(dk)
+    bv = min(next_pow2(dv), max(16, 2048 // bk))
     a2, b2 = a.reshape(bsz, hv), b.reshape(bsz, hv)
-    _decode_step_kernel[(triton.cdiv(dv, bv), bsz * hv)](
+    _decode_step_kernel[(cdiv(dv, bv), bsz * hv)](
         qkv, conv_weight, a2, b2, A_log, dt_bias, cs, s0, out, final, conv_final,
         hk, hv, dk, dv, hv // hk, dk**-0.5,
         qkv.stride(0), qkv.stride(2), conv_weight.stride(0), conv_weight.stride(1),
@@ -448,9 +448,9 @@ def chunk_gated_delta_rule_triton_config(q, k, v, g, beta, initial_state, chunk_
         else:
             final.zero_()
         return out, final
-    n_chunks = triton.cdiv(t, chunk_size)
+    n_chunks = cdiv(t, chunk_size)
     tpad = n_chunks * chunk_size
-    bk = max(16, triton.next_power_of_2(dk))
+    bk = max(16, next_pow2(dk))
     mode = _mode(q.dtype, mode)
     # Tm and the masked q k^T per chunk, [B, Hv, N*C, C]: bf16 hi + lo pairs for "x3", else fp32.
     split = mode in ("x3", "x3i")
@@ -468,9 +468,9 @@ def chunk_gated_delta_rule_triton_config(q, k, v, g, beta, initial_state, chunk_
     # sequential over chunks, so parallelism comes only from (batch, head, Dv tile)). Compiled for
     # sm_90 with launch-like specialization (Triton 3.6): BV=32 with 8 warps uses 255 registers and
     # 32 B of stack, 160 KB of shared memory at num_stages=2; BV=64 spills ~300 B.
-    bv = scan_bv or min(32, max(16, triton.next_power_of_2(dv)))
+    bv = scan_bv or min(32, max(16, next_pow2(dv)))
     s0 = initial_state.contiguous() if initial_state is not None else final
-    _chunk_scan_kernel[(triton.cdiv(dv, bv), bsz * hv)](
+    _chunk_scan_kernel[(cdiv(dv, bv), bsz * hv)](
         q, k, v, beta, tm, tm_lo, aqk, aqk_lo, gc, s0, out, final, t, hv, dk, dv, hv // hk,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *beta.stride(), *out.stride()[:3],
         HAS_S0=initial_state is not None, C=chunk_size, BK=bk, BV=bv, MODE=mode,

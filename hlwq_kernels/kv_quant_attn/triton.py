@@ -54,7 +54,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._common import interpreting
+from .._common import cdiv, interpreting, next_pow2
 from ..quantize_kv.codebooks import tables
 from ..quantize_kv.triton import fwht_tile
 from .lut import CONSTRAINTS as _LUT_CONSTRAINTS
@@ -68,12 +68,6 @@ LUT_PTX_PACKED: tl.constexpr = tl.constexpr(_lut_ptx(packed=True))
 LUT_CONSTRAINTS_PACKED: tl.constexpr = tl.constexpr(_LUT_CONSTRAINTS_PACKED)
 
 
-def _cdiv(a: int, b: int) -> int:  # triton.cdiv is a @jit function: ~18 us per call from Python
-    return -(-a // b)
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
 
 
 @triton.jit
@@ -510,7 +504,7 @@ def plan(B: int, Hkv: int, n_rows: int, lmax: int, d: int, sms: int, num_splits:
     """
     if variant is not None and variant not in VARIANTS:
         raise ValueError(f"variant must be None or one of {tuple(VARIANTS)}, got {variant!r}")
-    block_m = min(64, max(16, _next_pow2(n_rows)))
+    block_m = min(64, max(16, next_pow2(n_rows)))
     trans = lut and block_m == 16
     block_n = 64 if (trans or d < 256) else 32
     num_warps = 8 if block_m * d > 16 * 256 else 4  # BLOCK_M = 32 at D = 256 spills at 4 warps
@@ -521,14 +515,14 @@ def plan(B: int, Hkv: int, n_rows: int, lmax: int, d: int, sms: int, num_splits:
         block_n, num_warps, per_sm = v["block_n"], v["num_warps"], v["per_sm"]
         extra = dict(dsplit=max(1, min(v["dsplit"], d // 32)), packed=v["packed"], num_stages=v["num_stages"],
                      maxnreg=v["maxnreg"])
-    m_tiles = _cdiv(n_rows, block_m)
+    m_tiles = cdiv(n_rows, block_m)
     base = m_tiles * B * Hkv
     if num_splits is None:  # at most per_sm resident programs per SM (default: ~240 registers x 128 threads -> 2):
         num_splits = max(1, (per_sm * sms) // base)  # one full wave, no ragged tail wave
-    max_splits = max(1, _cdiv(lmax, block_n))
+    max_splits = max(1, cdiv(lmax, block_n))
     num_splits = max(1, min(num_splits, max_splits))
-    chunk = _cdiv(_cdiv(lmax, num_splits), block_n) * block_n
-    num_splits = max(1, _cdiv(lmax, chunk))
+    chunk = cdiv(cdiv(lmax, num_splits), block_n) * block_n
+    num_splits = max(1, cdiv(lmax, chunk))
     if extra["maxnreg"] and (d != 256 or num_splits == 1):
         extra["maxnreg"] = None  # the cap spills at D = 128 and in the one-split (DIRECT) epilogue
     return dict(block_n=block_n, block_m=block_m, m_tiles=m_tiles, splits=num_splits, chunk=chunk,
@@ -576,8 +570,8 @@ def kv_quant_attn_triton_splits(q, k_packed, k_norms, v_packed, v_norms, kv_lens
             cfg["trans"] = trans
         if block_n is not None:
             cfg["block_n"] = block_n
-            cfg["chunk"] = _cdiv(cfg["chunk"], block_n) * block_n
-            cfg["splits"] = _cdiv(lmax, cfg["chunk"])
+            cfg["chunk"] = cdiv(cfg["chunk"], block_n) * block_n
+            cfg["splits"] = cdiv(lmax, cfg["chunk"])
         if num_warps is not None:
             cfg["num_warps"] = num_warps
         if num_stages is not None:
@@ -610,7 +604,7 @@ def kv_quant_attn_triton_splits(q, k_packed, k_norms, v_packed, v_norms, kv_lens
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **opts)
         if not direct:
             total = B * Hkv * n_rows
-            sb = max(2, min(64, _next_pow2(cfg["splits"]), 16384 // D))  # <= 64 fp32 partials per thread
+            sb = max(2, min(64, next_pow2(cfg["splits"]), 16384 // D))  # <= 64 fp32 partials per thread
             _reduce_kernel[(total,)](
                 op, lse, out, cfg["splits"], total, n_rows, Hkv, G, oscale, out.stride(0), out.stride(1),
                 out.stride(2), D=D, LOG_D=log_d, SB=sb, PERM=mode != 0, num_warps=8 if sb * D >= 8192 else 4)

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._common import cdiv, next_pow2
+
 from .reference import LloydStats, thresholds_of
 
 
@@ -70,10 +72,10 @@ def lloyd_assign_triton(samples: torch.Tensor, levels: torch.Tensor) -> LloydSta
     thr = torch.cat([thresholds_of(levels), levels.new_full((1,), float("inf"))]).contiguous()
     # the one-hot tile [TILE, L] is kept at 8K elements (64 fp32 registers per thread at 4 warps)
     tile = max(32, min(1024, 8192 // n_lev))
-    n_tiles = triton.cdiv(n, tile)
+    n_tiles = cdiv(n, tile)
     n_prog = min(n_tiles, _max_programs(dev))
-    per = triton.cdiv(n_tiles, n_prog)
-    n_prog = triton.cdiv(n_tiles, per)
+    per = cdiv(n_tiles, n_prog)
+    n_prog = cdiv(n_tiles, per)
     cnt = torch.empty(n_prog, n_lev, dtype=torch.int32, device=dev)
     acc = torch.empty(n_prog, n_lev, dtype=torch.float32, device=dev)
     sse = torch.empty(n_prog, dtype=torch.float32, device=dev)

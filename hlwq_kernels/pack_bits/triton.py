@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._common import cdiv, next_pow2
+
 from .layout import padded_len
 
 
@@ -92,7 +94,7 @@ def _pack_kernel(c_ptr, p_ptr, n_rows, n, groups, BITS: tl.constexpr, ROWS: tl.c
 def _tiles(n_rows: int, n32: int) -> tuple[int, int]:
     # 1024 codes per row-tile keeps every plane's load >= 16 bytes wide (the 1-bit plane:
     # 32 words); short rows take one tile of the padded length instead.
-    block = min(1024, triton.next_power_of_2(n32))
+    block = min(1024, next_pow2(n32))
     rows = max(1, min(16, 4096 // block))
     return rows, block
 
@@ -106,7 +108,7 @@ def pack_bits_triton(codes: torch.Tensor, bits: int) -> torch.Tensor:
     if n_rows == 0 or n == 0:
         return out
     rows, block = _tiles(n_rows, n32)
-    grid = (triton.cdiv(n_rows, rows), triton.cdiv(n32, block))
+    grid = (cdiv(n_rows, rows), cdiv(n32, block))
     _pack_kernel[grid](c2, out, n_rows, n, n32 // 32, BITS=bits, ROWS=rows, BLOCK=block)
     return out
 
@@ -120,6 +122,6 @@ def unpack_bits_triton(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     if n_rows == 0 or n == 0:
         return out
     rows, block = _tiles(n_rows, n32)
-    grid = (triton.cdiv(n_rows, rows), triton.cdiv(n32, block))
+    grid = (cdiv(n_rows, rows), cdiv(n32, block))
     _unpack_kernel[grid](p2, out, n_rows, n, n32 // 32, BITS=bits, ROWS=rows, BLOCK=block)
     return out

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._common import interpreting
+from .._common import cdiv, interpreting, next_pow2
 from ..fwht.triton import butterfly, pm1_hadamard
 from ..lloyd_max import thresholds_of
 from ..pack_bits.triton import pack_tile
@@ -104,7 +104,7 @@ def quantize_weight_triton(w: torch.Tensor, bits: int, block: int, codebook: tor
     # ROWS x block = 4 K values per program: y, u, code, best_code, c live together (32 registers
     # each per thread at 4 warps); tl.dot needs >= 16 rows. 4096 x 12288: 128 row tiles x 96 blocks.
     rows = max(16 if use_dot else 1, min(32, 4096 // block))
-    grid = (triton.cdiv(n, rows), nb)
+    grid = (cdiv(n, rows), nb)
     _quant_kernel[grid](w, h, thr, cb, factors, packed, scales, n, k, w.stride(0), nb, kp // 32, 1.0 / math.sqrt(block),
                         BITS=bits, BLOCK=block, ROWS=rows, LOG_B=block.bit_length() - 1, USE_DOT=use_dot,
                         UPCAST=interpreting(), N_FACTORS=factors.numel(), num_warps=4 if block <= 256 else 8)

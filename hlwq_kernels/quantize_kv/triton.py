@@ -24,18 +24,14 @@ import torch
 import triton
 import triton.language as tl
 
+from .._common import cdiv, next_pow2
+
 from .codebooks import tables
 
 FP16_MAX = tl.constexpr(65504.0)
 TINY = tl.constexpr(1.1754943508222875e-38)  # smallest normal fp32: a zero norm divides to zero, not NaN
 
 
-def _cdiv(a: int, b: int) -> int:  # triton.cdiv is a @jit function: ~18 us per call from Python
-    return -(-a // b)
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
 
 
 @triton.jit
@@ -151,7 +147,7 @@ def _launch(x4: torch.Tensor, thr: torch.Tensor, packed: torch.Tensor, norms: to
         return
     x4 = _unit_last(x4)
     rows, warps = _rows_warps(d)
-    _quantize_kv_kernel[(_cdiv(n_rows, rows),)](
+    _quantize_kv_kernel[(cdiv(n_rows, rows),)](
         x4, thr, packed, norms, start if start is not None else thr, start.stride(0) if start is not None else 0,
         n_rows, h_, t_, packed.shape[2],
         x4.stride(0), x4.stride(1), x4.stride(2), packed.stride(0), packed.stride(1), packed.stride(2),
@@ -167,7 +163,7 @@ def _launch_pair(k: torch.Tensor, v: torch.Tensor, thr: torch.Tensor, kp: torch.
         return
     k, v = _unit_last(k), _unit_last(v)
     rows, warps = _rows_warps(d)
-    _quantize_kv_pair_kernel[(_cdiv(n_rows, rows), 2)](
+    _quantize_kv_pair_kernel[(cdiv(n_rows, rows), 2)](
         k, v, thr, kp, kn, vp, vn, start, start.stride(0), n_rows, h_, t_, kp.shape[2],
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         kp.stride(0), kp.stride(1), kp.stride(2), kn.stride(0), kn.stride(1), kn.stride(2),
