@@ -8,6 +8,11 @@ from triton.compiler import ASTSource
 tgt = GPUTarget("cuda", 90, 32)
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin")
 
+def n_sass(cubin):
+    """SASS instruction count of a cubin (refactors of the Triton source should leave it unchanged)."""
+    sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "--dump-sass", cubin], capture_output=True, text=True).stdout
+    return len(re.findall(r"^\s+/\*[0-9a-f]{4}\*/", sass, re.M))
+
 def comp(kernel, ptrs, ints, consts, opts, label="", dump=None):
     sig, attrs, cx = {}, {}, dict(consts)
     for i, n in enumerate(kernel.arg_names):
@@ -27,7 +32,8 @@ def comp(kernel, ptrs, ints, consts, opts, label="", dump=None):
     f = tempfile.NamedTemporaryFile(suffix=".cubin", delete=False); f.write(k.asm["cubin"]); f.close()
     res = subprocess.run([os.path.join(BIN, "cuobjdump"), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
     m = re.search(r"REG:(\d+).*?STACK:(\d+)", res)
-    print(f"{kernel.fn.__name__:22s} {label:34s} smem {k.metadata.shared:6d} regs {m.group(1)} stack {m.group(2)}", flush=True)
+    print(f"{kernel.fn.__name__:22s} {label:34s} smem {k.metadata.shared:6d} regs {m.group(1)} stack {m.group(2)} "
+          f"sass {n_sass(f.name)}", flush=True)
     if dump:
         open(dump, "w").write(k.asm["ttgir"])
     return k
@@ -79,4 +85,5 @@ if __name__ == "__main__":
     k = triton.compile(_A(fn=dk, signature=sig, constexprs=cx, attrs=attrs), target=tgt, options=dict(num_warps=4))
     f = tempfile.NamedTemporaryFile(suffix=".cubin", delete=False); f.write(k.asm["cubin"]); f.close()
     res = subprocess.run([os.path.join(BIN, "cuobjdump"), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
-    print("_decode_step_kernel", re.search(r"REG:(\d+).*?STACK:(\d+)", res).groups(), "smem", k.metadata.shared)
+    print("_decode_step_kernel", re.search(r"REG:(\d+).*?STACK:(\d+)", res).groups(), "smem", k.metadata.shared,
+          "sass", n_sass(f.name))

@@ -54,27 +54,50 @@ SUB = 16  # diagonal block size of the triangular solve
 # ----------------------------------------------------------------------------------------------
 
 
-@triton.jit(do_not_specialize=["T", "HV", "REP"])  # no recompiles per length / head count
-def _recurrent_kernel(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, s0_ptr, o_ptr, sT_ptr,
-                      T, HV, DK, DV, REP,
-                      sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sgb, sgt, sgh, sbb, sbt, sbh,
-                      sob, sot, soh,
-                      HAS_S0: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    pid_v = tl.program_id(0)
+@triton.jit
+def _head_tile(HV, REP, DK, DV, BK: tl.constexpr, BV: tl.constexpr):
+    """Grid (Dv tiles, B * Hv) -> batch (int64), value head, key head, the Dk range and mask, and
+    this program's Dv tile and mask."""
     pid_bh = tl.program_id(1)
     b = (pid_bh // HV).to(tl.int64)
     h = pid_bh % HV
-    hk = h // REP
     rk = tl.arange(0, BK)
-    rv = pid_v * BV + tl.arange(0, BV)
-    mk = rk < DK
-    mv = rv < DV
+    rv = tl.program_id(0) * BV + tl.arange(0, BV)
+    return b, h, h // REP, rk, rk < DK, rv, rv < DV
+
+
+@triton.jit
+def _state_tile(s0_ptr, b, h, HV, DK, DV, rk, mk, rv, mv, HAS_S0: tl.constexpr, BK: tl.constexpr,
+                BV: tl.constexpr):
+    """The fp32 [BK, BV] tile of head (b, h)'s state (zeros without an initial state), with the
+    offsets and mask that store the final state to the same place."""
     s_offs = (b * HV + h) * DK * DV + rk[:, None] * DV + rv[None, :]
     smask = mk[:, None] & mv[None, :]
     if HAS_S0:
         s = tl.load(s0_ptr + s_offs, mask=smask, other=0.0)
     else:
         s = tl.zeros([BK, BV], dtype=tl.float32)
+    return s, s_offs, smask
+
+
+@triton.jit
+def _delta_step(s, q, k, v, g, beta):
+    """One token of the gated delta rule on a state tile: decay by e^g, write beta * (v - S^T k)
+    along k, read out S^T q. Returns (new state, output)."""
+    s = s * tl.exp(g)
+    u = beta * (v - tl.sum(s * k[:, None], axis=0))
+    s = s + k[:, None] * u[None, :]
+    return s, tl.sum(s * q[:, None], axis=0)
+
+
+@triton.jit(do_not_specialize=["T", "HV", "REP"])  # no recompiles per length / head count
+def _recurrent_kernel(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, s0_ptr, o_ptr, sT_ptr,
+                      T, HV, DK, DV, REP,
+                      sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sgb, sgt, sgh, sbb, sbt, sbh,
+                      sob, sot, soh,
+                      HAS_S0: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    b, h, hk, rk, mk, rv, mv = _head_tile(HV, REP, DK, DV, BK, BV)
+    s, s_offs, smask = _state_tile(s0_ptr, b, h, HV, DK, DV, rk, mk, rv, mv, HAS_S0, BK, BV)
     q_base = q_ptr + b * sqb + hk * sqh
     k_base = k_ptr + b * skb + hk * skh
     v_base = v_ptr + b * svb + h * svh
@@ -87,10 +110,7 @@ def _recurrent_kernel(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, s0_ptr, o_ptr, sT_pt
         vt = tl.load(v_base + rv, mask=mv, other=0.0).to(tl.float32)
         gt = tl.load(g_base).to(tl.float32)
         bt = tl.load(be_base).to(tl.float32)
-        s = s * tl.exp(gt)
-        u = bt * (vt - tl.sum(s * kt[:, None], axis=0))
-        s = s + kt[:, None] * u[None, :]
-        ot = tl.sum(s * qt[:, None], axis=0)
+        s, ot = _delta_step(s, qt, kt, vt, gt, bt)
         tl.store(o_base + rv, ot.to(o_ptr.dtype.element_ty), mask=mv)
         q_base += sqt
         k_base += skt
@@ -157,14 +177,7 @@ def _decode_step_kernel(x_ptr, cw_ptr, a_ptr, b_ptr, alog_ptr, dtb_ptr, cs_ptr, 
                         W: tl.constexpr, HAS_CS: tl.constexpr, HAS_S0: tl.constexpr,
                         BK: tl.constexpr, BV: tl.constexpr):
     pid_v = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    bb = (pid_bh // HV).to(tl.int64)
-    h = pid_bh % HV
-    hk = h // REP
-    rk = tl.arange(0, BK)
-    mk = rk < DK
-    rv = pid_v * BV + tl.arange(0, BV)
-    mv = rv < DV
+    bb, h, hk, rk, mk, rv, mv = _head_tile(HV, REP, DK, DV, BK, BV)
     x_base = x_ptr + bb * sxb
     cs_base = cs_ptr + bb * ssb
     ncs_base = ncs_ptr + bb * ssb
@@ -187,16 +200,8 @@ def _decode_step_kernel(x_ptr, cw_ptr, a_ptr, b_ptr, alog_ptr, dtb_ptr, cs_ptr, 
     softplus = tl.where(a_in > 20.0, a_in, tl.log(1.0 + tl.exp(tl.minimum(a_in, 20.0))))
     g = -tl.exp(tl.load(alog_ptr + h).to(tl.float32)) * softplus
     beta = tl.sigmoid(tl.load(b_ptr + bb * sbb + h * sbh).to(tl.float32))
-    s_offs = (bb * HV + h) * DK * DV + rk[:, None] * DV + rv[None, :]
-    smask = mk[:, None] & mv[None, :]
-    if HAS_S0:
-        s = tl.load(s0_ptr + s_offs, mask=smask, other=0.0)
-    else:
-        s = tl.zeros([BK, BV], dtype=tl.float32)
-    s = s * tl.exp(g)
-    u = beta * (v - tl.sum(s * k[:, None], axis=0))
-    s = s + k[:, None] * u[None, :]
-    o = tl.sum(s * q[:, None], axis=0)
+    s, s_offs, smask = _state_tile(s0_ptr, bb, h, HV, DK, DV, rk, mk, rv, mv, HAS_S0, BK, BV)
+    s, o = _delta_step(s, q, k, v, g, beta)
     tl.store(o_ptr + bb * sob + h * soh + rv, o.to(o_ptr.dtype.element_ty), mask=mv)
     tl.store(sT_ptr + s_offs, s, mask=smask)
 
@@ -375,21 +380,8 @@ def _chunk_scan_kernel(q_ptr, k_ptr, v_ptr, beta_ptr, tm_ptr, tm_lo_ptr, aqk_ptr
                        sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sbb, sbt, sbh, sob, sot, soh,
                        HAS_S0: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                        MODE: tl.constexpr):
-    pid_v = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // HV).to(tl.int64)
-    h = pid_bh % HV
-    hk = h // REP
-    rk = tl.arange(0, BK)
-    mk = rk < DK
-    rv = pid_v * BV + tl.arange(0, BV)
-    mv = rv < DV
-    s_offs = (b * HV + h) * DK * DV + rk[:, None] * DV + rv[None, :]
-    smask = mk[:, None] & mv[None, :]
-    if HAS_S0:
-        s = tl.load(s0_ptr + s_offs, mask=smask, other=0.0)
-    else:
-        s = tl.zeros([BK, BV], dtype=tl.float32)
+    b, h, hk, rk, mk, rv, mv = _head_tile(HV, REP, DK, DV, BK, BV)
+    s, s_offs, smask = _state_tile(s0_ptr, b, h, HV, DK, DV, rk, mk, rv, mv, HAS_S0, BK, BV)
     IS_X3: tl.constexpr = MODE == "x3" or MODE == "x3i"
     ri = tl.arange(0, C)
     n_chunks = tl.cdiv(T, C)
