@@ -27,6 +27,19 @@ class CausalConvOutput(NamedTuple):
     final_state: torch.Tensor  # [B, C, W-1] in x.dtype
 
 
+def check_conv_args(weight, state, bsz: int, c: int, weight_name: str, state_name: str) -> int:
+    """Validate a depthwise conv weight [C, W] (W >= 2) and its optional state [B, C, W-1]; returns W.
+    Shared by ``causal_conv1d`` and the fused GDN decode step."""
+    check_tensor(weight, weight_name, ndim=2, dtypes=FLOAT_DTYPES)
+    if weight.shape[0] != c or weight.shape[1] < 2:
+        raise ValueError(f"{weight_name} must have shape [{c}, W] with W >= 2 (C = {c} channels of the input), "
+                         f"got {list(weight.shape)}")
+    w = weight.shape[1]
+    if state is not None:
+        check_tensor(state, state_name, shape=(bsz, c, w - 1), dtypes=FLOAT_DTYPES)
+    return w
+
+
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, *, initial_state: torch.Tensor | None = None,
                   activation: str | None = "silu", impl: str = "auto") -> CausalConvOutput:
     """``out[b, t, c] = act(sum_j weight[c, j] * xpad[b, t + j, c])``, ``xpad = concat(state, x)`` over time.
@@ -42,12 +55,7 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, *, initial_state: torch
     """
     check_tensor(x, "x", ndim=3, dtypes=FLOAT_DTYPES)
     bsz, _, c = x.shape
-    check_tensor(weight, "weight", ndim=2, dtypes=FLOAT_DTYPES)
-    if weight.shape[0] != c or weight.shape[1] < 2:
-        raise ValueError(f"weight must have shape [{c}, W] with W >= 2 (C of x), got {list(weight.shape)}")
-    w = weight.shape[1]
-    if initial_state is not None:
-        check_tensor(initial_state, "initial_state", shape=(bsz, c, w - 1), dtypes=FLOAT_DTYPES)
+    check_conv_args(weight, initial_state, bsz, c, "weight", "initial_state")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     check_same_device(x=x, weight=weight, initial_state=initial_state)

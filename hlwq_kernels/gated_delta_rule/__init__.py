@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 
 from .._common import FLOAT_DTYPES, check_int, check_same_device, check_tensor, resolve_impl
+from ..causal_conv1d import check_conv_args
 from .reference import (chunk_gated_delta_rule_reference, gated_delta_decode_step_reference, l2norm,
                         recurrent_gated_delta_rule_reference)
 from .triton import chunk_gated_delta_rule_triton, gated_delta_decode_step_triton, recurrent_gated_delta_rule_triton
@@ -149,12 +150,7 @@ def gated_delta_decode_step(qkv: torch.Tensor, conv_weight: torch.Tensor, a: tor
     check_tensor(b, "b", shape=(bsz, 1, hv), dtypes=FLOAT_DTYPES)
     check_tensor(A_log, "A_log", shape=(hv,), dtypes=FLOAT_DTYPES)
     check_tensor(dt_bias, "dt_bias", shape=(hv,), dtypes=FLOAT_DTYPES)
-    check_tensor(conv_weight, "conv_weight", ndim=2, dtypes=FLOAT_DTYPES)
-    if conv_weight.shape[0] != c or conv_weight.shape[1] < 2:
-        raise ValueError(f"conv_weight must have shape [{c}, W] with W >= 2, got {list(conv_weight.shape)}")
-    w = conv_weight.shape[1]
-    if conv_state is not None:
-        check_tensor(conv_state, "conv_state", shape=(bsz, c, w - 1), dtypes=FLOAT_DTYPES)
+    check_conv_args(conv_weight, conv_state, bsz, c, "conv_weight", "conv_state")
     if state is not None:
         check_tensor(state, "state", shape=(bsz, hv, head_k_dim, dv), dtypes=(torch.float32,))
     check_same_device(qkv=qkv, conv_weight=conv_weight, a=a, b=b, A_log=A_log, dt_bias=dt_bias,
