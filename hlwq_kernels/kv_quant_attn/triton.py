@@ -252,6 +252,21 @@ def _vdot(acc, alpha, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, pv, D: tl.cons
 
 
 @triton.jit
+def _online_softmax(s, valid, m_i, l_i, AXIS: tl.constexpr):
+    """One key block of the streaming softmax (log2 domain) along axis ``AXIS`` of the scores ``s``
+    (keys on axis 0 when the keys are the MMA's M side, else axis 1): invalid scores drop out;
+    returns the block's weights p, the rescale factor of the running sums, the new running max
+    and the new running denominator. A query that has seen no valid key yet keeps max -inf and
+    weights 0 (no NaN)."""
+    s = tl.where(valid, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=AXIS))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - tl.expand_dims(m_safe, AXIS))
+    return p, alpha, m_new, l_i * alpha + tl.sum(p, axis=AXIS)
+
+
+@triton.jit
 def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_ptr, start_ptr, op_ptr, lse_ptr,
                   out_ptr, s_lens, s_start, Hkv, G, Tq, n_rows, L, chunk, qscale, oscale,
                   sqb, sqh, sqt, skb, skh, skl, snkb, snkh, snkl, svb, svh, svl, snvb, snvh, snvl,
@@ -330,12 +345,7 @@ def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_p
             valid = tok_ok[:, None]
             if CAUSAL:
                 valid = valid & (toks[:, None] <= pos[None, :])
-            s = tl.where(valid, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=0))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp2(m_i - m_safe)
-            p = tl.exp2(s - m_safe[None, :])
-            l_i = l_i * alpha + tl.sum(p, axis=0)
+            p, alpha, m_new, l_i = _online_softmax(s, valid, m_i, l_i, 0)
             vn = tl.load(vn_base + toks * snvl, mask=tok_ok, other=0.0).to(tl.float32)
             pv = (p * vn[:, None]).to(tl.float16)
             a0 = _vdot(a0, alpha, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, pv, D, BITS, BLOCK_N, DECODE, 0,
@@ -367,12 +377,7 @@ def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_p
             valid = tok_ok[:, None]
             if CAUSAL:
                 valid = valid & (toks[:, None] <= pos[None, :])
-            s = tl.where(valid, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=0))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a query with nothing valid yet
-            alpha = tl.exp2(m_i - m_safe)
-            p = tl.exp2(s - m_safe[None, :])
-            l_i = l_i * alpha + tl.sum(p, axis=0)
+            p, alpha, m_new, l_i = _online_softmax(s, valid, m_i, l_i, 0)
             vc = _decode(v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, 0, 1, PACKED)
             vn = tl.load(vn_base + toks * snvl, mask=tok_ok, other=0.0).to(tl.float32)
             acc_t = acc_t * alpha[None, :] + tl.dot(tl.trans(vc), (p * vn[:, None]).to(tl.float16))
@@ -389,12 +394,7 @@ def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_p
             valid = tok_ok[None, :]
             if CAUSAL:
                 valid = valid & (toks[None, :] <= pos[:, None])
-            s = tl.where(valid, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing valid yet
-            alpha = tl.exp2(m_i - m_safe)
-            p = tl.exp2(s - m_safe[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
+            p, alpha, m_new, l_i = _online_softmax(s, valid, m_i, l_i, 1)
             vc = _decode(v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, 0, 1, PACKED)
             vn = tl.load(vn_base + toks * snvl, mask=tok_ok, other=0.0).to(tl.float32)
             acc = acc * alpha[:, None] + tl.dot((p * vn[None, :]).to(tl.float16), vc)
