@@ -170,6 +170,15 @@ def sec_dqcfg():
     _dq_cases(1, (5,), small, cfgs)
 
 
+def sec_dqprefill():
+    """M=2048, 5 bits: the slab path at several slab heights (rows of W_rot dequantized per cuBLAS
+    call; default ~16 MiB of bf16) against cuBLAS bf16."""
+    from hlwq_kernels.dequant_matmul.triton import Config
+
+    cfgs = [("default", None)] + [(f"slab{r}", Config("slab", BN=32, G=4, slab_rows=r)) for r in (1024, 2048, 4096)]
+    _dq_cases(2048, (5,), [s for s in LINEARS if s[0] != "lm_head"], cfgs)
+
+
 # ---- KV attention ---------------------------------------------------------------------------------
 D, HKV, HQ = ATTN_HEAD_DIM, ATTN_KV_HEADS, ATTN_Q_HEADS
 
@@ -228,22 +237,16 @@ def sec_kv():
 
 
 def sec_kvcfg():
+    """The LUT decode-tile configurations (VARIANTS; None = the plan's default for D = 256) at their
+    planned splits, and the default at other split counts; 32k 3 and 2 bits, 128k and batch 8x8k."""
     from hlwq_kernels.kv_quant_attn.triton import VARIANTS
 
-    variants = []
-    for splits in (32, 64, 132, 264, 528):
-        for block_n, warps in ((64, 4), (32, 4), (64, 8)):
-            variants.append((f"s{splits}-bn{block_n}-w{warps}", dict(splits=splits, block_n=block_n, warps=warps)))
-    # opt-in register-cut variants of the decode tile (.notes/kv.md "Register-cut variants", untimed):
-    # each at its planned split count (programs per SM from its registers: 64 / 86 / 128 at 32k),
-    # and at 64 and 132 splits (the default's and one 4-per-SM wave) to separate occupancy from splits
-    for v in VARIANTS:
-        variants += [(f"v-{v}", dict(variant=v)), (f"v-{v}-s64", dict(variant=v, splits=64)),
-                     (f"v-{v}-s132", dict(variant=v, splits=132))]
+    variants = [("default", None)] + [(f"s{s}", dict(splits=s)) for s in (64, 96, 192, 264)]
+    variants += [(f"v-{v}", dict(variant=v)) for v in VARIANTS]
     _kv_attn({"decode-32k": (1, 32768)}, (3,), variants)
     _kv_attn({"decode-32k": (1, 32768)}, (2,), [("default", None)] + [(f"v-{v}", dict(variant=v)) for v in VARIANTS])
     _kv_attn({"decode-128k": (1, 131072), "batch8x8k": (8, 8192)}, (3,),
-             [(f"s{s}", dict(splits=s)) for s in (66, 132, 264, 528)] + [(f"v-{v}", dict(variant=v)) for v in VARIANTS])
+             [("default", None)] + [(f"v-{v}", dict(variant=v)) for v in VARIANTS])
 
 
 def sec_kv_append():
@@ -327,7 +330,7 @@ def sec_gdn():
         for s in sets], rec_b, base)
 
 
-SECTIONS = {"fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dqcfg": sec_dqcfg, "kv": sec_kv, "kvcfg": sec_kvcfg, "gdn": sec_gdn}
+SECTIONS = {"fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dqcfg": sec_dqcfg, "dqprefill": sec_dqprefill, "kv": sec_kv, "kvcfg": sec_kvcfg, "gdn": sec_gdn}
 
 if __name__ == "__main__":
     torch.backends.cuda.matmul.allow_tf32 = False

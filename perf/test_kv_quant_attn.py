@@ -123,7 +123,8 @@ def test_kv_attn_prefill_chunk(benchmark, gpu_bench, impl):
 @pytest.mark.parametrize("block_n,num_warps", [(32, 4), (64, 4), (64, 8)])
 def test_kv_attn_decode_32k_variants(benchmark, gpu_bench, decode, block_n, num_warps):
     """Tuning sweep of the launcher's choices at the headline shape (32k decode, 3 bits); the
-    default (plan()) is decode=lut with keys on the MMA's M side, BLOCK_N=64, 4 warps, 64 splits."""
+    LUT tile before session 3 (variant "single"): keys on the MMA's M side, BLOCK_N=64, 4 warps, 64
+    splits; the D = 256 default is now "dsplit4-lutpack-s1" (plan())."""
     from hlwq_kernels.kv_quant_attn import kv_quant_attn_triton_splits
     from hlwq_kernels.quantize_kv import default_codebook
 
@@ -135,6 +136,6 @@ def test_kv_attn_decode_32k_variants(benchmark, gpu_bench, decode, block_n, num_
     cb = default_codebook(bits, "cuda")
     def fn():
         return kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, None, bits, D ** -0.5, True, cb, None,
-                                           decode=decode, block_n=block_n, num_warps=num_warps)
+                                           decode=decode, block_n=block_n, num_warps=num_warps, variant="single")
     nbytes = lmax * HKV * 2 * (D * bits // 8 + 2) + 4 * q.numel()
     gpu_bench(benchmark, fn, graph=True, nbytes=nbytes, flops=4 * HQ * lmax * D, floor_us=round(nbytes / COPY_BW * 1e6, 2))

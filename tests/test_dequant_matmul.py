@@ -104,7 +104,7 @@ def test_split_k_configs(device, cfg):
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8])
 def test_gemv2_every_bit_width(device, bits):
-    """The opt-in K-across-the-CTA GEMV through method="gemv2" (its _pick default config)."""
+    """The K-across-the-CTA GEMV (the M <= GEMV_MAX_M default) through method="gemv2"."""
     qw = make_weight(40, 256, bits, 128, bits, device)
     x = make_x((2,), 256, torch.bfloat16 if ON_GPU else torch.float16, bits, device)
     y = dequant_matmul_triton_method(x, qw, False, x.dtype, "gemv2")

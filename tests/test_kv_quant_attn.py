@@ -485,16 +485,22 @@ def test_kv_quant_attn_validation():
 
 
 def test_plan_fills_the_gpu():
-    """Split-K sizing on an H100 (132 SMs): one decode sequence at 32k gets ~2 waves of programs."""
+    """Split-K sizing on an H100 (132 SMs): one decode sequence at 32k fills one wave of programs
+    (4 per SM with the D = 256 default "dsplit4-lutpack-s1", 2 with "single")."""
     cfg = plan(1, 4, 4, 32768, 256, 132)
-    assert cfg["splits"] == 64 and cfg["chunk"] == 512 and cfg["block_m"] == 16  # 256 programs
+    assert cfg["splits"] == 128 and cfg["chunk"] == 256 and cfg["block_m"] == 16  # 512 programs <= 528
+    assert (cfg["dsplit"], cfg["packed"], cfg["num_stages"], cfg["maxnreg"]) == (4, True, 1, 128)
     cfg = plan(8, 4, 4, 8192, 256, 132)
-    assert cfg["splits"] == 8 and cfg["chunk"] == 1024  # 256 programs <= 264 slots: no ragged wave
+    assert cfg["splits"] == 16 and cfg["chunk"] == 512  # 512 programs <= 528 slots: no ragged wave
+    cfg = plan(1, 4, 4, 32768, 256, 132, variant="single")
+    assert cfg["splits"] == 64 and cfg["chunk"] == 512  # 256 programs <= 264 slots
     assert plan(1, 4, 4, 40, 256, 132, lut=False)["splits"] == 2  # never a split shorter than BLOCK_N (32)
     assert plan(1, 4, 4, 40, 256, 132)["splits"] == 1  # LUT decode tiles: 64 tokens
     assert plan(128, 4, 4, 1024, 256, 132)["splits"] == 1  # 512 programs without splitting
     assert {k: cfg[k] for k in ("dsplit", "packed", "num_stages", "maxnreg", "num_warps")} == dict(
-        dsplit=1, packed=False, num_stages=2, maxnreg=None, num_warps=4)  # the default configuration
+        dsplit=1, packed=False, num_stages=2, maxnreg=None, num_warps=4)  # "single"
+    cfg = plan(1, 4, 4, 32768, 128, 132)  # D = 128: "single" (the D = 256 default is untimed there)
+    assert (cfg["dsplit"], cfg["packed"], cfg["splits"]) == (1, False, 64)
 
 
 def test_plan_variants():

@@ -12,13 +12,14 @@ planes (``_words_to_codes``); a code then costs one byte shift, a codebook looku
 Offline SASS (triton 3.6, sm_90): 6.7 / 4.7 / 8.0 instructions per code at 5 / 4 / 3 bits.
 
 Kernels, chosen by M in ``_pick`` (explicit, documented there):
-* ``_gemv_kernel`` (decode, M <= GEMV_MAX_M): grid (M, SPLIT_K, N/BN); BN rows, K in steps of
-  BK = 32*G <= block, ``unroll`` steps per loop trip. M is the fastest grid axis so programs
-  sharing a weight tile run together (one DRAM read). Split-K (fp32 partials +
-  ``_splitk_reduce_kernel``) when N/BN gives fewer programs than SMs.
-* ``_gemv2_kernel`` (opt-in only, ``method="gemv2"``; not yet timed): K across the CTA, each
+* ``_gemv2_kernel`` (decode, M <= GEMV_MAX_M, the default there): K across the CTA, each
   thread's x values in registers for the whole program, rows walked in BN-row tiles (removes the
-  per-code LDS of x that the gemv loop has; .notes/dequant_matmul.md "gemv2").
+  per-code LDS of x that the gemv loop has; .notes/dequant_matmul.md "gemv2"). M is the fastest
+  grid axis so programs sharing a weight tile run together (one DRAM read). K slices > 1 (fp32
+  partials + ``_splitk_reduce_kernel``) only when K > 4096 codes.
+* ``_gemv_kernel`` (``method="gemv"``, the decode kernel before gemv2): grid (M, SPLIT_K, N/BN);
+  BN rows, K in steps of BK = 32*G <= block, ``unroll`` steps per loop trip; split-K when N/BN
+  gives fewer programs than SMs.
 * ``_dot_kernel`` (M <= SLAB_MIN_M): the dequantized ``[BN, BK]`` tile (x's dtype) is the A
   operand of ``tl.dot(w_tile, x_tile^T)`` ("swap AB": weight rows fill the 64-row wgmma M
   dimension, BM = 16/32 tokens the N dimension); fp32 accumulation, norm per K-step.
@@ -486,6 +487,7 @@ class Config(NamedTuple):
     prefetch: bool = False  # gemv: load tile t+1's words before computing tile t
     unroll: int = 1  # gemv: tiles per loop trip (straight-line code: loads of all of them in flight)
     row_tiles: int = 0  # gemv2: BN-row tiles per program (0: chosen from the SM count)
+    slab_rows: int = 0  # slab: W_rot rows per slab (0: about SLAB_BYTES of x's dtype)
 
 
 @functools.lru_cache(maxsize=None)
@@ -498,23 +500,27 @@ def _num_sms(device: torch.device) -> int:
 def _pick(m: int, n: int, kp: int, block: int, method: str) -> Config:
     """Kernel and tiles by M (decode vs prefill); numbers in .notes/dequant_matmul.md.
 
-    * M <= GEMV_MAX_M: GEMV, BN=32 rows x BK=128 per step, 4 warps (a thread owns one quad of
-      8 codes of 4 rows: the x values are shared by 4 rows, loads are 128-byte row segments).
+    * M <= GEMV_MAX_M: gemv2 (K across the CTA), G=128 (4096-code K slices), prefetch, 4 warps,
+      BN = 8 rows per tile for N <= 4096, else 4. H100, M=1, 5 bits, graph timing (perf/graph_sweep.py
+      dqcfg, 2026-11-27 session 3 run 1; us, gemv2 BN4 / BN8 / old gemv default / cuBLAS bf16):
+      4096x4096 8.51 / 7.88 / 11.05 / 15.67; 24576x4096 31.74 / 34.25 / 41.61 / 71.96;
+      4096x12288 19.41 / 19.79 / 24.61 / 39.31; 2048x4096 5.99 / 5.88 / 8.31 / 10.93.
+      (The old "gemv", BN=32 rows x BK=128 per step, stays as method="gemv".)
     * M <= SLAB_MIN_M: the fused tensor-core kernel (swap-AB wgmma, BM = 16 or 32 tokens).
     * larger M: slabs of W_rot in bf16 (bounded scratch, never the whole matrix) + cuBLAS:
       the fused kernel re-dequantizes each weight tile for every BM tokens (M/BM times), which
       costs more than the tensor-core work at M=2048.
     """
     if method == "auto":
-        method = "gemv" if m <= GEMV_MAX_M else ("dot" if m <= SLAB_MIN_M else "slab")
+        method = "gemv2" if m <= GEMV_MAX_M else ("dot" if m <= SLAB_MIN_M else "slab")
     g_max = max(1, min(4, block // 32))  # BK = 32*G <= 128 and divides block
     if method == "gemv":
         # H100 sweep, gate_up M=1 5 bits (2026-11-27, perf/RESULTS.md): unroll 1/2/4/8 -> 53.9 /
         # 54.3 / 55.5 / 54.2 us (more loads in flight did not help: not latency-bound alone);
         # prefetch + unroll 4 -> 50.4 us, the best of the sweep; BN 16/64/128 no better.
         return Config("gemv", BN=32, G=g_max, num_warps=4, prefetch=True, unroll=4)
-    if method == "gemv2":  # opt-in, NOT yet timed (.notes/dequant_matmul.md "gemv2")
-        return Config("gemv2", BN=4, G=128, num_warps=4, prefetch=True)
+    if method == "gemv2":
+        return Config("gemv2", BN=8 if n <= 4096 else 4, G=128, num_warps=4, prefetch=True)
     if method == "slab":
         return Config("slab", BN=32, G=g_max, num_warps=4)
     if m <= 16:  # one m64n16 wgmma per K-step, no Triton pipelining (stages=2 was 1.6x slower);
@@ -556,7 +562,8 @@ def _slab_matmul(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, cfg: C
     n = w.out_features
     groups, nblk = kp // 32, kp // w.block
     a, f = (8, 4) if w.bits == 8 else (4, 8)
-    rows = max(cfg.BN, (SLAB_BYTES // (kp * xr.element_size())) // cfg.BN * cfg.BN)
+    rows = cfg.slab_rows or (SLAB_BYTES // (kp * xr.element_size()))
+    rows = max(cfg.BN, rows // cfg.BN * cfg.BN)
     rows = min(rows, cdiv(n, cfg.BN) * cfg.BN)
     slab = torch.empty(rows, kp, dtype=xr.dtype, device=xr.device)
     out = torch.empty(m, n, dtype=xr.dtype, device=xr.device)

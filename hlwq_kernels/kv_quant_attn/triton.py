@@ -455,14 +455,22 @@ def _num_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-# Opt-in register-cut configurations of the LUT decode tile (BLOCK_M = 16, keys on the wgmma M side),
-# from sm_90 SASS compiled with Triton 3.6 (.notes/kv_compile.py variants); NOT timed on a GPU yet
-# (.notes/kv.md "Register-cut variants"). None is a default. Fields: dsplit = D parts (the kernel's
+# Configurations of the LUT decode tile (BLOCK_M = 16, keys on the wgmma M side), from sm_90 SASS
+# compiled with Triton 3.6 (.notes/kv_compile.py variants; .notes/kv.md "Register-cut variants").
+# DEFAULT_VARIANT picks one per head dim (the others stay opt-in). H100, 16 q / 4 KV heads, D = 256,
+# 3 bits, graph timing (perf/graph_sweep.py kvcfg, 2026-11-27 session 3 run 1; us at 32k / 128k /
+# batch 8 x 8k, SDPA bf16 59.8-60.7 / 197.6 / 102.5): single 64.2 (64 splits) / 212.9 / 148.2;
+# lutpack 60.7 / 206.9 / 108.4; dsplit2 57.6 / 165.2 / 90.3; dsplit4 44.8 / 135.6 / 74.0;
+# dsplit2-lutpack-s3 59.1 / 167.5 / 93.0; dsplit4-lutpack-s1 40.2 / 116.7 / 63.0;
+# dsplit2-lutpack-n128w8 54.4 / 176.4 / 93.2. 2 bits at 32k: single 48.9, dsplit4-lutpack-s1 35.6.
+# Fields: dsplit = D parts (the kernel's
 # DSPLIT: each dot and each decoded tile 1/dsplit of D, so fewer values live at once), packed = the
 # LUT asm writes fp16x2 registers (no 16-bit splits / register moves), block_n, num_warps,
 # num_stages, maxnreg (ptxas register cap), per_sm = programs resident per SM at that register
 # count (sizes the split count: one full wave). Registers at 3 / 2 bits, D = 256, Triton 3.6.
 VARIANTS = {
+    # the default before session 3 (and still for D < 256): one D part, 2 cp.async stages; 238 / 175 regs
+    "single": dict(dsplit=1, packed=False, block_n=64, num_warps=4, num_stages=2, maxnreg=None, per_sm=2),
     # 238 / 175 regs (as the default), 4.86 / 3.91 instructions per code (default 5.33 / 4.35)
     "lutpack": dict(dsplit=1, packed=True, block_n=64, num_warps=4, num_stages=2, maxnreg=None, per_sm=2),
     # 158 / 134 regs, 5.57 / 4.27
@@ -479,6 +487,8 @@ VARIANTS = {
     "dsplit2-lutpack-n128w8": dict(dsplit=2, packed=True, block_n=128, num_warps=8, num_stages=2, maxnreg=None,
                                    per_sm=2),
 }
+# Measured at D = 256 only (above); D = 64 / 128 keep "single" until timed there.
+DEFAULT_VARIANT = {256: "dsplit4-lutpack-s1"}
 
 
 def plan(B: int, Hkv: int, n_rows: int, lmax: int, d: int, sms: int, num_splits: int | None = None,
@@ -494,13 +504,14 @@ def plan(B: int, Hkv: int, n_rows: int, lmax: int, d: int, sms: int, num_splits:
       6.7 for q-major 32-token tiles (mma.sync + operand shuffles) and 12.8 for the gather decode;
     * otherwise (gather decode: 4 and 8 bits; or a prefill chunk with BLOCK_M = 32/64): q-major,
       BLOCK_N = 32 at D = 256 (64 below), 4 warps (8 when BLOCK_M = 64): no spills.
-    Splits: as many programs as fit at once (2 per SM: 264 on the H100) without a ragged second
-    wave: 32k decode, 4 KV heads -> 64 splits of 512 tokens; batch 8 x 8k -> 8 splits of 1,024;
-    never a split shorter than one BLOCK_N.
-    The plan also gives ``dsplit``, ``packed``, ``num_stages``, ``maxnreg`` (default 1, False, 2,
-    None). ``variant`` (a key of ``VARIANTS``, opt-in, untimed): that configuration for the LUT
-    decode tile (D parts at most D / 32), its split count from its programs per SM; ignored where
-    the default plan does not use that tile (gather decode, BLOCK_M > 16).
+    Splits: as many programs as fit at once (the variant's ``per_sm``: 4 per SM = 528 on the H100
+    at D = 256, 2 = 264 with "single") without a ragged second wave: 32k decode, 4 KV heads -> 128
+    splits of 256 tokens; batch 8 x 8k -> 16 splits of 512; never a split shorter than one BLOCK_N.
+    The plan also gives ``dsplit``, ``packed``, ``num_stages``, ``maxnreg``. ``variant`` (a key of
+    ``VARIANTS``; None: ``DEFAULT_VARIANT`` for this D, else "single"): that configuration for the
+    LUT decode tile (D parts at most D / 32), its split count from its programs per SM; ignored where
+    the plan does not use that tile (gather decode, BLOCK_M > 16). At D = 256 the default is
+    "dsplit4-lutpack-s1" (4 programs per SM: 32k decode -> 128 splits of 256 tokens).
     """
     if variant is not None and variant not in VARIANTS:
         raise ValueError(f"variant must be None or one of {tuple(VARIANTS)}, got {variant!r}")
@@ -510,7 +521,9 @@ def plan(B: int, Hkv: int, n_rows: int, lmax: int, d: int, sms: int, num_splits:
     num_warps = 8 if block_m * d > 16 * 256 else 4  # BLOCK_M = 32 at D = 256 spills at 4 warps
     extra = dict(dsplit=1, packed=False, num_stages=2, maxnreg=None)
     per_sm = 2
-    if variant is not None and trans:  # elsewhere (gather decode, prefill tiles) the default plan
+    if variant is None:
+        variant = DEFAULT_VARIANT.get(d, "single")
+    if trans:  # elsewhere (gather decode, prefill tiles) the default plan
         v = VARIANTS[variant]
         block_n, num_warps, per_sm = v["block_n"], v["num_warps"], v["per_sm"]
         extra = dict(dsplit=max(1, min(v["dsplit"], d // 32)), packed=v["packed"], num_stages=v["num_stages"],
@@ -540,8 +553,8 @@ def kv_quant_attn_triton_splits(q, k_packed, k_norms, v_packed, v_norms, kv_lens
     ``decode``: "lut" (2/3 bits: the prmt byte lookup of ``lut.py``; under the interpreter its
     layout emulated with gathers) or "gather" (shift/mask + gathered level, any bits); default
     "lut" for 2 and 3 bits, falling back to "gather" with a warning if the PTX does not compile.
-    ``variant``: None (default) or a key of ``VARIANTS``: an opt-in, not yet timed configuration of
-    the LUT decode tile (see ``plan``); ``block_n``, ``num_warps``, ``num_stages`` (default 2),
+    ``variant``: None (``DEFAULT_VARIANT``) or a key of ``VARIANTS``: a configuration of the LUT
+    decode tile (see ``plan``); ``block_n``, ``num_warps``, ``num_stages`` (default 2),
     ``trans`` and ``maxnreg`` (ptxas register cap, GPU only), when given, override the plan's.
     """
     B, Hq, Tq, D = q.shape
