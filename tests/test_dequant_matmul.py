@@ -139,6 +139,7 @@ def test_gemv2_rejects_non_power_of_two(device):
 def test_slab_path_many_slabs(device, monkeypatch):
     from hlwq_kernels.dequant_matmul import triton as dq
     monkeypatch.setattr(dq, "SLAB_BYTES", 4096)  # 32-row slabs: 3 slabs for 70 rows, the last ragged
+    monkeypatch.setattr(dq, "SLAB_MIN_ROWS", 0)
     qw = make_weight(70, 200, 3, 64, 9, device)
     x = make_x((5,), 200, torch.float16, 9, device)
     y = dequant_matmul_triton_method(x, qw, False, torch.float32, config=Config("slab", BN=32, G=2))

@@ -55,6 +55,7 @@ from ..quant import HLWQWeight
 GEMV_MAX_M = 4  # above this the tensor-core kernel's single dequant per tile wins (tuning notes)
 SLAB_MIN_M = 256  # above this: bf16 slabs of W_rot + cuBLAS (see _pick)
 SLAB_BYTES = 16 << 20  # slab scratch: ~16 MiB (L2 is 50 MB), never the whole weight
+SLAB_MIN_ROWS = 2048  # ... but at least this many rows (48 MiB at K = 12288; see _slab_matmul)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -556,13 +557,19 @@ def _split_k(cfg: Config, programs: int, n_tiles: int, device: torch.device) -> 
 
 
 def _slab_matmul(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, cfg: Config) -> torch.Tensor:
-    """Prefill: W_rot in slabs of rows (about SLAB_BYTES, L2-sized) in x's dtype, each multiplied
-    by cuBLAS straight into its columns of the output (a strided view: no copy)."""
+    """Prefill: W_rot in slabs of rows (about SLAB_BYTES and at least SLAB_MIN_ROWS rows) in x's
+    dtype, each multiplied by cuBLAS straight into its columns of the output (a strided view: no
+    copy). Scratch is bounded by the slab (<= 48 MiB for K <= 12288 in bf16), whatever N is; a
+    weight with fewer rows than one slab (e.g. 2048 x 4096) is dequantized whole into it."""
     m, kp = xr.shape
     n = w.out_features
     groups, nblk = kp // 32, kp // w.block
     a, f = (8, 4) if w.bits == 8 else (4, 8)
-    rows = cfg.slab_rows or (SLAB_BYTES // (kp * xr.element_size()))
+    # at least SLAB_MIN_ROWS: narrower slabs leave cuBLAS too few output tiles. H100, M=2048, 5 bits,
+    # graph timing (graph_sweep dqprefill, 2026-11-27 session 3 run 2), 4096x12288: 640 rows (16 MiB)
+    # 412.6 us, 1024: 363.6, 2048: 329.1, 4096: 339.5 (cuBLAS bf16 290.6); K = 4096 shapes: 2048
+    # rows (= 16 MiB) best or within 2% of it.
+    rows = cfg.slab_rows or max(SLAB_MIN_ROWS, SLAB_BYTES // (kp * xr.element_size()))
     rows = max(cfg.BN, rows // cfg.BN * cfg.BN)
     rows = min(rows, cdiv(n, cfg.BN) * cfg.BN)
     slab = torch.empty(rows, kp, dtype=xr.dtype, device=xr.device)
