@@ -4,8 +4,9 @@
 * ``triton.testing.do_bench`` (CUDA events, L2 flushed before each call, median): the
   per-call time reported as ``us``, ``GBps`` and ``TFLOPs`` in ``extra_info`` (what
   perf/RESULTS.md quotes);
-* pytest-benchmark rounds of ``calls_per_round`` back-to-back calls + one synchronize,
-  which ``--benchmark-compare-fail`` gates against the stored baseline. With ``graph=True`` the
+* pytest-benchmark rounds of ``calls_per_round`` back-to-back calls + one synchronize, stored
+  per call (round time / calls_per_round), which ``--benchmark-compare-fail`` gates against the
+  stored baseline. With ``graph=True`` the
   round replays one CUDA graph holding those calls, so the gate sees GPU time: eager rounds of
   a few-microsecond kernel measure the host's launch overhead, which differs between machines
   (run 5 of 2026-11-27: fla's unchanged decode kernel 3.3x "slower" than in run 4). A function
@@ -66,15 +67,24 @@ def _gpu_bench(benchmark, fn, *, nbytes: float, flops: float = 0.0, graph: bool 
             torch.cuda.synchronize()
             rounds = f"eager (capture failed: {type(exc).__name__})"
 
-    def one_round():
-        if g is not None:
-            g.replay()
-        else:
-            for _ in range(reps):
-                fn()
-        torch.cuda.synchronize()
+    # pytest-benchmark divides each round by ``iterations`` and calls the target that many times per
+    # round: the first call of a round runs all ``reps`` calls (graph replay or eager loop) and
+    # synchronizes, the other reps - 1 calls return at once (~0.1 us each of Python). So the stored
+    # median is per call, comparable between runs whatever ``reps`` the do_bench calibration chose
+    # (session 2 stored per-round times, which moved with reps: S3-3's false "regressions").
+    state = {"i": 0}
 
-    benchmark.pedantic(one_round, rounds=15, warmup_rounds=2)
+    def one_call():
+        if state["i"] % reps == 0:
+            if g is not None:
+                g.replay()
+            else:
+                for _ in range(reps):
+                    fn()
+            torch.cuda.synchronize()
+        state["i"] += 1
+
+    benchmark.pedantic(one_call, rounds=15, warmup_rounds=2, iterations=reps)
     benchmark.extra_info.update(
         us=round(ms * 1e3, 2), GBps=round(nbytes / (ms * 1e-3) / 1e9, 1),
         TFLOPs=round(flops / (ms * 1e-3) / 1e12, 2), nbytes=int(nbytes), flops=int(flops),
