@@ -170,6 +170,19 @@ def sec_dqcfg():
     _dq_cases(1, (5,), small, cfgs)
 
 
+def sec_dqsmallm():
+    """M = 2, 4, 8, 16 at 5 bits: gemv2 (one program per token row) against the tensor-core dot kernel,
+    to place GEMV_MAX_M."""
+    from hlwq_kernels.dequant_matmul.triton import Config
+
+    for m in (2, 4, 8, 16):
+        cfgs = [("default", None),
+                ("gemv2-bn4", Config("gemv2", BN=4, G=128, num_warps=4, prefetch=True)),
+                ("gemv2-bn8", Config("gemv2", BN=8, G=128, num_warps=4, prefetch=True)),
+                ("dot-bm16", Config("dot", BN=64, G=4, BM=16, num_warps=4, num_stages=1, unroll=2))]
+        _dq_cases(m, (5,), [s for s in LINEARS if s[0] in ("square", "gate_up", "down")], cfgs)
+
+
 def sec_dqprefill():
     """M=2048, 5 bits: the slab path at several slab heights (rows of W_rot dequantized per cuBLAS
     call; default ~16 MiB of bf16) against cuBLAS bf16."""
@@ -330,7 +343,7 @@ def sec_gdn():
         for s in sets], rec_b, base)
 
 
-SECTIONS = {"fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dqcfg": sec_dqcfg, "dqprefill": sec_dqprefill, "kv": sec_kv, "kvcfg": sec_kvcfg, "gdn": sec_gdn}
+SECTIONS = {"fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dqcfg": sec_dqcfg, "dqprefill": sec_dqprefill, "dqsmallm": sec_dqsmallm, "kv": sec_kv, "kvcfg": sec_kvcfg, "gdn": sec_gdn}
 
 if __name__ == "__main__":
     torch.backends.cuda.matmul.allow_tf32 = False
