@@ -100,7 +100,9 @@ def test_gdn_decode_step(benchmark, gpu_bench, impl):
         def fn():
             y = hf_conv_update(x.transpose(1, 2), their_cs, wconv, None, "silu").transpose(1, 2)
             qq, kk, vv = y.split([HK * D, HK * D, HV * D], dim=-1)
-            return hf_rec(qq.view(1, 1, HK, D), kk.view(1, 1, HK, D), vv.view(1, 1, HV, D), g, beta, initial_state=s0,
+            # transformers' Qwen3.5 layer repeats q/k to the value heads before its GDN function
+            qq, kk = (t_.view(1, 1, HK, D).repeat_interleave(HV // HK, dim=2) for t_ in (qq, kk))
+            return hf_rec(qq, kk, vv.view(1, 1, HV, D), g, beta, initial_state=s0,
                           output_final_state=True, use_qk_l2norm_in_kernel=True)
     elif impl == "fla-recurrent":
         fla = _fla()
@@ -160,8 +162,8 @@ def test_gdn_prefill(benchmark, gpu_bench, impl):
         nbytes = io_bytes
     elif impl == "transformers-chunk":
         hf_chunk = _hf()[0]
-        fn = lambda: hf_chunk(q, k, v, g, beta, initial_state=s0, output_final_state=True,  # noqa: E731
-                              use_qk_l2norm_in_kernel=True)
+        fn = lambda: hf_chunk(q.repeat_interleave(HV // HK, dim=2), k.repeat_interleave(HV // HK, dim=2),  # noqa: E731
+                              v, g, beta, initial_state=s0, output_final_state=True, use_qk_l2norm_in_kernel=True)
         nbytes = io_bytes
     else:
         fn = lambda: chunk_gated_delta_rule(q, k, v, g, beta, initial_state=s0, impl="reference")  # noqa: E731

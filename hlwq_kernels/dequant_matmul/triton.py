@@ -52,7 +52,11 @@ from .._common import cdiv, interpreting, next_pow2
 from ..fwht import MAX_TRITON_BLOCK, fwht
 from ..quant import HLWQWeight
 
-GEMV_MAX_M = 4  # above this the tensor-core kernel's single dequant per tile wins (tuning notes)
+# Above GEMV_MAX_M the tensor-core kernel's single dequant per tile wins: gemv2 decodes the weight once
+# per token row. H100, 5 bits, graph timing (graph_sweep dqsmallm, 2026-11-27 session 3 run 4; us,
+# gemv2 / dot): M=2 4096^2 12.2 / 16.1, 24576x4096 55.5 / 60.4, 4096x12288 31.8 / 49.2; M=4 20.1 /
+# 16.1, 102.5 / 60.3, 55.4 / 49.2.
+GEMV_MAX_M = 2
 SLAB_MIN_M = 256  # above this: bf16 slabs of W_rot + cuBLAS (see _pick)
 SLAB_BYTES = 16 << 20  # slab scratch: ~16 MiB (L2 is 50 MB), never the whole weight
 SLAB_MIN_ROWS = 2048  # ... but at least this many rows (48 MiB at K = 12288; see _slab_matmul)
