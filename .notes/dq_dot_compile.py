@@ -37,16 +37,16 @@ def dot(bits, bn=64, g=4, bm=16, warps=4, unroll=2):
     return k, bn * g * 32 * unroll / (32 * warps), warps, f"dot BN={bn} G={g} BM={bm} w{warps} u{unroll}"
 
 
-def dot2(bits, bn=64, g=4, bm=16, warps=4, unroll=1, pf=1, frag=True, l2pf=0):
+def dot2(bits, bn=64, g=4, bm=16, warps=4, unroll=1, pf=1, frag=True, l2pf=0, split=1):
     a, f, ptrs, ints, mode = args(bits)
     ints = dict(ints, tiles_per_split=(KP // 32) // g)
     ints.pop("n_addr")
     k = compile_kernel(dq._dot2_kernel, ptrs, ints,
-                       dict(BITS=bits, BLOCK=BLOCK, BM=bm, BN=bn, G=g, A=a, F=f, SPLIT_K=1, UPCAST=False, IEEE=False,
+                       dict(BITS=bits, BLOCK=BLOCK, BM=bm, BN=bn, G=g, A=a, F=f, SPLIT_K=split, UPCAST=False, IEEE=False,
                             MODE=mode, MASKED=False, MASK_M=False, UNROLL=unroll, PF=pf, FRAG=frag, L2PF=l2pf),
                        dict(num_warps=warps, num_stages=1))
     return k, bn * g * 32 * unroll / (32 * warps), warps, (f"dot2 BN={bn} G={g} BM={bm} w{warps} u{unroll} pf{pf}"
-                                                           f"{' frag' if frag else ''}{f' l2pf{l2pf}' if l2pf else ''}")
+                                                           f"{' frag' if frag else ''}{f' l2pf{l2pf}' if l2pf else ''}{f' s{split}' if split > 1 else ''}")
 
 
 def row(k, codes, warps, label):
@@ -81,6 +81,8 @@ VARIANTS = {
     "dot2-bm32": lambda b: dot2(b, bm=32),
     "dot2-bm32g2u2l2": lambda b: dot2(b, bm=32, g=2, unroll=2, l2pf=4),
     "dot-bm32": lambda b: dot(b, bm=32, g=2, unroll=1),
+    "dot2-pf0u2l2s2": lambda b: dot2(b, pf=0, unroll=2, l2pf=4, split=2),
+    "dot2-bn128w8pf2u2l2": lambda b: dot2(b, bn=128, warps=8, unroll=2, pf=2, l2pf=4),
     "dot2-bn128w8": lambda b: dot2(b, bn=128, warps=8),
     "dot2-bn128w8u2": lambda b: dot2(b, bn=128, warps=8, unroll=2),
     "dot2-bn128w8pf2u2": lambda b: dot2(b, bn=128, warps=8, unroll=2, pf=2),
