@@ -42,11 +42,13 @@ def dot2(bits, bn=64, g=4, bm=16, warps=4, unroll=1, pf=1, frag=True, l2pf=0, sp
     ints = dict(ints, tiles_per_split=(KP // 32) // g)
     ints.pop("n_addr")
     k = compile_kernel(dq._dot2_kernel, ptrs, ints,
-                       dict(BITS=bits, BLOCK=BLOCK, BM=bm, BN=bn, G=g, A=a, F=f, SPLIT_K=split, UPCAST=False, IEEE=False,
-                            MODE=mode, MASKED=False, MASK_M=False, UNROLL=unroll, PF=pf, FRAG=frag, L2PF=l2pf),
+                       dict(BITS=bits, BLOCK=BLOCK, BM=bm, BN=bn, G=g, A=a, F=f, SPLIT_K=split, UPCAST=False,
+                            IEEE=False, MODE=mode, MASKED=False, MASK_M=False, UNROLL=unroll, PF=pf, FRAG=frag,
+                            L2PF=l2pf),
                        dict(num_warps=warps, num_stages=1))
-    return k, bn * g * 32 * unroll / (32 * warps), warps, (f"dot2 BN={bn} G={g} BM={bm} w{warps} u{unroll} pf{pf}"
-                                                           f"{' frag' if frag else ''}{f' l2pf{l2pf}' if l2pf else ''}{f' s{split}' if split > 1 else ''}")
+    label = (f"dot2 BN={bn} G={g} BM={bm} w{warps} u{unroll} pf{pf}{' frag' if frag else ''}"
+             f"{f' l2pf{l2pf}' if l2pf else ''}{f' s{split}' if split > 1 else ''}")
+    return k, bn * g * 32 * unroll / (32 * warps), warps, label
 
 
 def row(k, codes, warps, label):

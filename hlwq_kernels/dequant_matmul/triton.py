@@ -23,6 +23,9 @@ Kernels, chosen by M in ``_pick`` (explicit, documented there):
 * ``_dot_kernel`` (M <= SLAB_MIN_M): the dequantized ``[BN, BK]`` tile (x's dtype) is the A
   operand of ``tl.dot(w_tile, x_tile^T)`` ("swap AB": weight rows fill the 64-row wgmma M
   dimension, BM = 16/32 tokens the N dimension); fp32 accumulation, norm per K-step.
+* ``_dot2_kernel`` (``method="dot2"``, opt-in, offline-compiled only): the dot kernel with the
+  decode landing directly in the wgmma A fragment (k / row relabelling: no smem round trip for
+  the weight tile), word/x/norm prefetch in registers (``pf``) and L2 (``l2pf``), clamped loads.
 * ``_slab_matmul`` (prefill, M > SLAB_MIN_M): ``_dequant_rows_kernel`` writes W_rot for ~16 MiB
   of rows at a time (bounded scratch) and cuBLAS multiplies it into those output columns: the
   fused kernel re-dequantizes every weight tile M/BM times (0.05-0.16x bf16 at M=2048 measured),
@@ -821,7 +824,8 @@ def dequant_matmul_rotated(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dty
         _dot2_kernel[grid](xr, *common, m, n, groups, nblk, xr.stride(0), n, stride_os, tiles_per_split,
                            BITS=bits, BLOCK=block, BM=cfg.BM, BN=cfg.BN, G=cfg.G, A=a, F=f, SPLIT_K=split,
                            UPCAST=interpreting(), IEEE=xr.dtype == torch.float32, MODE=mode,
-                           MASKED=masked, MASK_M=bool(m % cfg.BM), UNROLL=unroll, PF=cfg.pf, FRAG=cfg.frag and 4 <= bits <= 7, L2PF=cfg.l2pf,
+                           MASKED=masked, MASK_M=bool(m % cfg.BM), UNROLL=unroll, PF=cfg.pf,
+                           FRAG=cfg.frag and 4 <= bits <= 7, L2PF=cfg.l2pf,
                            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif cfg.method == "dot":
         grid = (cdiv(m, cfg.BM) * cdiv(n, cfg.BN), split)
