@@ -1,7 +1,7 @@
 """Kernel-only times on the GPU: every case and its baseline timed by perf/graphbench.graph_us
 (many calls in one CUDA graph, rotating over input sets several times the L2), in one run.
 
-    python perf/graph_sweep.py [fwht] [dq] [dqcfg] [kv] [kvcfg] [gdn]     (default: all)
+    python perf/graph_sweep.py [fwht] [dq] [dqcfg] [dq16cfg] [kv] [kvcfg] [gdn]     (default: all)
 
 Prints one line per case (us per call, GB/s of the bytes the op must move, ratio to the
 section's baseline) and appends JSON rows to $OUT/graph.jsonl.
@@ -183,6 +183,32 @@ def sec_dqsmallm():
         _dq_cases(m, (5,), [s for s in LINEARS if s[0] in ("square", "gate_up", "down")], cfgs)
 
 
+def sec_dq16cfg():
+    """M=16, 5 bits, the 5 shapes of sec_dq's M=16 rows: the current default (``_dot_kernel``, BN=64
+    BK=128 unroll 2) against the opt-in ``_dot2_kernel`` configs (.notes/dequant_matmul.md "dot2":
+    offline-compiled only, NOT yet timed). pf = K-steps of words loaded ahead in registers, l2 =
+    prefetch.global.L2 this many K-steps ahead, nofrag = natural k order (A tile via smem as in dot)."""
+    from hlwq_kernels.dequant_matmul.triton import Config
+
+    def d2(**kw):
+        return Config("dot2", **{**dict(BN=64, G=4, BM=16, num_warps=4, num_stages=1, pf=1), **kw})
+
+    cfgs = [("default", None),
+            ("dot-u1", Config("dot", BN=64, G=4, BM=16, num_warps=4, num_stages=1, unroll=1)),
+            ("d2-pf1", d2()),
+            ("d2-pf1-nofrag", d2(frag=False)),
+            ("d2-pf0u2", d2(pf=0, unroll=2)),
+            ("d2-pf2u2", d2(pf=2, unroll=2)),
+            ("d2-pf1-l2", d2(l2pf=4)),
+            ("d2-pf0u2-l2", d2(pf=0, unroll=2, l2pf=4)),
+            ("d2-pf0u2-l2x8", d2(pf=0, unroll=2, l2pf=8)),
+            ("d2-pf2u2-l2", d2(pf=2, unroll=2, l2pf=4)),
+            ("d2-bn128w8-pf2u2-l2", d2(BN=128, num_warps=8, pf=2, unroll=2, l2pf=4)),
+            ("d2-pf0u2-l2-s2", d2(pf=0, unroll=2, l2pf=4, split_k=2)),
+            ("d2-pf0u2-l2-s4", d2(pf=0, unroll=2, l2pf=4, split_k=4))]
+    _dq_cases(16, (5,), LINEARS[:5], cfgs)
+
+
 def sec_dqprefill():
     """M=2048, 5 bits: the slab path at several slab heights (rows of W_rot dequantized per cuBLAS
     call; default ~16 MiB of bf16) against cuBLAS bf16."""
@@ -343,7 +369,8 @@ def sec_gdn():
         for s in sets], rec_b, base)
 
 
-SECTIONS = {"fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dqcfg": sec_dqcfg, "dqprefill": sec_dqprefill, "dqsmallm": sec_dqsmallm, "kv": sec_kv, "kvcfg": sec_kvcfg, "gdn": sec_gdn}
+SECTIONS = {"fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dqcfg": sec_dqcfg, "dq16cfg": sec_dq16cfg,
+            "dqprefill": sec_dqprefill, "dqsmallm": sec_dqsmallm, "kv": sec_kv, "kvcfg": sec_kvcfg, "gdn": sec_gdn}
 
 if __name__ == "__main__":
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -129,6 +129,46 @@ def test_gemv2_configs(device, n, k, bits, block, bn, g, split_k, row_tiles, pre
     check(y, x, qw, False, dtype, str(cfg))
 
 
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_dot2_every_bit_width(device, bits):
+    """The opt-in M = 5..256 tensor-core kernel (method="dot2"), fragment order + prefetch."""
+    qw = make_weight(64, 256, bits, 128, bits, device)
+    x = make_x((16,), 256, torch.bfloat16 if ON_GPU else torch.float16, bits, device)
+    y = dequant_matmul_triton_method(x, qw, False, x.dtype, "dot2")
+    check(y, x, qw, False, x.dtype, f"dot2 bits={bits}")
+
+
+@pytest.mark.parametrize("m,n,k,bits,block,cfg,dtype", [
+    # ragged M (tokens clamped), ragged N (rows clamped, FRAG row order), split-K with a ragged last split
+    (20, 70, 300, 5, 64, Config("dot2", BN=32, G=2, BM=16, num_stages=1, split_k=3, pf=2), torch.float32),
+    (5, 33, 256, 3, 128, Config("dot2", BN=64, G=4, BM=16, num_stages=1, pf=1, l2pf=4), torch.bfloat16),
+    (32, 130, 512, 5, 128, Config("dot2", BN=64, G=4, BM=32, num_stages=1, split_k=2, pf=0, unroll=2),
+     torch.float16),
+    (9, 40, 200, 8, 32, Config("dot2", BN=64, G=1, BM=16, num_stages=1, pf=0, frag=False), torch.bfloat16),
+    (17, 100, 384, 4, 128, Config("dot2", BN=128, G=4, BM=16, num_warps=8, num_stages=1, pf=2, unroll=2),
+     torch.float32),
+    (24, 64, 640, 6, 128, Config("dot2", BN=64, G=2, BM=32, num_stages=1, split_k=4, unroll=2, l2pf=2),
+     torch.bfloat16),
+    (7, 48, 96, 2, 32, Config("dot2", BN=32, G=1, BM=16, num_stages=1, split_k=2, pf=2, unroll=3), torch.float16),
+    (16, 96, 1024, 1, 128, Config("dot2", BN=64, G=4, BM=16, num_stages=1, split_k=3, pf=1, unroll=2),
+     torch.bfloat16),  # 8 K-steps in 3 splits of 3: the last split has 2 (clamped step, zero norm)
+    (12, 50, 256, 7, 64, Config("dot2", BN=64, G=2, BM=16, num_stages=1, pf=1, frag=False, l2pf=1), torch.float32),
+])
+def test_dot2_configs(device, m, n, k, bits, block, cfg, dtype):
+    qw = make_weight(n, k, bits, block, bits + m, device)
+    x = make_x((m,), k, dtype, bits + m, device)
+    y = dequant_matmul_triton_method(x, qw, False, dtype, config=cfg)
+    check(y, x, qw, False, dtype, f"m={m} n={n} k={k} bits={bits} {cfg}")
+
+
+def test_dot2_rejects_bad_config(device):
+    qw = make_weight(16, 64, 3, 32, 0, device)
+    x = make_x((8,), 64, torch.float32, 0, device)
+    for cfg in (Config("dot2", BN=64, G=1, pf=3), Config("dot2", BN=24, G=1)):
+        with pytest.raises(ValueError, match="dot2"):
+            dequant_matmul_triton_method(x, qw, False, torch.float32, config=cfg)
+
+
 def test_gemv2_rejects_non_power_of_two(device):
     qw = make_weight(16, 64, 3, 32, 0, device)
     x = make_x((1,), 64, torch.float32, 0, device)

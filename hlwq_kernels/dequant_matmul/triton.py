@@ -23,6 +23,9 @@ Kernels, chosen by M in ``_pick`` (explicit, documented there):
 * ``_dot_kernel`` (M <= SLAB_MIN_M): the dequantized ``[BN, BK]`` tile (x's dtype) is the A
   operand of ``tl.dot(w_tile, x_tile^T)`` ("swap AB": weight rows fill the 64-row wgmma M
   dimension, BM = 16/32 tokens the N dimension); fp32 accumulation, norm per K-step.
+* ``_dot2_kernel`` (``method="dot2"``, opt-in, offline-compiled only): the dot kernel with the
+  decode landing directly in the wgmma A fragment (k / row relabelling: no smem round trip for
+  the weight tile), word/x/norm prefetch in registers (``pf``) and L2 (``l2pf``), clamped loads.
 * ``_slab_matmul`` (prefill, M > SLAB_MIN_M): ``_dequant_rows_kernel`` writes W_rot for ~16 MiB
   of rows at a time (bounded scratch) and cuBLAS multiplies it into those output columns: the
   fused kernel re-dequantizes every weight tile M/BM times (0.05-0.16x bf16 at M=2048 measured),
@@ -440,6 +443,154 @@ def _dot_kernel(x_ptr, p_ptr, p_addr, n_ptr, cb_ptr, cb_addr, out_ptr, M, N, gro
 
 
 @triton.jit
+def _l2_prefetch_planes(p_addr, row_off, groups, t, BITS: tl.constexpr, G: tl.constexpr, A: tl.constexpr):
+    """``prefetch.global.L2`` of the cache line that starts each plane's words of K-tile ``t`` for the
+    rows at ``row_off`` (GPU only: a hint, no registers, no wait; the plane loads of that tile then
+    hit L2 instead of waiting on DRAM)."""
+    if A == 8:
+        _l2_line(p_addr + 4 * (row_off + t * (G * 8)))
+    else:
+        if BITS & 4:
+            _l2_line(p_addr + 4 * (row_off + t * (G * 4)))
+        if BITS & 2:
+            _l2_line(p_addr + 4 * (row_off + groups * (BITS & 4) + t * (G * 2)))
+        if BITS & 1:
+            _l2_line(p_addr + 4 * (row_off + groups * (BITS & 6) + t * G))
+
+
+@triton.jit
+def _l2_line(addr):
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [addr], dtype=tl.int32,
+                              is_pure=False, pack=1)
+
+
+@triton.jit
+def _dot2_x(x_ptr, toks, M, stride_xm, t, BK: tl.constexpr, UPCAST: tl.constexpr, FRAG: tl.constexpr):
+    """x^T tile [BK, BM] of K-step t; tokens clamped to M-1 (no predicates: the extra columns are
+    masked at the store). FRAG: loaded in code order (contiguous: 16-byte loads), then relabelled
+    to the k order of ``_dot2_kernel`` (code c*(BK/4) + 4*kc + 2*e_hi + e_lo -> k = 16*kc + 8*e_hi
+    + 2*c + e_lo; a layout change only, absorbed by the store into the wgmma B tile in smem)."""
+    kk = t * BK + tl.arange(0, BK)
+    xt = tl.load(x_ptr + tl.minimum(toks, M - 1)[None, :] * stride_xm + kk[:, None])
+    if FRAG:
+        BM: tl.constexpr = xt.shape[1]
+        xt = tl.reshape(tl.permute(tl.reshape(xt, [4, BK // 16, 2, 2, BM]), (1, 2, 0, 3, 4)), [BK, BM])
+    if UPCAST:  # the CPU interpreter's bf16 tl.dot is garbage (docs TRITON_CPU.md)
+        xt = xt.to(tl.float32)
+    return xt
+
+
+@triton.jit
+def _dot2_kernel(x_ptr, p_ptr, p_addr, n_ptr, cb_ptr, cb_addr, out_ptr, M, N, groups, nblk, stride_xm, stride_om,
+                 stride_os, tiles_per_split, BITS: tl.constexpr, BLOCK: tl.constexpr, BM: tl.constexpr,
+                 BN: tl.constexpr, G: tl.constexpr, A: tl.constexpr, F: tl.constexpr, SPLIT_K: tl.constexpr,
+                 UPCAST: tl.constexpr, IEEE: tl.constexpr, MODE: tl.constexpr, MASKED: tl.constexpr,
+                 MASK_M: tl.constexpr, UNROLL: tl.constexpr, PF: tl.constexpr, FRAG: tl.constexpr,
+                 L2PF: tl.constexpr):
+    """The M = 5..256 tensor-core kernel, reworked for latency ("dot2", opt-in; see ``_dot_kernel`` for
+    the swap-AB scheme and .notes/dequant_matmul.md "dot2"):
+
+    * PF (0/1/2): the plane words and the x^T tile of K-step t+PF are loaded (registers) before
+      step t is decoded: the dot kernel waited a full DRAM latency per K-step (word load -> decode ->
+      wgmma, 32 steps in a row at K=4096).
+    * FRAG: the K order inside a K-step is permuted (x^T gets the same permutation through its
+      pointers) and the rows of the loaded tile are permuted, so that the codes a thread decodes are
+      exactly the ones that the wgmma A-operand fragment puts in that thread (thread c of a row quad
+      holds k = 16 kc + 2c + {0, 1, 8, 9}: codes 8G*c .. 8G*c + 8G-1 of the step, one group at G=4):
+      the A tile then needs no shared-memory round trip (STS + BAR + LDSM per K-step).
+      Exact for BN = 16 * num_warps, G = 4 (the layout the 4-bit plane's LDG.128 gets); any other
+      config is still correct (the permutation is only a relabelling of k and rows).
+    * L2PF (GPU only): each K-step also issues ``prefetch.global.L2`` for the plane words of K-step
+      t + L2PF (one line per row and plane): ptxas sinks the PF register loads behind the decode
+      (SASS), so the L2 prefetch is what keeps DRAM busy ahead of the loop.
+    * rows and tokens are clamped for the loads (no predicates), K-steps past the split's end are
+      clamped and get a zero norm; MASKED / MASK_M are unused (a K-step is always whole: BK | block).
+    """
+    BK: tl.constexpr = G * 32
+    num_m = tl.cdiv(M, BM)
+    pid = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_m = pid % num_m
+    pid_n = pid // num_m
+    rr = tl.arange(0, BN)
+    if FRAG:
+        # loaded row i = g*(8*RW) + w*8 + l holds output row w*(BN//RW) + g*8 + l (RW = BN // 16 row
+        # groups of 16 = the warps along M of the wgmma layout; g over the BN // (8*RW) = 2 halves)
+        RW: tl.constexpr = BN // 16
+        lrow = ((rr // 8) % RW) * 16 + (rr // (8 * RW)) * 8 + rr % 8
+    else:
+        lrow = rr
+    rows_ld = tl.minimum(pid_n * BN + lrow, N - 1).to(tl.int64)  # clamped: no load predicates
+    row_off = rows_ld * (groups * BITS)
+    rows_out = pid_n * BN + rr
+    nrm_off = tl.minimum(rows_out, N - 1).to(tl.int64) * nblk
+    toks = pid_m * BM + tl.arange(0, BM)
+    row_true = tl.full([BN], 1, tl.int1)
+    n_tiles = groups // G
+    acc = tl.zeros([BN, BM], dtype=tl.float32)
+    lane_cb = 0.0
+    if MODE == 2:
+        lane_cb = _lut_lane(cb_addr, tl.zeros([BN, G * A, F], dtype=tl.int32), BITS)
+    t0 = pid_s * tiles_per_split
+    t_last = tl.minimum(t0 + tiles_per_split, n_tiles) - 1
+    if PF >= 1:
+        wa, wb, wc = _tile_words(p_ptr, p_addr, row_off, row_true, tl.minimum(t0, t_last), groups, BITS, BN, G, A,
+                                 False, MODE)
+        xc = _dot2_x(x_ptr, toks, M, stride_xm, tl.minimum(t0, t_last), BK, UPCAST, FRAG)
+        vc = tl.load(n_ptr + nrm_off + (tl.minimum(t0, t_last) * BK) // BLOCK)
+    if PF >= 2:
+        wa2, wb2, wc2 = _tile_words(p_ptr, p_addr, row_off, row_true, tl.minimum(t0 + 1, t_last), groups, BITS, BN,
+                                    G, A, False, MODE)
+        xc2 = _dot2_x(x_ptr, toks, M, stride_xm, tl.minimum(t0 + 1, t_last), BK, UPCAST, FRAG)
+        vc2 = tl.load(n_ptr + nrm_off + (tl.minimum(t0 + 1, t_last) * BK) // BLOCK)
+    for tu in range(t0, t0 + tiles_per_split, UNROLL):
+        for u in tl.static_range(UNROLL):
+            t = tu + u
+            tc = tl.minimum(t, t_last)
+            if L2PF > 0 and MODE != 0:
+                _l2_prefetch_planes(p_addr, row_off, groups, tl.minimum(t + L2PF, t_last), BITS, G, A)
+            if PF == 0:
+                ca, cb, cc = _tile_words(p_ptr, p_addr, row_off, row_true, tc, groups, BITS, BN, G, A, False, MODE)
+                xt = _dot2_x(x_ptr, toks, M, stride_xm, tc, BK, UPCAST, FRAG)
+                nv = tl.load(n_ptr + nrm_off + (tc * BK) // BLOCK)
+            else:
+                tn = tl.minimum(t + PF, t_last)
+                na, nb, nc = _tile_words(p_ptr, p_addr, row_off, row_true, tn, groups, BITS, BN, G, A, False, MODE)
+                nx = _dot2_x(x_ptr, toks, M, stride_xm, tn, BK, UPCAST, FRAG)
+                nn = tl.load(n_ptr + nrm_off + (tn * BK) // BLOCK)
+                ca, cb, cc, xt, nv = wa, wb, wc, xc, vc
+                if PF == 1:
+                    wa, wb, wc, xc, vc = na, nb, nc, nx, nn
+                else:
+                    wa, wb, wc, xc, vc = wa2, wb2, wc2, xc2, vc2
+                    wa2, wb2, wc2, xc2, vc2 = na, nb, nc, nx, nn
+            code = _words_to_codes(ca, cb, cc, BITS, BN, G, A, F)  # [BN, Q, F]
+            vals = _lut(cb_ptr, cb_addr, lane_cb, code, BITS, MODE)
+            if not UPCAST:
+                vals = vals.to(x_ptr.dtype.element_ty)
+            if FRAG:  # code index c*(BK/4) + 4*kc + 2*e_hi + e_lo -> k = 16*kc + 8*e_hi + 2*c + e_lo
+                wt = tl.reshape(vals, [BN, 4, BK // 16, 2, 2])
+                wt = tl.reshape(tl.permute(wt, (0, 2, 3, 1, 4)), [BN, BK])
+                # loaded row (g, w, l) -> output row (w, g, l)
+                wt = tl.reshape(wt, [BN // (8 * (BN // 16)), BN // 16, 8, BK])
+                wt = tl.reshape(tl.permute(wt, (1, 0, 2, 3)), [BN, BK])
+            else:
+                wt = tl.reshape(vals, [BN, BK])
+            if IEEE:  # fp32 inputs: plain fp32 products, as torch does by default (no TF32)
+                d = tl.dot(wt, xt, input_precision="ieee")
+            else:
+                d = tl.dot(wt, xt)
+            nv = tl.where(t <= t_last, nv.to(tl.float32), 0.0)  # K-steps past the split: clamped loads, no contribution
+            acc += d * nv[:, None]
+    optrs = toks[None, :] * stride_om + rows_out[:, None]
+    omask = (toks < M)[None, :] & (rows_out < N)[:, None]
+    if SPLIT_K == 1:
+        tl.store(out_ptr + optrs, acc.to(out_ptr.dtype.element_ty), mask=omask)
+    else:
+        tl.store(out_ptr + pid_s.to(tl.int64) * stride_os + optrs, acc, mask=omask)
+
+
+@triton.jit
 def _dequant_rows_kernel(p_ptr, p_addr, n_ptr, cb_ptr, cb_addr, out_ptr, row0, N, groups, nblk,
                          BITS: tl.constexpr, BLOCK: tl.constexpr, BN: tl.constexpr, G: tl.constexpr,
                          A: tl.constexpr, F: tl.constexpr, MODE: tl.constexpr, MASKED: tl.constexpr):
@@ -477,7 +628,12 @@ def _splitk_reduce_kernel(part_ptr, out_ptr, numel, SPLIT_K: tl.constexpr, BLOCK
 # launch
 # ----------------------------------------------------------------------------------------------
 class Config(NamedTuple):
-    """One launch configuration (``method``: "gemv", "gemv2", "dot" or "slab"; BM only for "dot").
+    """One launch configuration (``method``: "gemv", "gemv2", "dot", "dot2" or "slab"; BM only for
+    "dot"/"dot2").
+
+    dot2 (opt-in, ``_dot2_kernel``, M = 5..256): the dot kernel with ``pf`` K-steps of code words and
+    x loaded ahead and ``frag`` (decode straight into the wgmma A fragment: BN = 16 * num_warps,
+    G = 4 for the exact match); split_k / unroll as for "dot".
 
     gemv2 (opt-in, ``_gemv2_kernel``): G = the most groups of 32 codes per K slice (a power of
     two; the slice is rounded up to whole norm blocks), split_k = at least this many K slices,
@@ -493,6 +649,9 @@ class Config(NamedTuple):
     unroll: int = 1  # gemv: tiles per loop trip (straight-line code: loads of all of them in flight)
     row_tiles: int = 0  # gemv2: BN-row tiles per program (0: chosen from the SM count)
     slab_rows: int = 0  # slab: W_rot rows per slab (0: about SLAB_BYTES of x's dtype)
+    pf: int = 1  # dot2: K-steps of words + x loaded ahead (0, 1, 2)
+    frag: bool = True  # dot2: k / row order that makes the decode land in the wgmma A fragment (bits 4-7)
+    l2pf: int = 0  # dot2: prefetch.global.L2 of the plane words this many K-steps ahead (0: off)
 
 
 @functools.lru_cache(maxsize=None)
@@ -528,6 +687,8 @@ def _pick(m: int, n: int, kp: int, block: int, method: str) -> Config:
         return Config("gemv2", BN=8 if n <= 4096 else 4, G=128, num_warps=4, prefetch=True)
     if method == "slab":
         return Config("slab", BN=32, G=g_max, num_warps=4)
+    if method == "dot2":  # opt-in only (offline-compiled, not yet timed: .notes/dequant_matmul.md "dot2")
+        return Config("dot2", BN=64, G=g_max, BM=16 if m <= 16 else 32, num_warps=4, num_stages=1, pf=1)
     if m <= 16:  # one m64n16 wgmma per K-step, no Triton pipelining (stages=2 was 1.6x slower);
         # unroll=2: 156 registers, no spills (measured config was unroll=1; unroll=2 NOT yet timed)
         return Config("dot", BN=64, G=g_max, BM=16, num_warps=4, num_stages=1, unroll=2)
@@ -649,7 +810,7 @@ def dequant_matmul_rotated(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dty
     out = torch.empty(m, n, dtype=out_dtype, device=xr.device)
     dst = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=xr.device)
     stride_os = 0 if split == 1 else m * n
-    unroll = cfg.unroll if tiles_per_split % cfg.unroll == 0 else 1
+    unroll = cfg.unroll if (cfg.method == "dot2" or tiles_per_split % cfg.unroll == 0) else 1  # dot2 clamps
     mode = _lut_mode(bits)
     common = (w.packed, w.packed.data_ptr(), w.norms, w.codebook, w.codebook.data_ptr(), dst)
     if cfg.method == "gemv":
@@ -657,6 +818,18 @@ def dequant_matmul_rotated(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dty
         _gemv_kernel[grid](xr, *common, n, groups, nblk, xr.stride(0), n, stride_os, tiles_per_split,
                            BITS=bits, BLOCK=block, BN=cfg.BN, G=cfg.G, A=a, F=f, SPLIT_K=split, MODE=mode,
                            MASKED=masked, PREFETCH=cfg.prefetch, UNROLL=unroll,
+                           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    elif cfg.method == "dot2":
+        if cfg.pf not in (0, 1, 2) or (cfg.frag and (cfg.BN % 16 or cfg.BN < 32)):
+            raise ValueError(f"dot2: pf must be 0, 1 or 2 and frag needs BN a multiple of 16 >= 32, got {cfg}")
+        # frag only where the 4-bit plane's LDG.128 sets the tile layout (bits 4..7): at 1-3 and 8 bits
+        # the loaded layout differs and the permuted tile costs more smem stores than the plain one
+        grid = (cdiv(m, cfg.BM) * cdiv(n, cfg.BN), split)
+        _dot2_kernel[grid](xr, *common, m, n, groups, nblk, xr.stride(0), n, stride_os, tiles_per_split,
+                           BITS=bits, BLOCK=block, BM=cfg.BM, BN=cfg.BN, G=cfg.G, A=a, F=f, SPLIT_K=split,
+                           UPCAST=interpreting(), IEEE=xr.dtype == torch.float32, MODE=mode,
+                           MASKED=masked, MASK_M=bool(m % cfg.BM), UNROLL=unroll, PF=cfg.pf,
+                           FRAG=cfg.frag and 4 <= bits <= 7, L2PF=cfg.l2pf,
                            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif cfg.method == "dot":
         grid = (cdiv(m, cfg.BM) * cdiv(n, cfg.BN), split)
@@ -666,7 +839,7 @@ def dequant_matmul_rotated(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dty
                           MASKED=masked, MASK_M=bool(m % cfg.BM), UNROLL=unroll,
                           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     else:
-        raise ValueError(f"method must be 'auto', 'gemv', 'gemv2', 'dot' or 'slab', got {cfg.method!r}")
+        raise ValueError(f"method must be 'auto', 'gemv', 'gemv2', 'dot', 'dot2' or 'slab', got {cfg.method!r}")
     if split > 1:
         rb = 1024
         _splitk_reduce_kernel[(cdiv(m * n, rb),)](dst, out, m * n, SPLIT_K=split, BLOCK=rb, num_warps=4)
