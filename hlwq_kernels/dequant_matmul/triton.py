@@ -20,10 +20,10 @@ Kernels, chosen by M in ``_pick`` (explicit, documented there):
 * ``_gemv_kernel`` (``method="gemv"``, the decode kernel before gemv2): grid (M, SPLIT_K, N/BN);
   BN rows, K in steps of BK = 32*G <= block, ``unroll`` steps per loop trip; split-K when N/BN
   gives fewer programs than SMs.
-* ``_dot_kernel`` (M <= SLAB_MIN_M): the dequantized ``[BN, BK]`` tile (x's dtype) is the A
+* ``_dot_kernel`` (16 < M <= SLAB_MIN_M): the dequantized ``[BN, BK]`` tile (x's dtype) is the A
   operand of ``tl.dot(w_tile, x_tile^T)`` ("swap AB": weight rows fill the 64-row wgmma M
   dimension, BM = 16/32 tokens the N dimension); fp32 accumulation, norm per K-step.
-* ``_dot2_kernel`` (``method="dot2"``, opt-in, offline-compiled only): the dot kernel with the
+* ``_dot2_kernel`` (GEMV_MAX_M < M <= 16, the default there; ``method="dot2"``): the dot kernel with the
   decode landing directly in the wgmma A fragment (k / row relabelling: no smem round trip for
   the weight tile), word/x/norm prefetch in registers (``pf``) and L2 (``l2pf``), clamped loads.
 * ``_slab_matmul`` (prefill, M > SLAB_MIN_M): ``_dequant_rows_kernel`` writes W_rot for ~16 MiB
@@ -670,13 +670,14 @@ def _pick(m: int, n: int, kp: int, block: int, method: str) -> Config:
       4096x4096 8.51 / 7.88 / 11.05 / 15.67; 24576x4096 31.74 / 34.25 / 41.61 / 71.96;
       4096x12288 19.41 / 19.79 / 24.61 / 39.31; 2048x4096 5.99 / 5.88 / 8.31 / 10.93.
       (The old "gemv", BN=32 rows x BK=128 per step, stays as method="gemv".)
-    * M <= SLAB_MIN_M: the fused tensor-core kernel (swap-AB wgmma, BM = 16 or 32 tokens).
+    * M <= 16: dot2 (tensor cores, the decode written straight into the wgmma A fragment), BM = 16.
+    * M <= SLAB_MIN_M: the fused tensor-core kernel (swap-AB wgmma, BM = 32 tokens).
     * larger M: slabs of W_rot in bf16 (bounded scratch, never the whole matrix) + cuBLAS:
       the fused kernel re-dequantizes each weight tile for every BM tokens (M/BM times), which
       costs more than the tensor-core work at M=2048.
     """
     if method == "auto":
-        method = "gemv2" if m <= GEMV_MAX_M else ("dot" if m <= SLAB_MIN_M else "slab")
+        method = "gemv2" if m <= GEMV_MAX_M else ("dot2" if m <= 16 else "dot" if m <= SLAB_MIN_M else "slab")
     g_max = max(1, min(4, block // 32))  # BK = 32*G <= 128 and divides block
     if method == "gemv":
         # H100 sweep, gate_up M=1 5 bits (2026-11-27, perf/RESULTS.md): unroll 1/2/4/8 -> 53.9 /
@@ -687,7 +688,12 @@ def _pick(m: int, n: int, kp: int, block: int, method: str) -> Config:
         return Config("gemv2", BN=8 if n <= 4096 else 4, G=128, num_warps=4, prefetch=True)
     if method == "slab":
         return Config("slab", BN=32, G=g_max, num_warps=4)
-    if method == "dot2":  # opt-in only (offline-compiled, not yet timed: .notes/dequant_matmul.md "dot2")
+    if method == "dot2":
+        # GEMV_MAX_M < M <= 16 default. H100, M=16, 5 bits, graph timing (graph_sweep dq16cfg, 2026-11-27
+        # session 3 run 5; us, dot2 pf1 / the dot default / cuBLAS bf16): 8192x4096 22.12 / 28.63 / 25.47;
+        # 4096^2 13.16 / 16.61 / 16.88; 24576x4096 52.59 / 61.51 / 73.86; 4096x12288 38.35 / 51.67 / 40.07;
+        # 2048x4096 9.80 / 11.61 / 10.98. (pf2 unroll 2: 49.72 on 24576x4096 but slower elsewhere;
+        # l2pf and split-K 2/4 did not help.) BM=32 (M 17..32) is untimed: "dot" stays the default there.
         return Config("dot2", BN=64, G=g_max, BM=16 if m <= 16 else 32, num_warps=4, num_stages=1, pf=1)
     if m <= 16:  # one m64n16 wgmma per K-step, no Triton pipelining (stages=2 was 1.6x slower);
         # unroll=2: 156 registers, no spills (measured config was unroll=1; unroll=2 NOT yet timed)
