@@ -610,7 +610,9 @@ def _num_sms(index: int) -> int:
 # DSPLIT: each dot and each decoded tile 1/dsplit of D, so fewer values live at once), packed = the
 # LUT asm writes fp16x2 registers (no 16-bit splits / register moves), block_n, num_warps,
 # num_stages, maxnreg (ptxas register cap), per_sm = programs resident per SM at that register
-# count (sizes the split count: one full wave). Registers at 3 / 2 bits, D = 256, Triton 3.6.
+# count (sizes the split count: one full wave); optional (DSPLIT 4 only): tail (mask-free main loop),
+# hload (1: 1-bit plane as 16-bit halves, 2: + lut.PROGRAM_RAW), rep (one shared V accumulator for
+# <= 4 query rows). Registers at 3 / 2 bits, D = 256, Triton 3.6.
 VARIANTS = {
     # the default before session 3 (and still for D < 256): one D part, 2 cp.async stages; 238 / 175 regs
     "single": dict(dsplit=1, packed=False, block_n=64, num_warps=4, num_stages=2, maxnreg=None, per_sm=2),
