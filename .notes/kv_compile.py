@@ -29,7 +29,7 @@ NVDISASM = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", 
 
 
 def compile_split(bits, decode, d, block_n, warps, block_m=16, causal=True, direct=False, stages=2, trans=False,
-                  has_start=False, dsplit=1, maxnreg=None, packed=False):
+                  has_start=False, dsplit=1, maxnreg=None, packed=False, hload=0, tail=False, rep=False):
     ptr = {"q_ptr": "*bf16", "kp_ptr": "*i32", "kn_ptr": "*fp16", "vp_ptr": "*i32", "vn_ptr": "*fp16",
            "cb_ptr": "*fp16", "lut_ptr": "*i32", "lens_ptr": "*i32", "start_ptr": "*i32", "op_ptr": "*fp32", "lse_ptr": "*fp32",
            "out_ptr": "*bf16"}
@@ -43,6 +43,8 @@ def compile_split(bits, decode, d, block_n, warps, block_m=16, causal=True, dire
     sig.update({k: "i32" for k in strides})
     const = dict(D=d, LOG_D=d.bit_length() - 1, BITS=bits, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
                  DIRECT=direct, DECODE=decode, TRANS=trans, HAS_START=has_start, DSPLIT=dsplit, PACKED=packed)
+    if hload or tail or rep:  # only when set: the default compile stays exactly as before
+        const.update(HLOAD=hload, TAIL=tail, REP=rep)
     for k, v in const.items():
         sig[k] = "constexpr"
     src = ASTSource(_split_kernel, sig, constexprs=const,
@@ -98,6 +100,46 @@ def loop_stats(txt, codes_per_iter_per_thread):
             ops[m.group(2)] += 1
     n = sum(ops.values())
     return n, n / codes_per_iter_per_thread, ops
+
+
+ALU_OPS = ("IMAD", "LOP3", "SHF", "PRMT", "IADD3", "ISETP", "LEA", "SEL", "VIADD", "SGXT", "MOV", "CS2R", "IABS",
+           "FSEL", "SHL", "SHR")  # integer/logic pipe (ALU + the IMAD copies), as ncu's "ALU" roughly
+
+
+def hgmma_loops(txt):
+    """Every loop that holds a wgmma (label ... backward BRA), in code order: [(ops Counter, lines)].
+    With tail=True the first is the mask-free main loop, the second the masked tail loop."""
+    lines = txt.splitlines()
+    labels, out = {}, []
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\.L_x_\d+):", line.strip())
+        if m:
+            labels[m.group(1)] = i
+        m = re.search(r"BRA\s+`?\(?(\.L_x_\d+)", line)
+        if m and m.group(1) in labels and labels[m.group(1)] < i:
+            body = lines[labels[m.group(1)]:i + 1]
+            if any("HGMMA" in b for b in body):
+                ops = collections.Counter()
+                for b in body:
+                    mm = re.match(r"\s*/\*[0-9a-f]+\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_]+)", b)
+                    if mm:
+                        ops[mm.group(2)] += 1
+                out.append((ops, body))
+    return out
+
+
+def main_loop_stats(txt, codes_per_iter_per_thread):
+    """Main-loop SASS instructions, per code, integer-ALU share, IMAD copies of uniform registers
+    (``IMAD.U32 R, RZ, RZ, UR``), local-memory (spill) accesses, and the tail loop's size."""
+    loops = hgmma_loops(txt)
+    ops, body = loops[0]
+    n = sum(ops.values())
+    alu = sum(c for o, c in ops.items() if o in ALU_OPS)
+    ur = sum(1 for b in body if re.search(r"IMAD\.U32 R\d+, RZ, RZ, UR", b))
+    local = ops["LDL"] + ops["STL"]
+    tail = sum(loops[1][0].values()) if len(loops) > 1 else 0
+    return dict(n=n, per_code=n / codes_per_iter_per_thread, alu=alu / n, ur=ur, local=local, tail=tail,
+                bar=ops["BAR"], ops=ops)
 
 
 def sweep(bits_list=(3,), decodes=(2, 0), shapes=((32, 4), (64, 4), (64, 8), (128, 8)), d=256, transs=(False, True),
@@ -185,7 +227,8 @@ def compile_plan(bits, d, n_rows=4, variant=None, causal=True, direct=False, has
     k = compile_split(bits, 2 if lut else 0, d, cfg["block_n"], cfg["num_warps"], block_m=cfg["block_m"],
                       causal=causal, direct=direct, stages=cfg["num_stages"], trans=cfg["trans"],
                       has_start=has_start, dsplit=cfg["dsplit"], maxnreg=cfg["maxnreg"],
-                      packed=cfg["packed"] and lut)
+                      packed=cfg["packed"] and lut, hload=int(cfg["hload"]) if lut else 0,
+                      tail=cfg["tail"] and lut, rep=cfg["rep"])
     return k, cfg
 
 
@@ -197,22 +240,26 @@ def ctas_per_sm(regs, warps, smem, max_regs=65536, max_smem=228 * 1024, max_warp
     return min(by_regs, by_smem, max_warps // warps, 32)
 
 
-def check_variants(d=256):
+def check_variants(d=256, only=None):
     """Registers / spills / loop instructions per cached code of every VARIANTS entry next to the
     default decode tile, at 2 and 3 bits (32k decode, 16 q / 4 KV heads, the launcher's plan)."""
     from hlwq_kernels.kv_quant_attn.triton import VARIANTS
     print(f"D={d}, Triton {triton.__version__}, sm_90; per code = SASS instructions in the loop / codes per thread")
-    print("| variant | bits | regs | stack | local | smem B | loop instr | per code | CTAs/SM | warps/SM | splits |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| variant | bits | regs | stack B | smem B | main loop instr | per code | int-ALU share | UR copies "
+          "| BAR | spill LDL/STL in loop | tail loop | CTAs/SM | warps/SM | splits |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for variant in [None, *VARIANTS]:
+        if only and (variant or "default") not in only:
+            continue
         for bits in (3, 2):
             k, cfg = compile_plan(bits, d, variant=variant)
             regs = regs_spills(k)
             _, txt = sass_mix(k)
-            n, per_code, _ = loop_stats(txt, cfg["block_n"] * d * 2 / (32 * cfg["num_warps"]))
+            st = main_loop_stats(txt, cfg["block_n"] * d * 2 / (32 * cfg["num_warps"]))
             ctas = ctas_per_sm(int(regs[0]), cfg["num_warps"], k.metadata.shared)
-            print(f"| {variant or 'default'} | {bits} | {regs[0]} | {regs[1]} | {regs[3]} | {k.metadata.shared} | {n} | "
-                  f"{per_code:.2f} | {ctas} | {ctas * cfg['num_warps']} | {cfg['splits']} |", flush=True)
+            print(f"| {variant or 'default'} | {bits} | {regs[0]} | {regs[1]} | {k.metadata.shared} | {st['n']} | "
+                  f"{st['per_code']:.2f} | {st['alu']:.0%} | {st['ur']} | {st['bar']} | {st['local']} | {st['tail'] or '-'} | "
+                  f"{ctas} | {ctas * cfg['num_warps']} | {cfg['splits']} |", flush=True)
 
 
 def check_all():
@@ -275,7 +322,7 @@ if __name__ == "__main__":
     elif len(sys.argv) > 1 and sys.argv[1] == "append":
         check_append()
     elif len(sys.argv) > 1 and sys.argv[1] == "variants":
-        check_variants()
+        check_variants(only=sys.argv[2:])
     else:
         bits = int(sys.argv[1]) if len(sys.argv) > 1 else 3
         decode = int(sys.argv[2]) if len(sys.argv) > 2 else 2

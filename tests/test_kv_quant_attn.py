@@ -362,6 +362,37 @@ def test_kv_quant_attn_variants(variant):
             assert float((out.float() - base.float()).abs().max()) <= ulp, what
 
 
+# the session-4 variants' distinct code paths (the -r96 / -r80 ones differ only in the register cap)
+TAIL_VARIANTS = [v for v, c in VARIANTS.items() if c.get("tail") and c["maxnreg"] == 128]
+
+
+@pytest.mark.parametrize("variant", TAIL_VARIANTS)
+def test_kv_quant_attn_tail_variants(variant):
+    """The code paths of the tail=True variants at D = 128 (4 D parts): the mask-free main loop and
+    the masked last tiles (lengths off the 64-token grid, a left-padding start off it, 1 to 3 splits),
+    the 16-bit high-plane load (3 bits), REP (<= 4 query rows: decode with GQA 4 and a causal chunk of
+    4 queries with GQA 1; 6 rows fall back to 4 accumulators), against the reference and within one
+    output ulp of the default configuration."""
+    cases = [(3, 4, 1, None, True), (3, 1, 4, 1, False), (2, 4, 1, 3, True), (3, 2, 3, 3, True)]
+    for bits, group, tq, splits, left_pad in cases:
+        d, b, hkv, lmax = 128, 2, 1, 150
+        kp, kn, vp, vn = make_cache(b, hkv, lmax, d, bits, 11 * bits + tq)
+        lens = torch.tensor([150, 137], device=DEV)
+        start = torch.tensor([0, 40], device=DEV) if left_pad else None
+        q = torch.randn(b, hkv * group, tq, d, generator=_gen(tq + group)).to(torch.float16).to(DEV)
+        cb = default_codebook(bits, DEV)
+        cfg = plan(b, hkv, group * tq, lmax, d, 132, splits, variant=variant)
+        assert cfg["tail"] and cfg["dsplit"] == 4
+        assert cfg["rep"] == (bool(VARIANTS[variant].get("rep")) and group * tq <= 4)
+        out = kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, start, bits, d ** -0.5, True, cb, splits,
+                                          variant=variant)
+        what = f"{variant} bits={bits} group={group} tq={tq} splits={splits} rep={cfg['rep']}"
+        check_attention(out, q, kp, kn, vp, vn, lens, bits, True, what=what, start=start)
+        base = kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, start, bits, d ** -0.5, True, cb, splits)
+        ulp = 2.0 ** -10 * float(base.abs().max())
+        assert float((out.float() - base.float()).abs().max()) <= ulp, what
+
+
 @pytest.mark.parametrize("bits", [2, 3])
 @pytest.mark.parametrize("codebook", ["gaussian", "random"])
 def test_lut_program_decodes_every_code(bits, codebook):
@@ -400,6 +431,19 @@ def test_lut_program_decodes_every_code(bits, codebook):
     assert all(f"${i}" in ptx2 for i in (8, 9, 10, 12, 14, 16))  # w, h, the 4 LUT words (one of each pair)
     assert not any(f"${i}" in ptx2 for i in (11, 13, 15, 17, 18))
     assert lut.CONSTRAINTS_PACKED.count("=r") == 8 and lut.CONSTRAINTS_PACKED.count(",r") == 10
+    # PROGRAM_RAW (VARIANTS "dsplit4-rep*"): the high bits raw (field f at bit f, bits 16.. zero), packed
+    h_raw = np.zeros(len(codes), np.uint64)
+    for f in range(16):
+        h_raw |= ((codes[:, f] >> 2) & 1).astype(np.uint64) << np.uint64(f)
+    assert (lut.emulate(w.astype(np.uint32), h_raw.astype(np.uint32), words.tolist(), raw=True) == want).all()
+    packed = lut.emulate(w.astype(np.uint32), h_raw.astype(np.uint32), words.tolist(), packed=True, raw=True)
+    for k, (lo, hi) in enumerate(lut.PACKED_PAIRS):
+        assert (packed[:, k] & 0xFFFF == want[:, lo]).all() and (packed[:, k] >> 16 == want[:, hi]).all()
+    ptx3 = lut.ptx(packed=True, raw=True)
+    assert ptx3.count("prmt.b32") == 17 and ptx3.count("lop3.b32") == 4 and "{" not in ptx3.replace("{\n", "", 1)
+    assert all(ptx3.count(f"mov.b32 ${k}, t") == 1 for k in range(8))
+    assert all(f"${i}" in ptx3 for i in (8, 9, 10, 12, 14, 16))
+    assert not any(f"${i}" in ptx3 for i in (11, 13, 15, 17, 18))
 
 
 @pytest.mark.skipif(not ON_GPU, reason="needs CUDA")

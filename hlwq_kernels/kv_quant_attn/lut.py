@@ -57,17 +57,55 @@ def _program():
 PROGRAM = _program()
 
 
+def _program_raw():
+    """The same 16 levels from the *raw* 16 high bits (``IN_H`` = the 1-bit-plane half in bits 0..15,
+    bits 16..31 zero): the Morton spread runs here (its first step one ``prmt``), and each pair of
+    groups shares its shifted inputs: with ``hs`` the spread bits (field f at bit 2f),
+      sel_A = bsel(w, hs << 2, 0x33333333)            # (x & M) | (y & ~M): one lop3
+      sel_B = bsel(w, hs << 2, 0xCCCCCCCC) >> 2       # the odd fields, one nibble-half up
+      sel_C = bsel(w >> 16, hs >> 14, 0x33333333)
+      sel_D = bsel(w >> 16, hs >> 14, 0xCCCCCCCC) >> 2
+    (bits a selector nibble's 4 fields do not use are 0 in the spread, and ``prmt`` reads only the
+    selector's low 16 bits). 9 integer ops per word for the selectors + 7 for the spread, vs 14 + 8
+    (on the GPU, before ptxas) in ``PROGRAM`` with the spread done in Triton."""
+    prog = [("prmt", "ta", IN_H, IN_H, 0x2120),  # bytes [h0, 0, h1, 0] (h's upper half is 0)
+            ("shl", "tb", "ta", 4), ("or", "ta", "ta", "tb"), ("and", "ta", "ta", 0x0F0F0F0F),
+            ("shl", "tb", "ta", 2), ("or", "ta", "ta", "tb"), ("and", "ta", "ta", 0x33333333),
+            ("shl", "tb", "ta", 1), ("or", "ta", "ta", "tb"), ("and", "ta", "ta", 0x55555555),
+            ("shl", "tb", "ta", 2), ("shr", "ta", "ta", 14), ("shr", "th", IN_W, 16)]
+    # registers: tb = hs << 2, ta = hs >> 14, th = w >> 16
+    for lo, (src_w, src_h) in ((True, (IN_W, "tb")), (False, ("th", "ta"))):
+        groups = GROUPS[:2] if lo else GROUPS[2:]
+        for odd, (_, fields) in enumerate(groups):
+            if odd:
+                prog.append(("bsel", "ts", src_w, src_h, 0xCCCCCCCC))
+                prog.append(("shr", "ts", "ts", 2))
+            else:
+                prog.append(("bsel", "ts", src_w, src_h, 0x33333333))
+            prog.append(("prmt", "tl", IN_LA, IN_LB, "ts"))
+            prog.append(("prmt", "tq", IN_HA, IN_HB, "ts"))  # tq: the high bytes (tl/tq -> tp/ts below)
+            prog.append(("prmt", "tp", "tl", "tq", 0x5140))
+            prog.append(("prmt", "ts", "tl", "tq", 0x7362))
+            prog.append(("split", f"${fields[0]}", f"${fields[1]}", "tp"))
+            prog.append(("split", f"${fields[2]}", f"${fields[3]}", "ts"))
+    return tuple(prog)
+
+
+PROGRAM_RAW = _program_raw()
+
+
 def _operand(x) -> str:
     return f"{x:#x}" if isinstance(x, int) else x
 
 
-def ptx(packed: bool = False) -> str:
+def ptx(packed: bool = False, raw: bool = False) -> str:
     """The PTX block for ``tl.inline_asm_elementwise``. ``packed``: for ``pack=2`` with 16-bit
     outputs: each output register is an fp16x2 pair (``PACKED_PAIRS``), so the 16-bit splits go
-    away; the inputs are then operands of a pack of two 32-bit elements (see ``PACKED_IN``)."""
+    away; the inputs are then operands of a pack of two 32-bit elements (see ``PACKED_IN``).
+    ``raw``: ``PROGRAM_RAW`` (the high-bit input is the raw 16-bit half, spread here)."""
     ren = PACKED_IN if packed else {}
     lines = ["{", ".reg .b32 ta, tb, ts, tl, th, tp, tq;"]
-    for op, dst, *src in PROGRAM:
+    for op, dst, *src in (PROGRAM_RAW if raw else PROGRAM):
         src = [ren.get(x, x) if isinstance(x, str) else x for x in src]
         if op == "split" and packed:  # fields dst, src[0] -> the fp16x2 output register of the pair
             lines.append(f"mov.b32 ${PACKED_OUT[(int(dst[1:]), int(src[0][1:]))]}, {src[1]};")
@@ -75,6 +113,8 @@ def ptx(packed: bool = False) -> str:
             lines.append(f"mov.b32 {{{dst}, {src[0]}}}, {src[1]};")
         elif op == "mov":
             lines.append(f"mov.b32 {dst}, {src[0]};")
+        elif op == "bsel":  # (a & c) | (b & ~c)
+            lines.append(f"lop3.b32 {dst}, {src[0]}, {src[1]}, {_operand(src[2])}, 0xE4;")
         else:
             lines.append(f"{op}.b32 {dst}, " + ", ".join(_operand(x) for x in src) + ";")
     lines.append("}")
@@ -109,7 +149,7 @@ def _prmt(a: np.ndarray, b: np.ndarray, c) -> np.ndarray:
     return out.astype(np.uint32)
 
 
-def emulate(w: np.ndarray, h: np.ndarray, lut_words, packed: bool = False) -> np.ndarray:
+def emulate(w: np.ndarray, h: np.ndarray, lut_words, packed: bool = False, raw: bool = False) -> np.ndarray:
     """Run ``PROGRAM`` on uint32 arrays ``w``, ``h`` (same shape) with the 4 ``byte_lut`` words;
     returns uint16 fp16 bit patterns ``[..., 16]`` (field order), or with ``packed`` the 8 uint32
     output registers ``[..., 8]`` of the packed form (what each ``mov.b32 $k, t`` stores)."""
@@ -122,7 +162,7 @@ def emulate(w: np.ndarray, h: np.ndarray, lut_words, packed: bool = False) -> np
         return regs[x] if isinstance(x, str) else np.uint32(x)
 
     packs = {}
-    for op, dst, *src in PROGRAM:
+    for op, dst, *src in (PROGRAM_RAW if raw else PROGRAM):
         if op == "split":
             v = val(src[1])
             regs[dst], regs[src[0]] = v & np.uint32(0xFFFF), v >> np.uint32(16)
@@ -138,6 +178,8 @@ def emulate(w: np.ndarray, h: np.ndarray, lut_words, packed: bool = False) -> np
             regs[dst] = val(src[0]) & val(src[1])
         elif op == "or":
             regs[dst] = val(src[0]) | val(src[1])
+        elif op == "bsel":
+            regs[dst] = (val(src[0]) & val(src[2])) | (val(src[1]) & ~val(src[2]))
         elif op == "prmt":
             regs[dst] = _prmt(val(src[0]), val(src[1]), val(src[2]))
         else:

@@ -66,6 +66,7 @@ LUT_PTX: tl.constexpr = tl.constexpr(_lut_ptx())
 LUT_CONSTRAINTS: tl.constexpr = tl.constexpr(_LUT_CONSTRAINTS)
 LUT_PTX_PACKED: tl.constexpr = tl.constexpr(_lut_ptx(packed=True))
 LUT_CONSTRAINTS_PACKED: tl.constexpr = tl.constexpr(_LUT_CONSTRAINTS_PACKED)
+LUT_PTX_RAW: tl.constexpr = tl.constexpr(_lut_ptx(packed=True, raw=True))  # lut.PROGRAM_RAW, packed
 
 
 
@@ -136,18 +137,45 @@ def _emul_level(w, h, cb_ptr, J: tl.constexpr):
 @triton.jit
 def _levels_lut(base, toks, tok_ok, stride_l, lut_ptr, cb_ptr, D: tl.constexpr, BITS: tl.constexpr,
                 BLOCK_N: tl.constexpr, ASM: tl.constexpr, PART: tl.constexpr = 0, NPART: tl.constexpr = 1,
-                PACKED: tl.constexpr = False):
+                PACKED: tl.constexpr = False, MASKED: tl.constexpr = True, HLOAD: tl.constexpr = False):
     """``_levels`` for 2 and 3 bits through the ``prmt`` byte lookup of ``lut.py``: each word of
     the 2-bit plane (16 codes) and the matching half-word of the 1-bit plane, its bits spread to
     even positions (Morton, 8 ops per 16 codes), become 16 fp16 levels in one PTX block.
-    Part PART of NPART: coordinates ``PART * D / NPART ...`` only (whole words of both planes)."""
+    Part PART of NPART: coordinates ``PART * D / NPART ...`` only (whole words of both planes).
+    MASKED = False: every token of the tile is valid (no load predicates). HLOAD (3 bits): the 1-bit
+    plane is loaded as 16-bit halves, one per 2-bit-plane word, a tensor of w's shape and contiguity,
+    so it gets w's layout (no [N, NW1, 2] -> [N, NW2] layout conversion through shared memory, which
+    costs 2 barriers per decoded part). HLOAD = 2 (with PACKED): the raw halves go to the asm
+    (``lut.PROGRAM_RAW``: the spread inside, fewer selector ops), any bits."""
     NW2: tl.constexpr = D // 16 // NPART
     rows = toks[:, None] * stride_l
-    w = tl.load(base + rows + PART * NW2 + tl.arange(0, NW2)[None, :], mask=tok_ok[:, None],
-                other=0).to(tl.uint32, bitcast=True)
-    if BITS == 3:
+    if MASKED:
+        w = tl.load(base + rows + PART * NW2 + tl.arange(0, NW2)[None, :], mask=tok_ok[:, None],
+                    other=0).to(tl.uint32, bitcast=True)
+    else:
+        w = tl.load(base + rows + PART * NW2 + tl.arange(0, NW2)[None, :]).to(tl.uint32, bitcast=True)
+    if BITS == 3 and HLOAD:
+        # the 1-bit plane read as 16-bit halves: half c (bits 16c .. 16c + 15 of the plane) goes with
+        # word c of the 2-bit plane, so this load has the shape and contiguity of w's (same layout)
+        NW1h: tl.constexpr = D // 32 // NPART
+        hp = (base + rows + D // 16 + PART * NW1h).to(tl.pointer_type(tl.int16)) + tl.arange(0, NW2)[None, :]
+        if MASKED:
+            h = tl.load(hp, mask=tok_ok[:, None], other=0)
+        else:
+            h = tl.load(hp)
+        h = h.to(tl.uint16, bitcast=True).to(tl.uint32)
+        if not (HLOAD == 2 and ASM and PACKED):  # HLOAD 2: the asm (lut.PROGRAM_RAW) spreads the raw bits
+            h = (h | (h << 8)) & 0x00FF00FF
+            h = (h | (h << 4)) & 0x0F0F0F0F
+            h = (h | (h << 2)) & 0x33333333
+            h = (h | (h << 1)) & 0x55555555
+    elif BITS == 3:
         NW1: tl.constexpr = D // 32 // NPART
-        w1 = tl.load(base + rows + D // 16 + PART * NW1 + tl.arange(0, NW1)[None, :], mask=tok_ok[:, None], other=0)
+        if MASKED:
+            w1 = tl.load(base + rows + D // 16 + PART * NW1 + tl.arange(0, NW1)[None, :], mask=tok_ok[:, None],
+                         other=0)
+        else:
+            w1 = tl.load(base + rows + D // 16 + PART * NW1 + tl.arange(0, NW1)[None, :])
         halves = (tl.arange(0, 2) * 16).to(tl.uint32)
         h = tl.reshape((w1.to(tl.uint32, bitcast=True)[:, :, None] >> halves[None, None, :]) & 0xFFFF, [BLOCK_N, NW2])
         h = (h | (h << 8)) & 0x00FF00FF
@@ -164,7 +192,7 @@ def _levels_lut(base, toks, tok_ok, stride_l, lut_ptr, cb_ptr, D: tl.constexpr, 
             ha = tl.load(lut_ptr + 2)
             hb = tl.load(lut_ptr + 3)
             p0, p1, p2, p3, p4, p5, p6, p7 = tl.inline_asm_elementwise(
-                LUT_PTX_PACKED, LUT_CONSTRAINTS_PACKED, [tl.join(w, h), la, lb, ha, hb],
+                LUT_PTX_RAW if HLOAD == 2 else LUT_PTX_PACKED, LUT_CONSTRAINTS_PACKED, [tl.join(w, h), la, lb, ha, hb],
                 dtype=(tl.int16, tl.int16, tl.int16, tl.int16, tl.int16, tl.int16, tl.int16, tl.int16),
                 is_pure=True, pack=2)
             p0 = p0.to(tl.float16, bitcast=True)
@@ -213,14 +241,14 @@ def _levels_lut(base, toks, tok_ok, stride_l, lut_ptr, cb_ptr, D: tl.constexpr, 
 @triton.jit
 def _decode(base, toks, tok_ok, stride_l, cb_ptr, lut_ptr, D: tl.constexpr, BITS: tl.constexpr,
             BLOCK_N: tl.constexpr, DECODE: tl.constexpr, PART: tl.constexpr = 0, NPART: tl.constexpr = 1,
-            PACKED: tl.constexpr = False):
+            PACKED: tl.constexpr = False, MASKED: tl.constexpr = True, HLOAD: tl.constexpr = False):
     # DECODE: 0 = shift/mask + gathered level, 1 = LUT layout emulated (interpreter), 2 = LUT asm;
     # PACKED (LUT only): the asm's outputs are fp16x2 registers (lut.PACKED_PAIRS)
     if DECODE == 0:
         return _levels(base, toks, tok_ok, stride_l, cb_ptr, D, BITS, BLOCK_N, PART, NPART)
     else:
         return _levels_lut(base, toks, tok_ok, stride_l, lut_ptr, cb_ptr, D, BITS, BLOCK_N, DECODE == 2, PART, NPART,
-                           PACKED)
+                           PACKED, MASKED, HLOAD)
 
 
 @triton.jit
@@ -237,18 +265,32 @@ def _stack(a, b, ROWS: tl.constexpr, COLS: tl.constexpr):
 
 @triton.jit
 def _kdot(s, k_base, toks, tok_ok, skl, cb_ptr, lut_ptr, qt, D: tl.constexpr, BITS: tl.constexpr,
-          BLOCK_N: tl.constexpr, DECODE: tl.constexpr, PART: tl.constexpr, NPART: tl.constexpr, PACKED: tl.constexpr):
+          BLOCK_N: tl.constexpr, DECODE: tl.constexpr, PART: tl.constexpr, NPART: tl.constexpr, PACKED: tl.constexpr,
+          MASKED: tl.constexpr = True, HLOAD: tl.constexpr = False):
     """s + levels of coordinates part PART of NPART of the keys @ the matching rows of q^T."""
-    kc = _decode(k_base, toks, tok_ok, skl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PART, NPART, PACKED)
+    kc = _decode(k_base, toks, tok_ok, skl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PART, NPART, PACKED, MASKED,
+                 HLOAD)
     return tl.dot(kc, qt, s)
 
 
 @triton.jit
 def _vdot(acc, alpha, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, pv, D: tl.constexpr, BITS: tl.constexpr,
-          BLOCK_N: tl.constexpr, DECODE: tl.constexpr, PART: tl.constexpr, NPART: tl.constexpr, PACKED: tl.constexpr):
+          BLOCK_N: tl.constexpr, DECODE: tl.constexpr, PART: tl.constexpr, NPART: tl.constexpr, PACKED: tl.constexpr,
+          MASKED: tl.constexpr = True, HLOAD: tl.constexpr = False):
     """o^T rows of part PART: acc * alpha + levels(V part)^T @ (p * n_v)^T."""
-    vc = _decode(v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PART, NPART, PACKED)
+    vc = _decode(v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PART, NPART, PACKED, MASKED,
+                 HLOAD)
     return tl.dot(tl.trans(vc), pv, acc * alpha[None, :])
+
+
+@triton.jit
+def _vdot1(acc, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, pv, D: tl.constexpr, BITS: tl.constexpr,
+           BLOCK_N: tl.constexpr, DECODE: tl.constexpr, PART: tl.constexpr, NPART: tl.constexpr, PACKED: tl.constexpr,
+           MASKED: tl.constexpr = True, HLOAD: tl.constexpr = False):
+    """``_vdot`` without the rescale: acc + levels(V part)^T @ pv."""
+    vc = _decode(v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PART, NPART, PACKED, MASKED,
+                 HLOAD)
+    return tl.dot(tl.trans(vc), pv, acc)
 
 
 @triton.jit
@@ -267,6 +309,61 @@ def _online_softmax(s, valid, m_i, l_i, AXIS: tl.constexpr):
 
 
 @triton.jit
+def _step4(n0, hi, pos, m_i, l_i, a0, a1, a2, a3, qt0, qt1, qt2, qt3, k_base, v_base, kn_base, vn_base,
+           skl, svl, snkl, snvl, cb_ptr, lut_ptr, D: tl.constexpr, BITS: tl.constexpr, BLOCK_N: tl.constexpr,
+           DECODE: tl.constexpr, PACKED: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+           HLOAD: tl.constexpr, REP: tl.constexpr = False):
+    """One key tile of the 4-part TRANS loop (the DSPLIT == 4 body of ``_split_kernel``). MASKED = False:
+    the caller guarantees every token of the tile is < hi and visible to every row (no predicates,
+    no -inf fill); the arithmetic is otherwise the same."""
+    toks = n0 + tl.arange(0, BLOCK_N)
+    tok_ok = toks < hi
+    s = tl.zeros([BLOCK_N, qt0.shape[1]], dtype=tl.float32)
+    s = _kdot(s, k_base, toks, tok_ok, skl, cb_ptr, lut_ptr, qt0, D, BITS, BLOCK_N, DECODE, 0, 4, PACKED, MASKED, HLOAD)
+    s = _kdot(s, k_base, toks, tok_ok, skl, cb_ptr, lut_ptr, qt1, D, BITS, BLOCK_N, DECODE, 1, 4, PACKED, MASKED, HLOAD)
+    s = _kdot(s, k_base, toks, tok_ok, skl, cb_ptr, lut_ptr, qt2, D, BITS, BLOCK_N, DECODE, 2, 4, PACKED, MASKED, HLOAD)
+    s = _kdot(s, k_base, toks, tok_ok, skl, cb_ptr, lut_ptr, qt3, D, BITS, BLOCK_N, DECODE, 3, 4, PACKED, MASKED, HLOAD)
+    if MASKED:
+        kn = tl.load(kn_base + toks * snkl, mask=tok_ok, other=0.0).to(tl.float32)
+        s = s * kn[:, None]
+        valid = tok_ok[:, None]
+        if CAUSAL:
+            valid = valid & (toks[:, None] <= pos[None, :])
+        p, alpha, m_new, l_i = _online_softmax(s, valid, m_i, l_i, 0)
+        vn = tl.load(vn_base + toks * snvl, mask=tok_ok, other=0.0).to(tl.float32)
+    else:
+        kn = tl.load(kn_base + toks * snkl).to(tl.float32)
+        s = s * kn[:, None]
+        m_new = tl.maximum(m_i, tl.max(s, axis=0))  # finite: every score of the tile is
+        alpha = tl.exp2(m_i - m_new)  # m_i = -inf before the first tile: alpha = 0
+        p = tl.exp2(s - m_new[None, :])
+        l_i = l_i * alpha + tl.sum(p, axis=0)
+        vn = tl.load(vn_base + toks * snvl).to(tl.float32)
+    pv = (p * vn[:, None]).to(tl.float16)
+    if REP:  # one accumulator: part p into column block p (see _split_kernel)
+        blk = tl.arange(0, pv.shape[1])[None, :] // 4
+        a0 = a0 * alpha[None, :]
+        a0 = _vdot1(a0, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, tl.where(blk == 0, pv, 0.0), D, BITS,
+                   BLOCK_N, DECODE, 0, 4, PACKED, MASKED, HLOAD)
+        a0 = _vdot1(a0, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, tl.where(blk == 1, pv, 0.0), D, BITS,
+                   BLOCK_N, DECODE, 1, 4, PACKED, MASKED, HLOAD)
+        a0 = _vdot1(a0, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, tl.where(blk == 2, pv, 0.0), D, BITS,
+                   BLOCK_N, DECODE, 2, 4, PACKED, MASKED, HLOAD)
+        a0 = _vdot1(a0, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, tl.where(blk == 3, pv, 0.0), D, BITS,
+                   BLOCK_N, DECODE, 3, 4, PACKED, MASKED, HLOAD)
+        return m_new, l_i, a0, a1, a2, a3
+    a0 = _vdot(a0, alpha, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, pv, D, BITS, BLOCK_N, DECODE, 0, 4, PACKED,
+               MASKED, HLOAD)
+    a1 = _vdot(a1, alpha, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, pv, D, BITS, BLOCK_N, DECODE, 1, 4, PACKED,
+               MASKED, HLOAD)
+    a2 = _vdot(a2, alpha, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, pv, D, BITS, BLOCK_N, DECODE, 2, 4, PACKED,
+               MASKED, HLOAD)
+    a3 = _vdot(a3, alpha, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, pv, D, BITS, BLOCK_N, DECODE, 3, 4, PACKED,
+               MASKED, HLOAD)
+    return m_new, l_i, a0, a1, a2, a3
+
+
+@triton.jit
 def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_ptr, start_ptr, op_ptr, lse_ptr,
                   out_ptr, s_lens, s_start, Hkv, G, Tq, n_rows, L, chunk, qscale, oscale,
                   sqb, sqh, sqt, skb, skh, skl, snkb, snkh, snkl, svb, svh, svl, snvb, snvh, snvl,
@@ -274,7 +371,8 @@ def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_p
                   D: tl.constexpr, LOG_D: tl.constexpr, BITS: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DIRECT: tl.constexpr,
                   DECODE: tl.constexpr, TRANS: tl.constexpr, HAS_START: tl.constexpr, DSPLIT: tl.constexpr = 1,
-                  PACKED: tl.constexpr = False):
+                  PACKED: tl.constexpr = False, HLOAD: tl.constexpr = 0, TAIL: tl.constexpr = False,
+                  REP: tl.constexpr = False):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     split = tl.program_id(2)
@@ -282,7 +380,10 @@ def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_p
     hk = bh % Hkv
     kv_len = tl.load(lens_ptr + b * s_lens).to(tl.int32)  # strided: kv_lens may be an expand()
 
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    if REP:  # (TAIL, DSPLIT 4, n_rows <= 4, one m tile) tile row 4c + r is query row r, for c = 0..3
+        rows = tl.arange(0, BLOCK_M) % 4
+    else:
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_rows
     t = rows // G
     g = rows % G
@@ -306,7 +407,47 @@ def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_p
     vn_base = vn_ptr + b * snvb + hk * snvh
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    if TRANS and DSPLIT > 1:
+    if TRANS and DSPLIT == 4 and TAIL:
+        # the DSPLIT == 4 loop below, split in two: tiles whose every token is < hi and visible to every
+        # row of the program (the causal bound of its *first* row) run without any mask; the rest
+        # (at most the last tile or two) with the masks.
+        # REP: the 4 query rows are repeated in the 4 column blocks of the 16-column tile (the K dots
+        # compute the same scores 4 times in MMA columns that were padding anyway), and part p of the
+        # V dot adds levels_v[:, part p]^T @ (p * n_v) masked to column block p into ONE accumulator
+        # [D / 4, 16]: acc[d, 4p + r] = o^T[p * D / 4 + d, r]. Same products, same fp32 sums (the
+        # masked columns add exact zeros), 8 accumulator registers per thread instead of 32.
+        DP4: tl.constexpr = D // 4
+        qa, qb = _halves(q, BLOCK_M, D)
+        q0, q1 = _halves(qa, BLOCK_M, D // 2)
+        q2, q3 = _halves(qb, BLOCK_M, D // 2)
+        qt0 = tl.trans(q0)
+        qt1 = tl.trans(q1)
+        qt2 = tl.trans(q2)
+        qt3 = tl.trans(q3)
+        a0 = tl.zeros([DP4, BLOCK_M], dtype=tl.float32)
+        a1 = tl.zeros([DP4, BLOCK_M], dtype=tl.float32)
+        a2 = tl.zeros([DP4, BLOCK_M], dtype=tl.float32)
+        a3 = tl.zeros([DP4, BLOCK_M], dtype=tl.float32)
+        hi_all = hi
+        if CAUSAL:
+            hi_all = tl.minimum(hi, kv_len - Tq + (pid_m * BLOCK_M) // G + 1)  # the tile's first query
+        mid = lo + tl.maximum(hi_all - lo, 0) // BLOCK_N * BLOCK_N
+        for n0 in range(lo, mid, BLOCK_N):
+            m_i, l_i, a0, a1, a2, a3 = _step4(n0, hi, pos, m_i, l_i, a0, a1, a2, a3, qt0, qt1, qt2, qt3, k_base,
+                                              v_base, kn_base, vn_base, skl, svl, snkl, snvl, cb_ptr, lut_ptr, D,
+                                              BITS, BLOCK_N, DECODE, PACKED, CAUSAL, False, HLOAD, REP)
+        for n0 in range(mid, hi, BLOCK_N):
+            m_i, l_i, a0, a1, a2, a3 = _step4(n0, hi, pos, m_i, l_i, a0, a1, a2, a3, qt0, qt1, qt2, qt3, k_base,
+                                              v_base, kn_base, vn_base, skl, svl, snkl, snvl, cb_ptr, lut_ptr, D,
+                                              BITS, BLOCK_N, DECODE, PACKED, CAUSAL, True, HLOAD, REP)
+        if REP:
+            # a0[d, 4p + r] -> row 4c + r, column p * D / 4 + d (every c: the 4 copies of query r)
+            x = tl.permute(tl.reshape(tl.trans(a0), [4, 4, DP4]), [1, 0, 2])  # [r, p, d]
+            x = tl.reshape(x, [4, D])
+            acc = tl.reshape(tl.broadcast_to(x[None, :, :], [4, 4, D]), [BLOCK_M, D])
+        else:
+            acc = tl.trans(_stack(_stack(a0, a1, DP4, BLOCK_M), _stack(a2, a3, DP4, BLOCK_M), 2 * DP4, BLOCK_M))
+    elif TRANS and DSPLIT > 1:
         # as TRANS below, with D cut into DSPLIT (2 or 4) consecutive parts of the (permuted) basis:
         # s^T = sum_p levels_k[:, part p] @ q^T[part p]; o^T[part p] += levels_v[:, part p]^T @ p^T.
         # Each dot's register operand (and each decoded part) is 1/DSPLIT of the tile, so fewer
@@ -400,6 +541,8 @@ def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_p
             acc = acc * alpha[:, None] + tl.dot((p * vn[None, :]).to(tl.float16), vc)
             m_i = m_new
 
+    if REP:
+        row_ok = row_ok & (tl.arange(0, BLOCK_M) < 4)  # one copy of each row
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     o = acc / l_safe[:, None]  # rows without any key: 0
     if DIRECT:
@@ -467,7 +610,9 @@ def _num_sms(index: int) -> int:
 # DSPLIT: each dot and each decoded tile 1/dsplit of D, so fewer values live at once), packed = the
 # LUT asm writes fp16x2 registers (no 16-bit splits / register moves), block_n, num_warps,
 # num_stages, maxnreg (ptxas register cap), per_sm = programs resident per SM at that register
-# count (sizes the split count: one full wave). Registers at 3 / 2 bits, D = 256, Triton 3.6.
+# count (sizes the split count: one full wave); optional (DSPLIT 4 only): tail (mask-free main loop),
+# hload (1: 1-bit plane as 16-bit halves, 2: + lut.PROGRAM_RAW), rep (one shared V accumulator for
+# <= 4 query rows). Registers at 3 / 2 bits, D = 256, Triton 3.6.
 VARIANTS = {
     # the default before session 3 (and still for D < 256): one D part, 2 cp.async stages; 238 / 175 regs
     "single": dict(dsplit=1, packed=False, block_n=64, num_warps=4, num_stages=2, maxnreg=None, per_sm=2),
@@ -486,6 +631,33 @@ VARIANTS = {
     # 125 / 126 regs at 8 warps (2 programs = 16 warps per SM), 5.22 / 3.84
     "dsplit2-lutpack-n128w8": dict(dsplit=2, packed=True, block_n=128, num_warps=8, num_stages=2, maxnreg=None,
                                    per_sm=2),
+    # Session 4 (offline only, not timed; .notes/kv.md "Session 4"). All: 4 D parts, packed LUT, no
+    # cp.async stage, BLOCK_N 64, 4 warps, and a mask-free main loop (tail=True: only the last tile or
+    # two of a split carry the length / causal / left-padding masks). Instructions per code of the main
+    # loop at 3 / 2 bits (dsplit4-lutpack-s1: 5.14 / 3.77), Triton 3.6.
+    # 128 / 128 regs, 4.38 / 3.06
+    "dsplit4-tail": dict(dsplit=4, packed=True, block_n=64, num_warps=4, num_stages=1, maxnreg=128, per_sm=4,
+                         tail=True),
+    # + the 1-bit plane loaded as 16-bit halves in the 2-bit plane's layout (no shared-memory layout
+    # conversion: 22 instead of 38 barriers per iteration at 3 bits); 128 / 128 regs, 4.19 / 3.06
+    "dsplit4-tail-h16": dict(dsplit=4, packed=True, block_n=64, num_warps=4, num_stages=1, maxnreg=128, per_sm=4,
+                             tail=True, hload=1),
+    # + lut.PROGRAM_RAW (spread in the asm, shared selector shifts) + REP (decode, <= 4 query rows: the
+    # 4 D parts of the V dot in the 4 column blocks of one 16-column accumulator: 8 instead of 32
+    # accumulator registers); 128 / 128 regs, 3.77 / 3.14
+    "dsplit4-rep": dict(dsplit=4, packed=True, block_n=64, num_warps=4, num_stages=1, maxnreg=128, per_sm=4,
+                        tail=True, hload=2, rep=True),
+    # the same with 2 cp.async stages (the code words of tile n + 1 prefetched into shared memory, now
+    # that REP leaves the registers for it); 128 / 128 regs, no spill at all, 30 / 26 KB smem, 3.95 / 3.33
+    "dsplit4-rep-s2": dict(dsplit=4, packed=True, block_n=64, num_warps=4, num_stages=2, maxnreg=128, per_sm=4,
+                           tail=True, hload=2, rep=True),
+    # the same capped at 96 registers: 5 programs per SM; 96 / 96 regs, no spill in the main loop,
+    # 4.33 (ptxas copies 2 LUT words from uniform registers again: ~130 IMAD per iteration) / 3.25
+    "dsplit4-rep-r96": dict(dsplit=4, packed=True, block_n=64, num_warps=4, num_stages=1, maxnreg=96, per_sm=5,
+                            tail=True, hload=2, rep=True),
+    # capped at 80: 6 programs per SM, but ~20 local-memory spill accesses per iteration; 4.40 / 3.59
+    "dsplit4-rep-r80": dict(dsplit=4, packed=True, block_n=64, num_warps=4, num_stages=1, maxnreg=80, per_sm=6,
+                            tail=True, hload=2, rep=True),
 }
 # Measured at D = 256 only (above); D = 64 / 128 keep "single" until timed there.
 DEFAULT_VARIANT = {256: "dsplit4-lutpack-s1"}
@@ -519,7 +691,7 @@ def plan(B: int, Hkv: int, n_rows: int, lmax: int, d: int, sms: int, num_splits:
     trans = lut and block_m == 16
     block_n = 64 if (trans or d < 256) else 32
     num_warps = 8 if block_m * d > 16 * 256 else 4  # BLOCK_M = 32 at D = 256 spills at 4 warps
-    extra = dict(dsplit=1, packed=False, num_stages=2, maxnreg=None)
+    extra = dict(dsplit=1, packed=False, num_stages=2, maxnreg=None, hload=0, tail=False, rep=False)
     per_sm = 2
     if variant is None:
         variant = DEFAULT_VARIANT.get(d, "single")
@@ -527,7 +699,10 @@ def plan(B: int, Hkv: int, n_rows: int, lmax: int, d: int, sms: int, num_splits:
         v = VARIANTS[variant]
         block_n, num_warps, per_sm = v["block_n"], v["num_warps"], v["per_sm"]
         extra = dict(dsplit=max(1, min(v["dsplit"], d // 32)), packed=v["packed"], num_stages=v["num_stages"],
-                     maxnreg=v["maxnreg"])
+                     maxnreg=v["maxnreg"], hload=v.get("hload", 0), tail=v.get("tail", False),
+                     rep=False)
+        # REP: the 4 query rows x 4 D parts share the 16 MMA columns (one tile of <= 4 rows, the TAIL loop)
+        extra["rep"] = bool(v.get("rep", False) and extra["tail"] and extra["dsplit"] == 4 and n_rows <= 4)
     m_tiles = cdiv(n_rows, block_m)
     base = m_tiles * B * Hkv
     if num_splits is None:  # at most per_sm resident programs per SM (default: ~240 registers x 128 threads -> 2):
@@ -614,6 +789,7 @@ def kv_quant_attn_triton_splits(q, k_packed, k_norms, v_packed, v_norms, kv_lens
             D=D, LOG_D=log_d, BITS=bits, BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], CAUSAL=causal,
             DIRECT=direct, DECODE=mode, TRANS=cfg["trans"], HAS_START=kv_start is not None,
             DSPLIT=cfg["dsplit"], PACKED=cfg["packed"] and lut_decode,
+            HLOAD=int(cfg["hload"]) if lut_decode else 0, TAIL=cfg["tail"] and lut_decode, REP=cfg["rep"],
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **opts)
         if not direct:
             total = B * Hkv * n_rows
