@@ -99,14 +99,16 @@ def gemv(bits, bn=32, g=4, warps=4, unroll=4, prefetch=True):
     return k, codes, f"gemv BN={bn} G={g} w{warps} u{unroll}{' pf' if prefetch else ''}"
 
 
-def gemv2(bits, bn=4, g=128, warps=4, prefetch=True, row_tiles=12):
+def gemv2(bits, bn=4, g=128, warps=4, prefetch=True, row_tiles=12, depth=1, nib=False, unroll=1):
     a, f, ptrs, ints, mode = common(bits)
     ints = dict(ints, row_tiles=row_tiles)
     k = compile_kernel(dq._gemv2_kernel, ptrs, ints,
                        dict(BITS=bits, BLOCK=BLOCK, BN=bn, G=g, A=a, F=f, SPLIT_K=1, MODE=mode, MASKED=False,
-                            PREFETCH=prefetch), dict(num_warps=warps, num_stages=2))
-    codes = bn * g * 32 / (32 * warps)
-    return k, codes, f"gemv2 BN={bn} G={g} w{warps}{' pf' if prefetch else ''}"
+                            PREFETCH=prefetch, DEPTH=depth, NIB=nib and bits <= 3,
+                            UNROLL=unroll), dict(num_warps=warps, num_stages=2))
+    codes = unroll * bn * g * 32 / (32 * warps)  # per loop trip
+    return k, codes, (f"gemv2 BN={bn} G={g} w{warps}{' pf' if prefetch else ''}{' d2' if depth == 2 else ''}"
+                      f"{' nib' if nib and bits <= 3 else ''}{f' u{unroll}' if unroll > 1 else ''}")
 
 
 def row(k, codes, label):
