@@ -200,6 +200,56 @@ def _words_to_codes(wa, wb, wc, BITS: tl.constexpr, BN: tl.constexpr, G: tl.cons
 
 
 @triton.jit
+def _select(cw, contrib, FIELD: tl.constexpr, MODE: tl.constexpr):
+    """``_merge`` (bits FIELD from contrib, the others from cw) as one forced LOP3 on the GPU: ptxas
+    split the plain form into an AND of the multiply's product plus an AND-OR (2 LOP3 per merge)."""
+    if MODE == 0:
+        return _merge(cw, contrib, FIELD)
+    else:  # lop3 table 0xE4 = (a & c) | (b & ~c) with a = contrib, b = cw, c = FIELD
+        return tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, $3, 0xE4;", "=r,r,r,r",
+                                         [contrib, cw, tl.zeros_like(cw) + FIELD], dtype=tl.int32, is_pure=True,
+                                         pack=1)
+
+
+@triton.jit
+def _words_to_codes_l3(wa, wb, wc, BITS: tl.constexpr, BN: tl.constexpr, G: tl.constexpr, MODE: tl.constexpr):
+    """``Config.lean`` (gemv2, A = 4): ``_words_to_codes`` with fewer word ops per quad: every merge
+    is one ``_select``, and the odd-parity 1-bit spread reuses the even one's shifted word:
+    ``(u & 0xAA) * (0x41041 << (OFF - 1))`` puts bit 2j+1 on bit 8j + OFF (the same product terms as
+    ``_spread1`` of ``u >> 1``, so the same no-carry argument), saving its shift."""
+    q = tl.arange(0, G * 4)[None, :]
+    cw0 = tl.zeros([BN, G * 4], dtype=tl.int32)
+    cw1 = tl.zeros([BN, G * 4], dtype=tl.int32)
+    if BITS & 4:
+        cw0 = wa
+        cw1 = wa >> 4
+    if BITS & 2:
+        s2 = (q % 2) * 16
+        O2: tl.constexpr = BITS & 4
+        u2 = wb >> s2
+        u3 = wb >> (s2 + 2)
+        even0 = (u2 & 0x0303) * (0x0101 << O2)
+        odd0 = (u2 & 0x3030) * (0x1010 << O2)
+        even1 = (u3 & 0x0303) * (0x0101 << O2)
+        odd1 = (u3 & 0x3030) * (0x1010 << O2)
+        cw0 = _select(cw0, _select(odd0, even0, 0x00FF00FF, MODE), 0x03030303 << O2, MODE)
+        cw1 = _select(cw1, _select(odd1, even1, 0x00FF00FF, MODE), 0x03030303 << O2, MODE)
+    if BITS & 1:
+        s1 = (q % 4) * 8
+        O1: tl.constexpr = BITS & 6
+        u = wc >> s1
+        if O1 == 0:
+            odd = _spread1(u >> 1, 0)
+        else:
+            odd = (u & 0xAA) * (0x41041 << (O1 - 1))
+        cw0 = _select(cw0, _spread1(u, O1), 0x01010101 << O1, MODE)
+        cw1 = _select(cw1, odd, 0x01010101 << O1, MODE)
+    x0 = _join4(cw0, cw0 >> 8, cw0 >> 16, cw0 >> 24)
+    x1 = _join4(cw1, cw1 >> 8, cw1 >> 16, cw1 >> 24)
+    return tl.reshape(tl.join(x0, x1), [BN, G * 4, 8])
+
+
+@triton.jit
 def _join8(t0, t1, t2, t3, t4, t5, t6, t7):
     """[..., 8] with element f = t_f (the F axis of ``_words_to_codes``: (j_hi, j_lo, p) -> 2j + p,
     built with ``tl.join`` so all 8 stay in one thread)."""
@@ -424,7 +474,7 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
                   stride_om, stride_os, row_tiles, BITS: tl.constexpr, BLOCK: tl.constexpr, BN: tl.constexpr,
                   G: tl.constexpr, A: tl.constexpr, F: tl.constexpr, SPLIT_K: tl.constexpr, MODE: tl.constexpr,
                   MASKED: tl.constexpr, PREFETCH: tl.constexpr, DEPTH: tl.constexpr = 1, NIB: tl.constexpr = False,
-                  UNROLL: tl.constexpr = 1):
+                  UNROLL: tl.constexpr = 1, LEAN: tl.constexpr = False):
     """GEMV with K across the CTA ("gemv2", opt-in): program (m, s, n) owns K slice s (G groups =
     32*G codes, whole norm blocks) and ``row_tiles`` tiles of BN rows. Each thread keeps the x values
     of its fixed quads in registers (fp32, loaded once) and walks the row tiles: per tile the plane
@@ -433,7 +483,8 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
     clamped for the loads (no predicates) and masked at the store; MASKED only for a ragged K.
     Opt-in (``Config.depth`` / ``unroll`` / ``nib``; offline-compiled only, not timed): DEPTH = 2 keeps
     two row tiles of plane words in flight (PREFETCH); UNROLL = DEPTH + 1 walks the prefetch slots
-    round-robin (no register copies); NIB (bits 1-3) decodes with ``_words_to_codes_nib``."""
+    round-robin (no register copies); NIB (bits 1-3) decodes with ``_words_to_codes_nib``; LEAN: the
+    other bits <= 7 with ``_words_to_codes_l3``, and one FFMA chain per norm block (``_g2_tile``)."""
     NIBP: tl.constexpr = NIB and BITS <= 3
     pid_m = tl.program_id(0)
     t = tl.program_id(1)  # the K slice = "tile" t of G groups for _tile_words
@@ -474,7 +525,7 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
                 na, nb, nc = _g2_words(p_ptr, p_addr, nrows * (groups * BITS), row_true, t, groups, BITS, BN, G,
                                        A, MASKED, MODE, NIBP)
                 _g2_tile(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rows, rows_out, N, nblk,
-                         blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP)
+                         blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN)
                 if DEPTH == 2:
                     wa, wb, wc = va, vb, vc
                     va, vb, vc = na, nb, nc
@@ -484,7 +535,7 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
                 ua, ub, uc = _g2_words(p_ptr, p_addr, rows * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
                                        MASKED, MODE, NIBP)
                 _g2_tile(ua, ub, uc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rows, rows_out, N, nblk,
-                         blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP)
+                         blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN)
     else:
         # UNROLL = DEPTH + 1 row tiles per trip (launcher: PREFETCH, row_tiles a multiple of UNROLL):
         # DEPTH + 1 register slots of words used round-robin, each reloaded right after its tile, so
@@ -502,24 +553,24 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
                 ua, ub, uc = _g2_words(p_ptr, p_addr, rw1 * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
                                        MASKED, MODE, NIBP)
                 _g2_tile(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw0, ro0, N, nblk,
-                         blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP)
+                         blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN)
                 wa, wb, wc = _g2_words(p_ptr, p_addr, rw2 * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
                                        MASKED, MODE, NIBP)
                 _g2_tile(ua, ub, uc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw1, ro1, N, nblk,
-                         blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP)
+                         blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN)
             else:  # slots w, v, u: tiles i, i+1, i+2 (mod 3)
                 ua, ub, uc = _g2_words(p_ptr, p_addr, rw2 * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
                                        MASKED, MODE, NIBP)
                 _g2_tile(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw0, ro0, N, nblk,
-                         blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP)
+                         blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN)
                 wa, wb, wc = _g2_words(p_ptr, p_addr, rw3 * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
                                        MASKED, MODE, NIBP)
                 _g2_tile(va, vb, vc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw1, ro1, N, nblk,
-                         blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP)
+                         blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN)
                 va, vb, vc = _g2_words(p_ptr, p_addr, rw4 * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
                                        MASKED, MODE, NIBP)
                 _g2_tile(ua, ub, uc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw2, ro2, N, nblk,
-                         blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP)
+                         blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN)
 
 
 @triton.jit
@@ -527,17 +578,22 @@ def _g2_tile(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, r
              pid_m,
              stride_om, stride_os, BITS: tl.constexpr, BN: tl.constexpr, G: tl.constexpr, A: tl.constexpr,
              F: tl.constexpr, NB: tl.constexpr, QB: tl.constexpr, SPLIT_K: tl.constexpr, MODE: tl.constexpr,
-             MASKED: tl.constexpr, NIBP: tl.constexpr):
+             MASKED: tl.constexpr, NIBP: tl.constexpr, LEAN: tl.constexpr):
     """One row tile of ``_gemv2_kernel`` from its plane words: decode, LUT, FMA with the x
     registers, per-block sums, norms, one cross-thread sum per row, store (``rows``: ``rows_out``
     clamped to N - 1, for the norm loads; the store is masked by ``rows_out < N``)."""
     if NIBP:
         code = _words_to_codes_nib(wb, wc, BITS, BN, G)
+    elif LEAN and A == 4:
+        code = _words_to_codes_l3(wa, wb, wc, BITS, BN, G, MODE)
     else:
         code = _words_to_codes(wa, wb, wc, BITS, BN, G, A, F)
     vals = _lut(cb_ptr, cb_addr, lane_cb, code, BITS, MODE)  # [BN, Q, F]
-    part = tl.sum(vals * xv[None, :, :], axis=2)  # [BN, Q]: F in-thread
-    pb = tl.sum(tl.reshape(part, [BN, NB, QB]), axis=2)  # [BN, NB]: per norm block
+    if LEAN:  # one in-thread FFMA chain over the thread's codes of a norm block (no per-quad FMUL/FADD)
+        pb = tl.sum(tl.reshape(vals * xv[None, :, :], [BN, NB, QB * F]), axis=2)
+    else:
+        part = tl.sum(vals * xv[None, :, :], axis=2)  # [BN, Q]: F in-thread
+        pb = tl.sum(tl.reshape(part, [BN, NB, QB]), axis=2)  # [BN, NB]: per norm block
     nidx = rows[:, None] * nblk + blk[None, :]
     if MASKED:
         nv = tl.load(n_ptr + nidx, mask=(blk < nblk)[None, :], other=0.0).to(tl.float32)
@@ -670,6 +726,7 @@ class Config(NamedTuple):
     row_tiles: int = 0  # gemv2: BN-row tiles per program (0: chosen from the SM count)
     depth: int = 1  # gemv2 with prefetch: row tiles of plane words loaded ahead (1 or 2)
     nib: bool = False  # gemv2, bits 1-3: one shift per code from nibble/field words (_words_to_codes_nib)
+    lean: bool = False  # gemv2: fewer ops per code (one LOP3 per merge in _words_to_codes_l3; FFMA chain per block)
     slab_rows: int = 0  # slab: W_rot rows per slab (0: about SLAB_BYTES of x's dtype)
 
 
@@ -785,6 +842,8 @@ def _gemv2(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, cfg: Config)
         extra["UNROLL"] = cfg.unroll
     if cfg.nib and bits <= 3:
         extra["NIB"] = True
+    if cfg.lean:
+        extra["LEAN"] = True
     groups, nblk = kp // 32, kp // block
     split = max(cfg.split_k, cdiv(groups, cfg.G))
     g = max(next_pow2(cdiv(groups, split)), block // 32)  # whole norm blocks per slice
