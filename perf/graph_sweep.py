@@ -184,7 +184,11 @@ def sec_dqcfg():
            # more CTAs per SM where the registers allow (gate_up: 5 bits 96 regs -> 5/SM: rt 10 = 615 CTAs
            # <= 660 slots; 4 bits 80 regs -> 6/SM: rt 8 = 768 <= 792); default rule: ~4 per SM (rt 12)
            ("g2x-lean-pp-rt10", Config("gemv2", BN=4, lean=True, unroll=2, row_tiles=10, **g2)),
-           ("g2x-lean-pp-rt8", Config("gemv2", BN=4, lean=True, unroll=2, row_tiles=8, **g2))]
+           ("g2x-lean-pp-rt8", Config("gemv2", BN=4, lean=True, unroll=2, row_tiles=8, **g2)),
+           # early: the next tiles' loads issue before the current tile (ptxas otherwise sinks them to 2/3
+           # into it or next to their use); 5 bits 128 regs / 4.95, 4 bits 127 / 3.95 (d2pp: 128 / 3.95)
+           ("g2x-lean-pp-early", Config("gemv2", BN=4, lean=True, unroll=2, early=True, **g2)),
+           ("g2x-lean-d2pp-early", Config("gemv2", BN=4, lean=True, depth=2, unroll=3, early=True, **g2))]
     small = [s for s in LINEARS if s[0] in ("square", "down", "attn_kv", "gate_up")]
     _dq_cases(1, (5,), small, cfgs + g2x)
     # 4 and 3 bits (instruction/latency-bound: 4 bits no faster than 5 today, 3 bits slower):
@@ -198,7 +202,11 @@ def sec_dqcfg():
                                  ("g2x-nib-lean-d2pp", Config("gemv2", BN=4, nib=True, lean=True, depth=2, unroll=3,
                                                               **g2)),
                                  ("g2x-nib-bn2w2-lean-pp-rt12", Config("gemv2", BN=2, num_warps=2, nib=True, lean=True,
-                                                                       unroll=2, row_tiles=12, **g2))])
+                                                                       unroll=2, row_tiles=12, **g2)),
+                                 ("g2x-nib-lean-pp-early", Config("gemv2", BN=4, nib=True, lean=True, unroll=2,
+                                                                  early=True, **g2)),
+                                 ("g2x-nib-lean-d2pp-early", Config("gemv2", BN=4, nib=True, lean=True, depth=2,
+                                                                    unroll=3, early=True, **g2))])
 
 
 def sec_dqprefill():

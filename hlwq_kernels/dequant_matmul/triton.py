@@ -474,7 +474,7 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
                   stride_om, stride_os, row_tiles, BITS: tl.constexpr, BLOCK: tl.constexpr, BN: tl.constexpr,
                   G: tl.constexpr, A: tl.constexpr, F: tl.constexpr, SPLIT_K: tl.constexpr, MODE: tl.constexpr,
                   MASKED: tl.constexpr, PREFETCH: tl.constexpr, DEPTH: tl.constexpr = 1, NIB: tl.constexpr = False,
-                  UNROLL: tl.constexpr = 1, LEAN: tl.constexpr = False):
+                  UNROLL: tl.constexpr = 1, LEAN: tl.constexpr = False, EARLY: tl.constexpr = False):
     """GEMV with K across the CTA ("gemv2", opt-in): program (m, s, n) owns K slice s (G groups =
     32*G codes, whole norm blocks) and ``row_tiles`` tiles of BN rows. Each thread keeps the x values
     of its fixed quads in registers (fp32, loaded once) and walks the row tiles: per tile the plane
@@ -484,7 +484,8 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
     Opt-in (``Config.depth`` / ``unroll`` / ``nib``; offline-compiled only, not timed): DEPTH = 2 keeps
     two row tiles of plane words in flight (PREFETCH); UNROLL = DEPTH + 1 walks the prefetch slots
     round-robin (no register copies); NIB (bits 1-3) decodes with ``_words_to_codes_nib``; LEAN: the
-    other bits <= 7 with ``_words_to_codes_l3``, and one FFMA chain per norm block (``_g2_tile``)."""
+    other bits <= 7 with ``_words_to_codes_l3``, and one FFMA chain per norm block (``_g2_tile``);
+    EARLY: the prefetch loads issue before the whole tile (``_g2_tile_at``)."""
     NIBP: tl.constexpr = NIB and BITS <= 3
     pid_m = tl.program_id(0)
     t = tl.program_id(1)  # the K slice = "tile" t of G groups for _tile_words
@@ -524,8 +525,9 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
                 nrows = tl.minimum(rows_out + DEPTH * BN, N - 1).to(tl.int64)
                 na, nb, nc = _g2_words(p_ptr, p_addr, nrows * (groups * BITS), row_true, t, groups, BITS, BN, G,
                                        A, MASKED, MODE, NIBP)
-                _g2_tile(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rows, rows_out, N, nblk,
-                         blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN)
+                _g2_tile_at(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rows, rows_out, N, nblk,
+                            blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP,
+                            LEAN, EARLY)
                 if DEPTH == 2:
                     wa, wb, wc = va, vb, vc
                     va, vb, vc = na, nb, nc
@@ -535,7 +537,8 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
                 ua, ub, uc = _g2_words(p_ptr, p_addr, rows * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
                                        MASKED, MODE, NIBP)
                 _g2_tile(ua, ub, uc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rows, rows_out, N, nblk,
-                         blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN)
+                         blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP,
+                         LEAN)
     else:
         # UNROLL = DEPTH + 1 row tiles per trip (launcher: PREFETCH, row_tiles a multiple of UNROLL):
         # DEPTH + 1 register slots of words used round-robin, each reloaded right after its tile, so
@@ -552,25 +555,49 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
             if DEPTH == 1:  # slots w (even tiles), u (odd tiles)
                 ua, ub, uc = _g2_words(p_ptr, p_addr, rw1 * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
                                        MASKED, MODE, NIBP)
-                _g2_tile(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw0, ro0, N, nblk,
-                         blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN)
+                _g2_tile_at(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw0, ro0, N, nblk, blk, t,
+                            pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN,
+                            EARLY)
                 wa, wb, wc = _g2_words(p_ptr, p_addr, rw2 * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
                                        MASKED, MODE, NIBP)
-                _g2_tile(ua, ub, uc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw1, ro1, N, nblk,
-                         blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN)
+                _g2_tile_at(ua, ub, uc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw1, ro1, N, nblk, blk, t,
+                            pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN,
+                            EARLY)
             else:  # slots w, v, u: tiles i, i+1, i+2 (mod 3)
                 ua, ub, uc = _g2_words(p_ptr, p_addr, rw2 * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
                                        MASKED, MODE, NIBP)
-                _g2_tile(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw0, ro0, N, nblk,
-                         blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN)
+                _g2_tile_at(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw0, ro0, N, nblk, blk, t,
+                            pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN,
+                            EARLY)
                 wa, wb, wc = _g2_words(p_ptr, p_addr, rw3 * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
                                        MASKED, MODE, NIBP)
-                _g2_tile(va, vb, vc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw1, ro1, N, nblk,
-                         blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN)
+                _g2_tile_at(va, vb, vc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw1, ro1, N, nblk, blk, t,
+                            pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN,
+                            EARLY)
                 va, vb, vc = _g2_words(p_ptr, p_addr, rw4 * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
                                        MASKED, MODE, NIBP)
-                _g2_tile(ua, ub, uc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw2, ro2, N, nblk,
-                         blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN)
+                _g2_tile_at(ua, ub, uc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw2, ro2, N, nblk, blk, t,
+                            pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN,
+                            EARLY)
+
+
+@triton.jit
+def _g2_tile_at(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rows, rows_out, N, nblk, blk, t,
+                pid_m, stride_om, stride_os, BITS: tl.constexpr, BN: tl.constexpr, G: tl.constexpr, A: tl.constexpr,
+                F: tl.constexpr, NB: tl.constexpr, QB: tl.constexpr, SPLIT_K: tl.constexpr, MODE: tl.constexpr,
+                MASKED: tl.constexpr, NIBP: tl.constexpr, LEAN: tl.constexpr, EARLY: tl.constexpr):
+    """``_g2_tile`` after a prefetch. EARLY (``Config.early``): the tile sits in its own basic block
+    (``if N > 0``, always true), so ptxas cannot sink the prefetch loads issued before it into the
+    tile's code: offline SASS without it has the loads of the next tile issued 2/3 into the current
+    tile (default) or right before their use (pp); with it they precede the whole tile (and both
+    slots are live across it: 5 bits lean pp 96 -> 128 registers)."""
+    if EARLY:
+        if N > 0:
+            _g2_tile(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rows, rows_out, N, nblk, blk,
+                     t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN)
+    else:
+        _g2_tile(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rows, rows_out, N, nblk, blk,
+                 t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN)
 
 
 @triton.jit
@@ -727,6 +754,7 @@ class Config(NamedTuple):
     depth: int = 1  # gemv2 with prefetch: row tiles of plane words loaded ahead (1 or 2)
     nib: bool = False  # gemv2, bits 1-3: one shift per code from nibble/field words (_words_to_codes_nib)
     lean: bool = False  # gemv2: fewer ops per code (one LOP3 per merge in _words_to_codes_l3; FFMA chain per block)
+    early: bool = False  # gemv2 with prefetch: the next tiles' loads issue before the current tile (_g2_tile_at)
     slab_rows: int = 0  # slab: W_rot rows per slab (0: about SLAB_BYTES of x's dtype)
 
 
@@ -844,6 +872,8 @@ def _gemv2(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, cfg: Config)
         extra["NIB"] = True
     if cfg.lean:
         extra["LEAN"] = True
+    if cfg.early and cfg.prefetch:
+        extra["EARLY"] = True
     groups, nblk = kp // 32, kp // block
     split = max(cfg.split_k, cdiv(groups, cfg.G))
     g = max(next_pow2(cdiv(groups, split)), block // 32)  # whole norm blocks per slice
