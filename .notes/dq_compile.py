@@ -99,14 +99,18 @@ def gemv(bits, bn=32, g=4, warps=4, unroll=4, prefetch=True):
     return k, codes, f"gemv BN={bn} G={g} w{warps} u{unroll}{' pf' if prefetch else ''}"
 
 
-def gemv2(bits, bn=4, g=128, warps=4, prefetch=True, row_tiles=12):
+def gemv2(bits, bn=4, g=128, warps=4, prefetch=True, row_tiles=12, depth=1, nib=False, unroll=1, lean=False,
+          early=False):
     a, f, ptrs, ints, mode = common(bits)
     ints = dict(ints, row_tiles=row_tiles)
     k = compile_kernel(dq._gemv2_kernel, ptrs, ints,
                        dict(BITS=bits, BLOCK=BLOCK, BN=bn, G=g, A=a, F=f, SPLIT_K=1, MODE=mode, MASKED=False,
-                            PREFETCH=prefetch), dict(num_warps=warps, num_stages=2))
-    codes = bn * g * 32 / (32 * warps)
-    return k, codes, f"gemv2 BN={bn} G={g} w{warps}{' pf' if prefetch else ''}"
+                            PREFETCH=prefetch, DEPTH=depth, NIB=nib and bits <= 3,
+                            UNROLL=unroll, LEAN=lean, EARLY=early), dict(num_warps=warps, num_stages=2))
+    codes = unroll * bn * g * 32 / (32 * warps)  # per loop trip
+    return k, codes, (f"gemv2 BN={bn} G={g} w{warps}{' pf' if prefetch else ''}{' d2' if depth == 2 else ''}"
+                      f"{' nib' if nib and bits <= 3 else ''}{f' u{unroll}' if unroll > 1 else ''}"
+                      f"{' lean' if lean else ''}{' early' if early else ''}")
 
 
 def row(k, codes, label):
@@ -134,7 +138,24 @@ if __name__ == "__main__":
                      lambda: gemv2(bits, bn=2, row_tiles=24),
                      lambda: gemv2(bits, bn=8, row_tiles=6),
                      lambda: gemv2(bits, bn=8, warps=8, row_tiles=6),
-                     lambda: gemv2(bits, bn=4, g=64, warps=2, row_tiles=12)):
+                     lambda: gemv2(bits, bn=4, g=64, warps=2, row_tiles=12),
+                     # opt-in variants of 2026-11-27 (branch g2opt; offline only, not timed)
+                     lambda: gemv2(bits, lean=True),
+                     lambda: gemv2(bits, unroll=2),
+                     lambda: gemv2(bits, depth=2),
+                     lambda: gemv2(bits, depth=2, unroll=3),
+                     lambda: gemv2(bits, lean=True, unroll=2),
+                     lambda: gemv2(bits, lean=True, depth=2, unroll=3),
+                     lambda: gemv2(bits, lean=True, unroll=2, early=True),
+                     lambda: gemv2(bits, lean=True, depth=2, unroll=3, early=True),
+                     lambda: gemv2(bits, bn=8, row_tiles=6, lean=True, unroll=2),
+                     lambda: gemv2(bits, bn=2, warps=2, row_tiles=24, lean=True, unroll=2),
+                     *([lambda: gemv2(bits, nib=True),
+                        lambda: gemv2(bits, nib=True, lean=True),
+                        lambda: gemv2(bits, nib=True, lean=True, unroll=2),
+                        lambda: gemv2(bits, nib=True, lean=True, depth=2, unroll=3),
+                        lambda: gemv2(bits, nib=True, lean=True, unroll=2, early=True),
+                        lambda: gemv2(bits, nib=True, lean=True, depth=2, unroll=3, early=True)] if bits <= 3 else [])):
             try:
                 k, codes, label = make()
                 sass = row(k, codes, label)

@@ -166,8 +166,47 @@ def sec_dqcfg():
              ("g2-bn4-s2", Config("gemv2", BN=4, G=64, prefetch=True)),
              ("g2-bn4-rt2", Config("gemv2", BN=4, G=128, prefetch=True, row_tiles=2)),
              ("g2-bn4-w2", Config("gemv2", BN=4, G=64, num_warps=2, prefetch=True))]
+    # gemv2 opt-in variants (branch g2opt, 2026-11-27): offline sm_90 compile only, NOT timed yet
+    # (.notes/dequant_matmul.md "gemv2 variants"). Registers / SASS per code at 5 bits, BN=4 default
+    # 96 / 5.46: lean 95 / 4.99; pp (unroll=2: two prefetch slots used in turn, no register copies)
+    # 96 / 5.39; d2 (two row tiles in flight) 128 / 5.72; d2pp 168 / 5.39; lean-pp 96 / 4.93;
+    # lean-d2pp 128 / 4.92; bn8-lean-pp 128 / 5.04; bn2w2-lean-pp (64 codes per thread per row) 128 / 4.72.
+    g2 = dict(G=128, prefetch=True)
+    g2x = [("g2x-lean", Config("gemv2", BN=4, lean=True, **g2)),
+           ("g2x-pp", Config("gemv2", BN=4, unroll=2, **g2)),
+           ("g2x-lean-pp", Config("gemv2", BN=4, lean=True, unroll=2, **g2)),
+           ("g2x-d2", Config("gemv2", BN=4, depth=2, **g2)),
+           ("g2x-lean-d2pp", Config("gemv2", BN=4, lean=True, depth=2, unroll=3, **g2)),
+           ("g2x-bn8-lean-pp", Config("gemv2", BN=8, lean=True, unroll=2, **g2)),
+           # 2-warp CTAs: 8 fit per SM at 128 registers; row_tiles 12 gives gate_up 1024 of them
+           ("g2x-bn2w2-lean-pp", Config("gemv2", BN=2, num_warps=2, lean=True, unroll=2, **g2)),
+           ("g2x-bn2w2-lean-pp-rt12", Config("gemv2", BN=2, num_warps=2, lean=True, unroll=2, row_tiles=12, **g2)),
+           # more CTAs per SM where the registers allow (gate_up: 5 bits 96 regs -> 5/SM: rt 10 = 615 CTAs
+           # <= 660 slots; 4 bits 80 regs -> 6/SM: rt 8 = 768 <= 792); default rule: ~4 per SM (rt 12)
+           ("g2x-lean-pp-rt10", Config("gemv2", BN=4, lean=True, unroll=2, row_tiles=10, **g2)),
+           ("g2x-lean-pp-rt8", Config("gemv2", BN=4, lean=True, unroll=2, row_tiles=8, **g2)),
+           # early: the next tiles' loads issue before the current tile (ptxas otherwise sinks them to 2/3
+           # into it or next to their use); 5 bits 128 regs / 4.95, 4 bits 127 / 3.95 (d2pp: 128 / 3.95)
+           ("g2x-lean-pp-early", Config("gemv2", BN=4, lean=True, unroll=2, early=True, **g2)),
+           ("g2x-lean-d2pp-early", Config("gemv2", BN=4, lean=True, depth=2, unroll=3, early=True, **g2))]
     small = [s for s in LINEARS if s[0] in ("square", "down", "attn_kv", "gate_up")]
-    _dq_cases(1, (5,), small, cfgs)
+    _dq_cases(1, (5,), small, cfgs + g2x)
+    # 4 and 3 bits (instruction/latency-bound: 4 bits no faster than 5 today, 3 bits slower):
+    # 3-bit default 128 regs / 6.32 per code; nib (one shift per code from nibble words) 80 / 5.15,
+    # nib-lean-pp 80 / 4.99, nib-lean-d2pp 96 / 4.99. 4 bits: default 80 / 4.08, lean-pp 80 / 3.93,
+    # lean-d2pp 112 / 3.92, bn2w2-lean-pp 128 / 3.72.
+    gate_up = [s for s in LINEARS if s[0] == "gate_up"]
+    _dq_cases(1, (4, 3), gate_up, [("g2-bn4", Config("gemv2", BN=4, **g2))] + g2x)
+    _dq_cases(1, (3,), gate_up, [("g2x-nib", Config("gemv2", BN=4, nib=True, **g2)),
+                                 ("g2x-nib-lean-pp", Config("gemv2", BN=4, nib=True, lean=True, unroll=2, **g2)),
+                                 ("g2x-nib-lean-d2pp", Config("gemv2", BN=4, nib=True, lean=True, depth=2, unroll=3,
+                                                              **g2)),
+                                 ("g2x-nib-bn2w2-lean-pp-rt12", Config("gemv2", BN=2, num_warps=2, nib=True, lean=True,
+                                                                       unroll=2, row_tiles=12, **g2)),
+                                 ("g2x-nib-lean-pp-early", Config("gemv2", BN=4, nib=True, lean=True, unroll=2,
+                                                                  early=True, **g2)),
+                                 ("g2x-nib-lean-d2pp-early", Config("gemv2", BN=4, nib=True, lean=True, depth=2,
+                                                                    unroll=3, early=True, **g2))])
 
 
 def sec_dqsmallm():

@@ -102,29 +102,52 @@ def test_split_k_configs(device, cfg):
     check(y, x, qw, False, torch.float32, str(cfg))
 
 
+@pytest.mark.parametrize("opts", [None, dict(nib=True), dict(depth=2), dict(unroll=2), dict(lean=True),
+                                  dict(early=True), dict(depth=2, unroll=3, nib=True, lean=True, early=True)],
+                         ids=["default", "nib", "depth2", "pingpong", "lean", "early", "d2-pp-nib-lean-early"])
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8])
-def test_gemv2_every_bit_width(device, bits):
-    """The K-across-the-CTA GEMV (the M <= GEMV_MAX_M default) through method="gemv2"."""
+def test_gemv2_every_bit_width(device, bits, opts):
+    """The K-across-the-CTA GEMV (the M <= GEMV_MAX_M default) through method="gemv2", and its opt-in
+    variants (nib: bits 1-3 only, the others fall back to the byte-word decode; lean: every width)."""
     qw = make_weight(40, 256, bits, 128, bits, device)
     x = make_x((2,), 256, torch.bfloat16 if ON_GPU else torch.float16, bits, device)
-    y = dequant_matmul_triton_method(x, qw, False, x.dtype, "gemv2")
-    check(y, x, qw, False, x.dtype, f"gemv2 bits={bits}")
+    if opts is None:
+        y = dequant_matmul_triton_method(x, qw, False, x.dtype, "gemv2")
+    else:
+        cfg = Config("gemv2", BN=4, G=128, prefetch=True, row_tiles=3, **opts)  # 40 rows: 10 tiles, ragged
+        y = dequant_matmul_triton_method(x, qw, False, x.dtype, config=cfg)
+    check(y, x, qw, False, x.dtype, f"gemv2 bits={bits} {opts}")
 
 
 @given(n=st.integers(1, 80), k=st.integers(1, 300), bits=st.integers(1, 8), block=st.sampled_from([32, 64, 128]),
        bn=st.sampled_from([1, 4, 8]), g=st.sampled_from([1, 2, 4, 16]), split_k=st.sampled_from([0, 2, 3]),
        row_tiles=st.sampled_from([0, 1, 3]), prefetch=st.booleans(), dtype=st.sampled_from(DTYPES),
-       seed=st.integers(0, 2**20))
+       seed=st.integers(0, 2**20), depth=st.sampled_from([1, 2]), pingpong=st.booleans(), nib=st.booleans(),
+       lean=st.booleans(), early=st.booleans())
+# examples: ragged K slices (10 groups in 3 slices of 4) and a ragged last row tile; bits 8 at G=1; nib with
+# ragged K, 3 tiles per trip and tiles past N; row_tiles 1 rounded up to one trip of 2 tiles; nib without
+# prefetch; lean byte words with a 4-, 2- and 1-bit plane
 @example(n=70, k=300, bits=5, block=64, bn=4, g=4, split_k=0, row_tiles=3, prefetch=True, dtype=torch.float32,
-         seed=0)  # ragged K slices (10 groups in 3 slices of 4) and a ragged last row tile
+         seed=0, depth=1, pingpong=False, nib=False, lean=False, early=False)
 @example(n=33, k=200, bits=8, block=32, bn=8, g=1, split_k=0, row_tiles=0, prefetch=False, dtype=torch.bfloat16,
-         seed=1)
-def test_gemv2_configs(device, n, k, bits, block, bn, g, split_k, row_tiles, prefetch, dtype, seed):
+         seed=1, depth=1, pingpong=False, nib=False, lean=False, early=False)
+@example(n=70, k=300, bits=3, block=64, bn=4, g=4, split_k=0, row_tiles=3, prefetch=True, dtype=torch.float32,
+         seed=2, depth=2, pingpong=True, nib=True, lean=True, early=True)
+@example(n=37, k=250, bits=1, block=32, bn=2, g=2, split_k=3, row_tiles=1, prefetch=True, dtype=torch.float16,
+         seed=3, depth=1, pingpong=True, nib=True, lean=False, early=False)
+@example(n=50, k=256, bits=2, block=128, bn=4, g=4, split_k=0, row_tiles=0, prefetch=False, dtype=torch.float32,
+         seed=4, depth=1, pingpong=False, nib=True, lean=True, early=True)
+@example(n=45, k=300, bits=7, block=32, bn=4, g=2, split_k=2, row_tiles=3, prefetch=True, dtype=torch.float32,
+         seed=5, depth=2, pingpong=False, nib=False, lean=True, early=True)
+def test_gemv2_configs(device, n, k, bits, block, bn, g, split_k, row_tiles, prefetch, dtype, seed, depth, pingpong,
+                       nib, lean, early):
     kp = -(-k // block) * block
     assume(n * kp <= 20_000)
     qw = make_weight(n, k, bits, block, seed, device)
     x = make_x((1,), k, dtype, seed, device)
-    cfg = Config("gemv2", BN=bn, G=g, split_k=split_k, row_tiles=row_tiles, prefetch=prefetch)
+    unroll = depth + 1 if prefetch and pingpong else 1
+    cfg = Config("gemv2", BN=bn, G=g, split_k=split_k, row_tiles=row_tiles, prefetch=prefetch, depth=depth,
+                 unroll=unroll, nib=nib, lean=lean, early=early)
     y = dequant_matmul_triton_method(x, qw, False, dtype, config=cfg)
     check(y, x, qw, False, dtype, str(cfg))
 
@@ -174,6 +197,11 @@ def test_gemv2_rejects_non_power_of_two(device):
     x = make_x((1,), 64, torch.float32, 0, device)
     with pytest.raises(ValueError, match="powers of two"):
         dequant_matmul_triton_method(x, qw, False, torch.float32, config=Config("gemv2", BN=4, G=3))
+    with pytest.raises(ValueError, match="depth must be 1 or 2"):
+        dequant_matmul_triton_method(x, qw, False, torch.float32, config=Config("gemv2", BN=4, G=4, depth=3))
+    with pytest.raises(ValueError, match="unroll must be 1 or depth"):
+        dequant_matmul_triton_method(x, qw, False, torch.float32,
+                                     config=Config("gemv2", BN=4, G=4, prefetch=True, unroll=3))
 
 
 def test_slab_path_many_slabs(device, monkeypatch):

@@ -207,6 +207,156 @@ def _words_to_codes(wa, wb, wc, BITS: tl.constexpr, BN: tl.constexpr, G: tl.cons
 
 
 @triton.jit
+def _select(cw, contrib, FIELD: tl.constexpr, MODE: tl.constexpr):
+    """``_merge`` (bits FIELD from contrib, the others from cw) as one forced LOP3 on the GPU: ptxas
+    split the plain form into an AND of the multiply's product plus an AND-OR (2 LOP3 per merge)."""
+    if MODE == 0:
+        return _merge(cw, contrib, FIELD)
+    else:  # lop3 table 0xE4 = (a & c) | (b & ~c) with a = contrib, b = cw, c = FIELD
+        return tl.inline_asm_elementwise("lop3.b32 $0, $1, $2, $3, 0xE4;", "=r,r,r,r",
+                                         [contrib, cw, tl.zeros_like(cw) + FIELD], dtype=tl.int32, is_pure=True,
+                                         pack=1)
+
+
+@triton.jit
+def _words_to_codes_l3(wa, wb, wc, BITS: tl.constexpr, BN: tl.constexpr, G: tl.constexpr, MODE: tl.constexpr):
+    """``Config.lean`` (gemv2, A = 4): ``_words_to_codes`` with fewer word ops per quad: every merge
+    is one ``_select``, and the odd-parity 1-bit spread reuses the even one's shifted word:
+    ``(u & 0xAA) * (0x41041 << (OFF - 1))`` puts bit 2j+1 on bit 8j + OFF (the same product terms as
+    ``_spread1`` of ``u >> 1``, so the same no-carry argument), saving its shift."""
+    q = tl.arange(0, G * 4)[None, :]
+    cw0 = tl.zeros([BN, G * 4], dtype=tl.int32)
+    cw1 = tl.zeros([BN, G * 4], dtype=tl.int32)
+    if BITS & 4:
+        cw0 = wa
+        cw1 = wa >> 4
+    if BITS & 2:
+        s2 = (q % 2) * 16
+        O2: tl.constexpr = BITS & 4
+        u2 = wb >> s2
+        u3 = wb >> (s2 + 2)
+        even0 = (u2 & 0x0303) * (0x0101 << O2)
+        odd0 = (u2 & 0x3030) * (0x1010 << O2)
+        even1 = (u3 & 0x0303) * (0x0101 << O2)
+        odd1 = (u3 & 0x3030) * (0x1010 << O2)
+        cw0 = _select(cw0, _select(odd0, even0, 0x00FF00FF, MODE), 0x03030303 << O2, MODE)
+        cw1 = _select(cw1, _select(odd1, even1, 0x00FF00FF, MODE), 0x03030303 << O2, MODE)
+    if BITS & 1:
+        s1 = (q % 4) * 8
+        O1: tl.constexpr = BITS & 6
+        u = wc >> s1
+        if O1 == 0:
+            odd = _spread1(u >> 1, 0)
+        else:
+            odd = (u & 0xAA) * (0x41041 << (O1 - 1))
+        cw0 = _select(cw0, _spread1(u, O1), 0x01010101 << O1, MODE)
+        cw1 = _select(cw1, odd, 0x01010101 << O1, MODE)
+    x0 = _join4(cw0, cw0 >> 8, cw0 >> 16, cw0 >> 24)
+    x1 = _join4(cw1, cw1 >> 8, cw1 >> 16, cw1 >> 24)
+    return tl.reshape(tl.join(x0, x1), [BN, G * 4, 8])
+
+
+@triton.jit
+def _join8(t0, t1, t2, t3, t4, t5, t6, t7):
+    """[..., 8] with element f = t_f (the F axis of ``_words_to_codes``: (j_hi, j_lo, p) -> 2j + p,
+    built with ``tl.join`` so all 8 stay in one thread)."""
+    x0 = _join4(t0, t2, t4, t6)
+    x1 = _join4(t1, t3, t5, t7)
+    return tl.join(x0, x1)
+
+
+@triton.jit
+def _dilate16(u):
+    """Bit i of the low 16 bits of u -> bit 2i (the odd bits zero): 4 shift-or-mask steps."""
+    u = u & 0xFFFF
+    u = (u | (u << 8)) & 0x00FF00FF
+    u = (u | (u << 4)) & 0x0F0F0F0F
+    u = (u | (u << 2)) & 0x33333333
+    return (u | (u << 1)) & 0x55555555
+
+
+@triton.jit
+def _nib_perm(q, f, BITS: tl.constexpr):
+    """Code index (within the K slice) of element (quad q, f) of ``_words_to_codes_nib``: natural
+    (8q + f) for bits 1-2; for 3 bits quad q holds the codes 16(q//2) + 2f + q%2 (one parity of a
+    2-bit-plane word), so x is loaded in that order."""
+    if BITS == 3:
+        return (q // 2) * 16 + f * 2 + (q % 2)
+    else:
+        return q * 8 + f
+
+
+@triton.jit
+def _nib_plane(p_ptr, row_off, t, groups, W: tl.constexpr, OFF: tl.constexpr, G: tl.constexpr, BN: tl.constexpr,
+               MASKED: tl.constexpr, PAIR: tl.constexpr):
+    """[BN, 4G] pieces of the W-bit plane (W = 1, 2) for ``Config.nib``, one per quad (as int32):
+    PAIR: the piece of a quad pair (16 codes: int32 for W=2, uint16 for W=1), repeated with
+    ``tl.join``; else the quad's own piece (uint16 for W=2, uint8 for W=1; unused: LLVM narrowed
+    the per-code shifts of a uint8 to i8 and sign-extended each code, one SGXT per code). The load is
+    declared contiguous in runs of 4 quads only, so each thread loads exactly its 4 quads (32
+    codes) of every row: the thread <-> quad map of the 4-bit plane's 16-byte loads. (A fully
+    contiguous int32 load of a narrow plane gets 16-byte vectors = 8 or 16 quads per thread per
+    row, i.e. 2-4x the x registers: 127-168 registers at 1-3 bits in the default decode.)"""
+    EB: tl.constexpr = W * 16 if PAIR else W * 8  # bits per piece
+    PER: tl.constexpr = 2 if PAIR else 4  # pieces per group of 32 codes
+    if EB == 32:
+        ptr = p_ptr
+    elif EB == 16:  # unsigned: zero-extension, no sign fix-up (_dilate16 needs no mask then)
+        ptr = p_ptr.to(tl.pointer_type(tl.uint16))
+    else:
+        ptr = p_ptr.to(tl.pointer_type(tl.uint8))
+    j = tl.arange(0, G * PER)
+    eidx = tl.max_contiguous((groups * OFF + t * (G * W)) * (32 // EB) + j, PER)
+    ptrs = ptr + (row_off * (32 // EB))[:, None] + eidx[None, :]
+    if MASKED:
+        wv = tl.load(ptrs, mask=((t * G + j // PER) < groups)[None, :], other=0)
+    else:
+        wv = tl.load(ptrs)
+    wv = wv.to(tl.int32)
+    if PAIR:
+        wv = tl.reshape(tl.join(wv, wv), [BN, G * 4])
+    return wv
+
+
+@triton.jit
+def _nib_words(p_ptr, row_off, t, groups, BITS: tl.constexpr, BN: tl.constexpr, G: tl.constexpr,
+               MASKED: tl.constexpr):
+    """(2-bit plane, 1-bit plane) words [BN, 4G] for ``_words_to_codes_nib`` (zeros where absent)."""
+    wb = tl.zeros([BN, G * 4], dtype=tl.int32)
+    wc = tl.zeros([BN, G * 4], dtype=tl.int32)
+    if BITS & 2:  # the pair's word (a uint16 per quad costs one PRMT each to unpack)
+        wb = _nib_plane(p_ptr, row_off, t, groups, 2, 0, G, BN, MASKED, True)
+    if BITS & 1:
+        wc = _nib_plane(p_ptr, row_off, t, groups, 1, BITS & 2, G, BN, MASKED, True)
+    return wb, wc
+
+
+@triton.jit
+def _words_to_codes_nib(wb, wc, BITS: tl.constexpr, BN: tl.constexpr, G: tl.constexpr):
+    """``Config.nib`` (gemv2, bits 1-3): raw codes [BN, Q, 8] from the pieces of ``_nib_words``, one
+    shift per code (``_lut`` ignores the bits above the code; period-2^BITS lane table):
+    * 1 bit: code 8q + f = bit f of byte q%2 of the pair's 16 bits -> ``wc >> (8(q%2) + f)``.
+    * 2 bits: code 8q + f = field f of half q%2 of the pair's word -> ``wb >> (16(q%2) + 2f)``.
+    * 3 bits: a "nibble word" per quad holds 8 codes of one parity e = q%2 of the 16-code pair
+      word: ``((wb >> 2e) & 0x33333333) | ((D << (2 - 2e)) & ~0x33333333)`` where D = the pair's 16
+      high bits dilated to even bit positions (``_dilate16``); code 16(q//2) + 2f + e is nibble f
+      (``_nib_perm``). Per 16 codes: ~12 word ops, then a shift per code (byte-word path: ~3.5/code).
+    """
+    if BITS == 1:  # wc: the pair's 16 bits of the 1-bit plane; the quad's byte at 8(q%2)
+        base = wc >> ((tl.arange(0, G * 4)[None, :] % 2) * 8)
+        code = _join8(base, base >> 1, base >> 2, base >> 3, base >> 4, base >> 5, base >> 6, base >> 7)
+    elif BITS == 2:  # wb: the pair's 2-bit word; the quad's 16 bits at 16(q%2)
+        base = wb >> ((tl.arange(0, G * 4)[None, :] % 2) * 16)
+        code = _join8(base, base >> 2, base >> 4, base >> 6, base >> 8, base >> 10, base >> 12, base >> 14)
+    else:  # wb: the pair's 2-bit word, wc: the pair's 16 high bits
+        e2 = (tl.arange(0, G * 4)[None, :] % 2) * 2
+        d = _dilate16(wc)
+        sel = ((wb >> e2) & 0x33333333) | ((d << (2 - e2)) & ~0x33333333)
+        code = _join8(sel, sel >> 4, sel >> 8, sel >> 12, sel >> 16, sel >> 20, sel >> 24, sel >> 28)
+    return tl.reshape(code, [BN, G * 4, 8])
+
+
+@triton.jit
 def _lut_lane(cb_addr, like, BITS: tl.constexpr):
     """Each lane's codebook entry codebook[lane % 2**BITS], as a tensor shaped like ``like``
     (every element of a thread is the same register after CSE): the source of ``_lut``'s shuffles."""
@@ -316,23 +466,44 @@ def _norm_tile(n_ptr, n_addr, nidx, MODE: tl.constexpr):
 
 
 @triton.jit
+def _g2_words(p_ptr, p_addr, row_off, row_mask, t, groups, BITS: tl.constexpr, BN: tl.constexpr, G: tl.constexpr,
+              A: tl.constexpr, MASKED: tl.constexpr, MODE: tl.constexpr, NIBP: tl.constexpr):
+    """gemv2's plane words: ``_tile_words`` or, for ``Config.nib`` at bits 1-3, ``_nib_words``."""
+    if NIBP:
+        wb, wc = _nib_words(p_ptr, row_off, t, groups, BITS, BN, G, MASKED)
+        return wb, wb, wc
+    else:
+        return _tile_words(p_ptr, p_addr, row_off, row_mask, t, groups, BITS, BN, G, A, MASKED, MODE)
+
+
+@triton.jit
 def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr, N, groups, nblk, stride_xm,
                   stride_om, stride_os, row_tiles, BITS: tl.constexpr, BLOCK: tl.constexpr, BN: tl.constexpr,
                   G: tl.constexpr, A: tl.constexpr, F: tl.constexpr, SPLIT_K: tl.constexpr, MODE: tl.constexpr,
-                  MASKED: tl.constexpr, PREFETCH: tl.constexpr):
+                  MASKED: tl.constexpr, PREFETCH: tl.constexpr, DEPTH: tl.constexpr = 1, NIB: tl.constexpr = False,
+                  UNROLL: tl.constexpr = 1, LEAN: tl.constexpr = False, EARLY: tl.constexpr = False):
     """GEMV with K across the CTA ("gemv2", opt-in): program (m, s, n) owns K slice s (G groups =
     32*G codes, whole norm blocks) and ``row_tiles`` tiles of BN rows. Each thread keeps the x values
     of its fixed quads in registers (fp32, loaded once) and walks the row tiles: per tile the plane
     words of the whole slice (one [BN, G*A] load per plane), unpack + LUT + FMA into [BN, Q], a sum
     over the quads of each norm block, the norm, and one cross-thread sum per row. Rows past N are
-    clamped for the loads (no predicates) and masked at the store; MASKED only for a ragged K."""
+    clamped for the loads (no predicates) and masked at the store; MASKED only for a ragged K.
+    Opt-in (``Config.depth`` / ``unroll`` / ``nib``; offline-compiled only, not timed): DEPTH = 2 keeps
+    two row tiles of plane words in flight (PREFETCH); UNROLL = DEPTH + 1 walks the prefetch slots
+    round-robin (no register copies); NIB (bits 1-3) decodes with ``_words_to_codes_nib``; LEAN: the
+    other bits <= 7 with ``_words_to_codes_l3``, and one FFMA chain per norm block (``_g2_tile``);
+    EARLY: the prefetch loads issue before the whole tile (``_g2_tile_at``)."""
+    NIBP: tl.constexpr = NIB and BITS <= 3
     pid_m = tl.program_id(0)
     t = tl.program_id(1)  # the K slice = "tile" t of G groups for _tile_words
     pid_n = tl.program_id(2)
     NB: tl.constexpr = (G * 32) // BLOCK  # norm blocks in the slice
     QB: tl.constexpr = BLOCK // F  # quads per norm block
     q = tl.arange(0, G * A)
-    kq = q[:, None] * F + tl.arange(0, F)[None, :]  # [Q, F]
+    if NIBP:
+        kq = _nib_perm(q[:, None], tl.arange(0, F)[None, :], BITS)  # [Q, F], the nib decode's order
+    else:
+        kq = q[:, None] * F + tl.arange(0, F)[None, :]  # [Q, F]
     x_row = x_ptr + pid_m.to(tl.int64) * stride_xm + t * (G * 32)
     if MASKED:
         xv = tl.load(x_row + kq, mask=((t * G + q // A) < groups)[:, None], other=0.0).to(tl.float32)
@@ -347,36 +518,127 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
     rr = tl.arange(0, BN)
     if PREFETCH:
         rows = tl.minimum(r0 + rr, N - 1).to(tl.int64)
-        wa, wb, wc = _tile_words(p_ptr, p_addr, rows * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
-                                 MASKED, MODE)
-    for i in range(row_tiles):
-        rows_out = r0 + i * BN + rr
-        rows = tl.minimum(rows_out, N - 1).to(tl.int64)  # clamped: loads need no row predicate
-        if PREFETCH:
-            nrows = tl.minimum(rows_out + BN, N - 1).to(tl.int64)
-            na, nb, nc = _tile_words(p_ptr, p_addr, nrows * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
-                                     MASKED, MODE)
-            code = _words_to_codes(wa, wb, wc, BITS, BN, G, A, F)
-            wa, wb, wc = na, nb, nc
-        else:
-            code = _tile_codes(p_ptr, p_addr, rows * (groups * BITS), row_true, t, groups, BITS, BN, G, A, F,
-                               MASKED, MODE)
-        vals = _lut(cb_ptr, cb_addr, lane_cb, code, BITS, MODE)  # [BN, Q, F]
+        wa, wb, wc = _g2_words(p_ptr, p_addr, rows * (groups * BITS), row_true, t, groups, BITS, BN, G, A, MASKED,
+                               MODE, NIBP)
+        if DEPTH == 2:  # the tile after it too: two row tiles of words in flight
+            rows = tl.minimum(r0 + BN + rr, N - 1).to(tl.int64)
+            va, vb, vc = _g2_words(p_ptr, p_addr, rows * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
+                                   MASKED, MODE, NIBP)
+    if UNROLL == 1:
+        for i in range(row_tiles):
+            rows_out = r0 + i * BN + rr
+            rows = tl.minimum(rows_out, N - 1).to(tl.int64)  # clamped: loads need no row predicate
+            if PREFETCH:
+                nrows = tl.minimum(rows_out + DEPTH * BN, N - 1).to(tl.int64)
+                na, nb, nc = _g2_words(p_ptr, p_addr, nrows * (groups * BITS), row_true, t, groups, BITS, BN, G,
+                                       A, MASKED, MODE, NIBP)
+                _g2_tile_at(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rows, rows_out, N, nblk,
+                            blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP,
+                            LEAN, EARLY)
+                if DEPTH == 2:
+                    wa, wb, wc = va, vb, vc
+                    va, vb, vc = na, nb, nc
+                else:
+                    wa, wb, wc = na, nb, nc
+            else:
+                ua, ub, uc = _g2_words(p_ptr, p_addr, rows * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
+                                       MASKED, MODE, NIBP)
+                _g2_tile(ua, ub, uc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rows, rows_out, N, nblk,
+                         blk, t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP,
+                         LEAN)
+    else:
+        # UNROLL = DEPTH + 1 row tiles per trip (launcher: PREFETCH, row_tiles a multiple of UNROLL):
+        # DEPTH + 1 register slots of words used round-robin, each reloaded right after its tile, so
+        # the loop carries no register copies (UNROLL 1 moves every prefetched word once per tile)
+        for i in range(0, row_tiles, UNROLL):
+            ro0 = r0 + i * BN + rr
+            ro1 = ro0 + BN
+            ro2 = ro0 + 2 * BN
+            rw0 = tl.minimum(ro0, N - 1).to(tl.int64)
+            rw1 = tl.minimum(ro1, N - 1).to(tl.int64)
+            rw2 = tl.minimum(ro2, N - 1).to(tl.int64)
+            rw3 = tl.minimum(ro0 + 3 * BN, N - 1).to(tl.int64)
+            rw4 = tl.minimum(ro0 + 4 * BN, N - 1).to(tl.int64)
+            if DEPTH == 1:  # slots w (even tiles), u (odd tiles)
+                ua, ub, uc = _g2_words(p_ptr, p_addr, rw1 * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
+                                       MASKED, MODE, NIBP)
+                _g2_tile_at(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw0, ro0, N, nblk, blk, t,
+                            pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN,
+                            EARLY)
+                wa, wb, wc = _g2_words(p_ptr, p_addr, rw2 * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
+                                       MASKED, MODE, NIBP)
+                _g2_tile_at(ua, ub, uc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw1, ro1, N, nblk, blk, t,
+                            pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN,
+                            EARLY)
+            else:  # slots w, v, u: tiles i, i+1, i+2 (mod 3)
+                ua, ub, uc = _g2_words(p_ptr, p_addr, rw2 * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
+                                       MASKED, MODE, NIBP)
+                _g2_tile_at(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw0, ro0, N, nblk, blk, t,
+                            pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN,
+                            EARLY)
+                wa, wb, wc = _g2_words(p_ptr, p_addr, rw3 * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
+                                       MASKED, MODE, NIBP)
+                _g2_tile_at(va, vb, vc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw1, ro1, N, nblk, blk, t,
+                            pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN,
+                            EARLY)
+                va, vb, vc = _g2_words(p_ptr, p_addr, rw4 * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
+                                       MASKED, MODE, NIBP)
+                _g2_tile_at(ua, ub, uc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw2, ro2, N, nblk, blk, t,
+                            pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN,
+                            EARLY)
+
+
+@triton.jit
+def _g2_tile_at(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rows, rows_out, N, nblk, blk, t,
+                pid_m, stride_om, stride_os, BITS: tl.constexpr, BN: tl.constexpr, G: tl.constexpr, A: tl.constexpr,
+                F: tl.constexpr, NB: tl.constexpr, QB: tl.constexpr, SPLIT_K: tl.constexpr, MODE: tl.constexpr,
+                MASKED: tl.constexpr, NIBP: tl.constexpr, LEAN: tl.constexpr, EARLY: tl.constexpr):
+    """``_g2_tile`` after a prefetch. EARLY (``Config.early``): the tile sits in its own basic block
+    (``if N > 0``, always true), so ptxas cannot sink the prefetch loads issued before it into the
+    tile's code: offline SASS without it has the loads of the next tile issued 2/3 into the current
+    tile (default) or right before their use (pp); with it they precede the whole tile (and both
+    slots are live across it: 5 bits lean pp 96 -> 128 registers)."""
+    if EARLY:
+        if N > 0:
+            _g2_tile(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rows, rows_out, N, nblk, blk,
+                     t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN)
+    else:
+        _g2_tile(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rows, rows_out, N, nblk, blk,
+                 t, pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN)
+
+
+@triton.jit
+def _g2_tile(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rows, rows_out, N, nblk, blk, t,
+             pid_m,
+             stride_om, stride_os, BITS: tl.constexpr, BN: tl.constexpr, G: tl.constexpr, A: tl.constexpr,
+             F: tl.constexpr, NB: tl.constexpr, QB: tl.constexpr, SPLIT_K: tl.constexpr, MODE: tl.constexpr,
+             MASKED: tl.constexpr, NIBP: tl.constexpr, LEAN: tl.constexpr):
+    """One row tile of ``_gemv2_kernel`` from its plane words: decode, LUT, FMA with the x
+    registers, per-block sums, norms, one cross-thread sum per row, store (``rows``: ``rows_out``
+    clamped to N - 1, for the norm loads; the store is masked by ``rows_out < N``)."""
+    if NIBP:
+        code = _words_to_codes_nib(wb, wc, BITS, BN, G)
+    elif LEAN and A == 4:
+        code = _words_to_codes_l3(wa, wb, wc, BITS, BN, G, MODE)
+    else:
+        code = _words_to_codes(wa, wb, wc, BITS, BN, G, A, F)
+    vals = _lut(cb_ptr, cb_addr, lane_cb, code, BITS, MODE)  # [BN, Q, F]
+    if LEAN:  # one in-thread FFMA chain over the thread's codes of a norm block (no per-quad FMUL/FADD)
+        pb = tl.sum(tl.reshape(vals * xv[None, :, :], [BN, NB, QB * F]), axis=2)
+    else:
         part = tl.sum(vals * xv[None, :, :], axis=2)  # [BN, Q]: F in-thread
         pb = tl.sum(tl.reshape(part, [BN, NB, QB]), axis=2)  # [BN, NB]: per norm block
-        nidx = rows[:, None] * nblk + blk[None, :]
-        if MASKED:
-            nv = tl.load(n_ptr + nidx, mask=(blk < nblk)[None, :], other=0.0).to(tl.float32)
-        else:
-            nv = _norm_tile(n_ptr, n_addr, nidx, MODE)
-        y = tl.sum(pb * nv, axis=1)  # [BN]
-        omask = rows_out < N
-        if SPLIT_K == 1:
-            tl.store(out_ptr + pid_m.to(tl.int64) * stride_om + rows_out, y.to(out_ptr.dtype.element_ty),
-                     mask=omask)
-        else:
-            tl.store(out_ptr + t.to(tl.int64) * stride_os + pid_m.to(tl.int64) * stride_om + rows_out, y,
-                     mask=omask)
+    nidx = rows[:, None] * nblk + blk[None, :]
+    if MASKED:
+        nv = tl.load(n_ptr + nidx, mask=(blk < nblk)[None, :], other=0.0).to(tl.float32)
+    else:
+        nv = _norm_tile(n_ptr, n_addr, nidx, MODE)
+    y = tl.sum(pb * nv, axis=1)  # [BN]
+    omask = rows_out < N
+    if SPLIT_K == 1:
+        tl.store(out_ptr + pid_m.to(tl.int64) * stride_om + rows_out, y.to(out_ptr.dtype.element_ty), mask=omask)
+    else:
+        tl.store(out_ptr + t.to(tl.int64) * stride_os + pid_m.to(tl.int64) * stride_om + rows_out, y, mask=omask)
 
 
 @triton.jit
@@ -646,8 +908,13 @@ class Config(NamedTuple):
     num_warps: int = 4
     num_stages: int = 2
     prefetch: bool = False  # gemv: load tile t+1's words before computing tile t
-    unroll: int = 1  # gemv: tiles per loop trip (straight-line code: loads of all of them in flight)
+    unroll: int = 1  # gemv: tiles per loop trip (straight-line code: loads of all of them in flight);
+    # gemv2: 1 or depth + 1 (row tiles per trip, prefetch slots round-robin: no register copies)
     row_tiles: int = 0  # gemv2: BN-row tiles per program (0: chosen from the SM count)
+    depth: int = 1  # gemv2 with prefetch: row tiles of plane words loaded ahead (1 or 2)
+    nib: bool = False  # gemv2, bits 1-3: one shift per code from nibble/field words (_words_to_codes_nib)
+    lean: bool = False  # gemv2: fewer ops per code (one LOP3 per merge in _words_to_codes_l3; FFMA chain per block)
+    early: bool = False  # gemv2 with prefetch: the next tiles' loads issue before the current tile (_g2_tile_at)
     slab_rows: int = 0  # slab: W_rot rows per slab (0: about SLAB_BYTES of x's dtype)
     pf: int = 1  # dot2: K-steps of words + x loaded ahead (0, 1, 2)
     frag: bool = True  # dot2: k / row order that makes the decode land in the wgmma A fragment (bits 4-7)
@@ -762,6 +1029,22 @@ def _gemv2(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, cfg: Config)
     n, block, bits = w.out_features, w.block, w.bits
     if cfg.G < 1 or cfg.G & (cfg.G - 1) or cfg.BN < 1 or cfg.BN & (cfg.BN - 1):
         raise ValueError(f"gemv2: G and BN must be powers of two, got G={cfg.G} BN={cfg.BN}")
+    if cfg.depth not in (1, 2):
+        raise ValueError(f"gemv2: depth must be 1 or 2, got {cfg.depth}")
+    # the opt-in constexprs are passed only when set, so the default launch specializes exactly as before
+    extra = {}
+    if cfg.prefetch and cfg.depth == 2:
+        extra["DEPTH"] = 2
+    if cfg.unroll != 1:
+        if not cfg.prefetch or cfg.unroll != cfg.depth + 1:
+            raise ValueError(f"gemv2: unroll must be 1 or depth + 1 (with prefetch), got {cfg.unroll}")
+        extra["UNROLL"] = cfg.unroll
+    if cfg.nib and bits <= 3:
+        extra["NIB"] = True
+    if cfg.lean:
+        extra["LEAN"] = True
+    if cfg.early and cfg.prefetch:
+        extra["EARLY"] = True
     groups, nblk = kp // 32, kp // block
     split = max(cfg.split_k, cdiv(groups, cfg.G))
     g = max(next_pow2(cdiv(groups, split)), block // 32)  # whole norm blocks per slice
@@ -771,13 +1054,15 @@ def _gemv2(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, cfg: Config)
     n_tiles = cdiv(n, cfg.BN)
     rt = cfg.row_tiles or max(1, cdiv(n_tiles * split * m, 4 * _num_sms(xr.device)))
     rt = min(rt, n_tiles)
+    rt = cdiv(rt, cfg.unroll) * cfg.unroll  # whole trips (tiles past N: clamped loads, masked stores)
     out = torch.empty(m, n, dtype=out_dtype, device=xr.device)
     dst = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=xr.device)
     grid = (m, split, cdiv(n_tiles, rt))
     _gemv2_kernel[grid](xr, w.packed, w.packed.data_ptr(), w.norms, w.norms.data_ptr(), w.codebook,
                         w.codebook.data_ptr(), dst, n, groups, nblk, xr.stride(0), n, 0 if split == 1 else m * n, rt,
                         BITS=bits, BLOCK=block, BN=cfg.BN, G=g, A=a, F=f, SPLIT_K=split, MODE=_lut_mode(bits),
-                        MASKED=masked, PREFETCH=cfg.prefetch, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                        MASKED=masked, PREFETCH=cfg.prefetch, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                        **extra)
     if split > 1:
         rb = 1024
         _splitk_reduce_kernel[(cdiv(m * n, rb),)](dst, out, m * n, SPLIT_K=split, BLOCK=rb, num_warps=4)
