@@ -150,22 +150,9 @@ def sec_dq():
 def sec_dqcfg():
     from hlwq_kernels.dequant_matmul.triton import Config
 
-    cfgs = [("default", None)]
-    for split in (1, 2, 4, 8):
-        for unroll in (1, 4):
-            cfgs.append((f"s{split}u{unroll}", Config("gemv", BN=32, G=4, split_k=split, prefetch=True, unroll=unroll)))
-    cfgs += [("bn16s4u4", Config("gemv", BN=16, G=4, split_k=4, prefetch=True, unroll=4)),
-             ("bn64w8s2u4", Config("gemv", BN=64, G=4, split_k=2, num_warps=8, prefetch=True, unroll=4))]
-    # gemv2 (opt-in, K across the CTA; .notes/dequant_matmul.md "gemv2"): NOT yet timed.
-    # G=128: 4096-code K slices (K=12288 -> 3 slices); row_tiles 0 = ~4 programs per SM.
-    cfgs += [("g2-bn4", Config("gemv2", BN=4, G=128, prefetch=True)),
-             ("g2-bn4-nopf", Config("gemv2", BN=4, G=128)),
-             ("g2-bn2", Config("gemv2", BN=2, G=128, prefetch=True)),
-             ("g2-bn8", Config("gemv2", BN=8, G=128, prefetch=True)),
-             ("g2-bn8w8", Config("gemv2", BN=8, G=128, num_warps=8, prefetch=True)),
-             ("g2-bn4-s2", Config("gemv2", BN=4, G=64, prefetch=True)),
-             ("g2-bn4-rt2", Config("gemv2", BN=4, G=128, prefetch=True, row_tiles=2)),
-             ("g2-bn4-w2", Config("gemv2", BN=4, G=64, num_warps=2, prefetch=True))]
+    # the old gemv split-K sweep and the first gemv2 configs were timed in session 3 run 1
+    # (perf/RESULTS.md S3-1); here the default against the g2x options
+    cfgs = [("default", None), ("g2-bn8", Config("gemv2", BN=8, G=128, prefetch=True))]
     # gemv2 opt-in variants (branch g2opt, 2026-11-27): offline sm_90 compile only, NOT timed yet
     # (.notes/dequant_matmul.md "gemv2 variants"). Registers / SASS per code at 5 bits, BN=4 default
     # 96 / 5.46: lean 95 / 4.99; pp (unroll=2: two prefetch slots used in turn, no register copies)
