@@ -530,10 +530,12 @@ def test_kv_quant_attn_validation():
 
 def test_plan_fills_the_gpu():
     """Split-K sizing on an H100 (132 SMs): one decode sequence at 32k fills one wave of programs
-    (4 per SM with the D = 256 default "dsplit4-lutpack-s1", 2 with "single")."""
+    (4 per SM with the D = 256 default "dsplit4-rep", 2 with "single")."""
     cfg = plan(1, 4, 4, 32768, 256, 132)
     assert cfg["splits"] == 128 and cfg["chunk"] == 256 and cfg["block_m"] == 16  # 512 programs <= 528
     assert (cfg["dsplit"], cfg["packed"], cfg["num_stages"], cfg["maxnreg"]) == (4, True, 1, 128)
+    assert (cfg["tail"], cfg["hload"], cfg["rep"]) == (True, 2, True)  # 4 query rows: REP
+    assert not plan(1, 4, 12, 32768, 256, 132)["rep"]  # a 3-token chunk, 12 rows: 4 accumulators
     cfg = plan(8, 4, 4, 8192, 256, 132)
     assert cfg["splits"] == 16 and cfg["chunk"] == 512  # 512 programs <= 528 slots: no ragged wave
     cfg = plan(1, 4, 4, 32768, 256, 132, variant="single")
@@ -569,10 +571,10 @@ def test_plan_variants():
 @pytest.mark.parametrize("bits", ATTN_BITS)
 def test_kv_quant_attn_qwen35_shapes_gpu(bits):
     """Qwen3.5-9B attention (16 q / 4 KV heads, D = 256): decode at 8k with ragged batch lengths,
-    and a causal 7-token chunk, bf16, auto split-K."""
+    and causal 3- and 7-token chunks, bf16, auto split-K."""
     kp, kn, vp, vn = make_cache(3, 4, 8192, 256, bits, bits)
     lens = torch.tensor([8192, 5000, 77], device=DEV)
-    for tq in (1, 7):
+    for tq in (1, 3, 7):  # 3: the LUT tile without REP (12 rows); 7: the prefill tile (28 rows)
         q = torch.randn(3, 16, tq, 256, device=DEV).to(torch.bfloat16)
         out = kv_quant_attn(q, kp, kn, vp, vn, bits=bits, kv_lens=lens)
         check_attention(out, q, kp, kn, vp, vn, lens, bits, True, what=f"tq={tq}")

@@ -928,7 +928,7 @@ def _num_sms(device: torch.device) -> int:
     return 4
 
 
-def _pick(m: int, n: int, kp: int, block: int, method: str) -> Config:
+def _pick(m: int, n: int, kp: int, block: int, method: str, bits: int = 5) -> Config:
     """Kernel and tiles by M (decode vs prefill); numbers in .notes/dequant_matmul.md.
 
     * M <= GEMV_MAX_M: gemv2 (K across the CTA), G=128 (4096-code K slices), prefetch, 4 warps,
@@ -952,7 +952,20 @@ def _pick(m: int, n: int, kp: int, block: int, method: str) -> Config:
         # prefetch + unroll 4 -> 50.4 us, the best of the sweep; BN 16/64/128 no better.
         return Config("gemv", BN=32, G=g_max, num_warps=4, prefetch=True, unroll=4)
     if method == "gemv2":
-        return Config("gemv2", BN=8 if n <= 4096 else 4, G=128, num_warps=4, prefetch=True)
+        if n <= 4096:
+            return Config("gemv2", BN=8, G=128, num_warps=4, prefetch=True)
+        # N > 4096: options from the g2opt branch, per bit width. H100, M=1, 24576x4096, graph timing
+        # (graph_sweep dqcfg, 2026-11-27 session 3 run 6; us, option / plain BN=4 prefetch / cuBLAS 72.6):
+        # 5 bits lean + round-robin slots 30.99 / 32.02 (4096x12288: 19.19 / 19.91); 4 bits lean
+        # 26.63 / 31.25; 3 bits nib + lean + slots + early 29.59 / 35.09. Other widths: untimed options.
+        if bits == 5:
+            return Config("gemv2", BN=4, G=128, num_warps=4, prefetch=True, lean=True, unroll=2)
+        if bits == 4:
+            return Config("gemv2", BN=4, G=128, num_warps=4, prefetch=True, lean=True)
+        if bits == 3:
+            return Config("gemv2", BN=4, G=128, num_warps=4, prefetch=True, nib=True, lean=True, unroll=2,
+                          early=True)
+        return Config("gemv2", BN=4, G=128, num_warps=4, prefetch=True)
     if method == "slab":
         return Config("slab", BN=32, G=g_max, num_warps=4)
     if method == "dot2":
@@ -1080,7 +1093,7 @@ def dequant_matmul_rotated(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dty
         return torch.zeros(m, n, dtype=out_dtype, device=xr.device)
     groups = kp // 32
     nblk = kp // block
-    cfg = config or _pick(m, n, kp, block, method)
+    cfg = config or _pick(m, n, kp, block, method, bits)
     if cfg.method == "gemv2":
         return _gemv2(xr, w, out_dtype, cfg)
     if (cfg.G * 32) > block or block % (cfg.G * 32):

@@ -660,7 +660,10 @@ VARIANTS = {
                             tail=True, hload=2, rep=True),
 }
 # Measured at D = 256 only (above); D = 64 / 128 keep "single" until timed there.
-DEFAULT_VARIANT = {256: "dsplit4-lutpack-s1"}
+# H100, 3 bits, graph timing (graph_sweep kvcfg, 2026-11-27 session 3 run 6; us at 32k / 128k / 8 x 8k):
+# dsplit4-rep 37.91 / 108.06 / 58.23 vs dsplit4-lutpack-s1 39.41 / 115.08 / 63.00 (2 bits: 34.93 /
+# 98.44 / 52.96 vs 35.16 / 99.70 / 54.03).
+DEFAULT_VARIANT = {256: "dsplit4-rep"}
 
 
 def plan(B: int, Hkv: int, n_rows: int, lmax: int, d: int, sms: int, num_splits: int | None = None,
@@ -683,7 +686,7 @@ def plan(B: int, Hkv: int, n_rows: int, lmax: int, d: int, sms: int, num_splits:
     ``VARIANTS``; None: ``DEFAULT_VARIANT`` for this D, else "single"): that configuration for the
     LUT decode tile (D parts at most D / 32), its split count from its programs per SM; ignored where
     the plan does not use that tile (gather decode, BLOCK_M > 16). At D = 256 the default is
-    "dsplit4-lutpack-s1" (4 programs per SM: 32k decode -> 128 splits of 256 tokens).
+    "dsplit4-rep" (4 programs per SM: 32k decode -> 128 splits of 256 tokens).
     """
     if variant is not None and variant not in VARIANTS:
         raise ValueError(f"variant must be None or one of {tuple(VARIANTS)}, got {variant!r}")
