@@ -560,33 +560,37 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
             rw3 = tl.minimum(ro0 + 3 * BN, N - 1).to(tl.int64)
             rw4 = tl.minimum(ro0 + 4 * BN, N - 1).to(tl.int64)
             if DEPTH == 1:  # slots w (even tiles), u (odd tiles)
-                ua, ub, uc = _g2_words(p_ptr, p_addr, rw1 * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
-                                       MASKED, MODE, NIBP)
-                _g2_tile_at(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw0, ro0, N, nblk, blk, t,
-                            pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN,
-                            EARLY)
-                wa, wb, wc = _g2_words(p_ptr, p_addr, rw2 * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
-                                       MASKED, MODE, NIBP)
-                _g2_tile_at(ua, ub, uc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw1, ro1, N, nblk, blk, t,
-                            pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN,
-                            EARLY)
+                ua, ub, uc = _g2_rr_step(wa, wb, wc, rw1, rw0, ro0, p_ptr, p_addr, xv, lane_cb, cb_ptr, cb_addr, n_ptr,
+                                         n_addr, out_ptr, row_true, groups, N, nblk, blk, t, pid_m, stride_om,
+                                         stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN, EARLY)
+                wa, wb, wc = _g2_rr_step(ua, ub, uc, rw2, rw1, ro1, p_ptr, p_addr, xv, lane_cb, cb_ptr, cb_addr, n_ptr,
+                                         n_addr, out_ptr, row_true, groups, N, nblk, blk, t, pid_m, stride_om,
+                                         stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN, EARLY)
             else:  # slots w, v, u: tiles i, i+1, i+2 (mod 3)
-                ua, ub, uc = _g2_words(p_ptr, p_addr, rw2 * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
-                                       MASKED, MODE, NIBP)
-                _g2_tile_at(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw0, ro0, N, nblk, blk, t,
-                            pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN,
-                            EARLY)
-                wa, wb, wc = _g2_words(p_ptr, p_addr, rw3 * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
-                                       MASKED, MODE, NIBP)
-                _g2_tile_at(va, vb, vc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw1, ro1, N, nblk, blk, t,
-                            pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN,
-                            EARLY)
-                va, vb, vc = _g2_words(p_ptr, p_addr, rw4 * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
-                                       MASKED, MODE, NIBP)
-                _g2_tile_at(ua, ub, uc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rw2, ro2, N, nblk, blk, t,
-                            pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN,
-                            EARLY)
+                ua, ub, uc = _g2_rr_step(wa, wb, wc, rw2, rw0, ro0, p_ptr, p_addr, xv, lane_cb, cb_ptr, cb_addr, n_ptr,
+                                         n_addr, out_ptr, row_true, groups, N, nblk, blk, t, pid_m, stride_om,
+                                         stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN, EARLY)
+                wa, wb, wc = _g2_rr_step(va, vb, vc, rw3, rw1, ro1, p_ptr, p_addr, xv, lane_cb, cb_ptr, cb_addr, n_ptr,
+                                         n_addr, out_ptr, row_true, groups, N, nblk, blk, t, pid_m, stride_om,
+                                         stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN, EARLY)
+                va, vb, vc = _g2_rr_step(ua, ub, uc, rw4, rw2, ro2, p_ptr, p_addr, xv, lane_cb, cb_ptr, cb_addr, n_ptr,
+                                         n_addr, out_ptr, row_true, groups, N, nblk, blk, t, pid_m, stride_om,
+                                         stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN, EARLY)
 
+
+@triton.jit
+def _g2_rr_step(wa, wb, wc, next_rows, rows, rows_out, p_ptr, p_addr, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr,
+                out_ptr, row_true, groups, N, nblk, blk, t, pid_m, stride_om, stride_os, BITS: tl.constexpr,
+                BN: tl.constexpr, G: tl.constexpr, A: tl.constexpr, F: tl.constexpr, NB: tl.constexpr,
+                QB: tl.constexpr, SPLIT_K: tl.constexpr, MODE: tl.constexpr, MASKED: tl.constexpr,
+                NIBP: tl.constexpr, LEAN: tl.constexpr, EARLY: tl.constexpr):
+    """One round-robin step of gemv2's prefetch slots: load the words of row tile ``next_rows`` into
+    a free slot (returned), then compute the tile whose words (wa, wb, wc) were loaded earlier."""
+    na, nb, nc = _g2_words(p_ptr, p_addr, next_rows * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
+                           MASKED, MODE, NIBP)
+    _g2_tile_at(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rows, rows_out, N, nblk, blk, t,
+                pid_m, stride_om, stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN, EARLY)
+    return na, nb, nc
 
 @triton.jit
 def _g2_tile_at(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rows, rows_out, N, nblk, blk, t,

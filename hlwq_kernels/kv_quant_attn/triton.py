@@ -278,9 +278,8 @@ def _vdot(acc, alpha, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, pv, D: tl.cons
           BLOCK_N: tl.constexpr, DECODE: tl.constexpr, PART: tl.constexpr, NPART: tl.constexpr, PACKED: tl.constexpr,
           MASKED: tl.constexpr = True, HLOAD: tl.constexpr = False):
     """o^T rows of part PART: acc * alpha + levels(V part)^T @ (p * n_v)^T."""
-    vc = _decode(v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PART, NPART, PACKED, MASKED,
-                 HLOAD)
-    return tl.dot(tl.trans(vc), pv, acc * alpha[None, :])
+    return _vdot1(acc * alpha[None, :], v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, pv, D, BITS, BLOCK_N, DECODE,
+                  PART, NPART, PACKED, MASKED, HLOAD)
 
 
 @triton.jit
