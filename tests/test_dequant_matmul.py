@@ -152,6 +152,59 @@ def test_gemv2_configs(device, n, k, bits, block, bn, g, split_k, row_tiles, pre
     check(y, x, qw, False, dtype, str(cfg))
 
 
+# (k, block, G, slices): 2, 3 and 4 K slices; a ragged last slice (K=300: 10 groups in slices of 4)
+G3_SLICES = [(256, 128, 4, 2), (384, 128, 4, 3), (512, 128, 4, 4), (300, 64, 4, 3)]
+
+
+@pytest.mark.parametrize("k,block,g,slices", G3_SLICES, ids=[f"k{k}-s{s}" for k, _, _, s in G3_SLICES])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_gemv2_fused_splitk(device, bits, k, block, g, slices):
+    """Config.fused: the split-K sum in the kernel (last-arriving slice sums the partials), M = 1 and 2,
+    ragged N (37 rows: a ragged last row tile and row range), out dtypes (no bf16 x: at 1 bit, K=512 its
+    bf16 rotation alone puts every kernel, gemv included, past the rival bound); the same call three
+    times, and the counters back at zero after every call (the next call and graph replays rely on it)."""
+    from hlwq_kernels.dequant_matmul import triton as dq
+
+    qw = make_weight(37, k, bits, block, bits, device)
+    kp = qw.padded_in_features
+    assert -(-(kp // 32) // g) == slices
+    opts = [dict(), dict(lean=True, unroll=2), dict(nib=True, lean=True, unroll=2, early=True)][bits % 3]
+    for m, dtype, out_dtype in ((1, torch.float32, torch.float32), (2, torch.float16, torch.bfloat16),
+                                (2, torch.float16, torch.float32)):
+        x = make_x((m,), k, dtype, bits + m, device)
+        cfg = Config("gemv2", BN=4, G=g, prefetch=True, row_tiles=2, fused=True, **opts)
+        for rep in range(3):
+            y = dequant_matmul_triton_method(x, qw, False, out_dtype, config=cfg)
+            check(y, x, qw, False, out_dtype, f"fused {cfg} m={m} rep={rep}")
+            assert int(dq._G2_COUNTERS[x.device].abs().sum()) == 0
+        # bit-identical to the two-launch path (same slice order)
+        ref = dequant_matmul_triton_method(x, qw, False, out_dtype, config=cfg._replace(fused=False))
+        assert torch.equal(y, ref)
+
+
+def test_gemv2_fused_single_slice_and_growth(device):
+    """fused with one K slice is the plain kernel; a launch needing more counters than the buffer
+    holds grows it (the old buffer kept alive) and still resets every slot."""
+    from hlwq_kernels.dequant_matmul import triton as dq
+
+    qw = make_weight(70, 256, 5, 128, 3, device)
+    x = make_x((1,), 256, torch.float32, 3, device)
+    y = dequant_matmul_triton_method(x, qw, False, torch.float32, config=Config("gemv2", BN=4, G=128, fused=True))
+    check(y, x, qw, False, torch.float32, "fused, one slice")
+    old = dq._G2_MIN_COUNTERS
+    dq._G2_COUNTERS.pop(x.device, None)
+    try:
+        dq._G2_MIN_COUNTERS = 4
+        for rt in (9, 1):  # 2 then 18 counters (70 rows = 18 tiles of 4)
+            cfg = Config("gemv2", BN=4, G=4, row_tiles=rt, fused=True)
+            y = dequant_matmul_triton_method(x, qw, False, torch.float32, config=cfg)
+            check(y, x, qw, False, torch.float32, str(cfg))
+            buf = dq._G2_COUNTERS[x.device]
+            assert buf.numel() >= 18 // rt and int(buf.abs().sum()) == 0
+    finally:
+        dq._G2_MIN_COUNTERS = old
+
+
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8])
 def test_dot2_every_bit_width(device, bits):
     """The opt-in M = 5..256 tensor-core kernel (method="dot2"), fragment order + prefetch."""

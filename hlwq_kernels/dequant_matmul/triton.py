@@ -481,7 +481,8 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
                   stride_om, stride_os, row_tiles, BITS: tl.constexpr, BLOCK: tl.constexpr, BN: tl.constexpr,
                   G: tl.constexpr, A: tl.constexpr, F: tl.constexpr, SPLIT_K: tl.constexpr, MODE: tl.constexpr,
                   MASKED: tl.constexpr, PREFETCH: tl.constexpr, DEPTH: tl.constexpr = 1, NIB: tl.constexpr = False,
-                  UNROLL: tl.constexpr = 1, LEAN: tl.constexpr = False, EARLY: tl.constexpr = False):
+                  UNROLL: tl.constexpr = 1, LEAN: tl.constexpr = False, EARLY: tl.constexpr = False,
+                  FUSED: tl.constexpr = False, y_ptr=None, cnt_ptr=None):
     """GEMV with K across the CTA ("gemv2", opt-in): program (m, s, n) owns K slice s (G groups =
     32*G codes, whole norm blocks) and ``row_tiles`` tiles of BN rows. Each thread keeps the x values
     of its fixed quads in registers (fp32, loaded once) and walks the row tiles: per tile the plane
@@ -492,7 +493,10 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
     two row tiles of plane words in flight (PREFETCH); UNROLL = DEPTH + 1 walks the prefetch slots
     round-robin (no register copies); NIB (bits 1-3) decodes with ``_words_to_codes_nib``; LEAN: the
     other bits <= 7 with ``_words_to_codes_l3``, and one FFMA chain per norm block (``_g2_tile``);
-    EARLY: the prefetch loads issue before the whole tile (``_g2_tile_at``)."""
+    EARLY: the prefetch loads issue before the whole tile (``_g2_tile_at``).
+    FUSED (``Config.fused``, SPLIT_K > 1): out_ptr holds the fp32 partials [SPLIT_K, M, N]; after its
+    row tiles each program arrives on its (m, row-range) counter in ``cnt_ptr`` and the last of the
+    SPLIT_K slices to arrive sums the partials into ``y_ptr`` (``_g2_splitk_tail``): no reduce launch."""
     NIBP: tl.constexpr = NIB and BITS <= 3
     pid_m = tl.program_id(0)
     t = tl.program_id(1)  # the K slice = "tile" t of G groups for _tile_words
@@ -576,6 +580,35 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
                 va, vb, vc = _g2_rr_step(ua, ub, uc, rw4, rw2, ro2, p_ptr, p_addr, xv, lane_cb, cb_ptr, cb_addr, n_ptr,
                                          n_addr, out_ptr, row_true, groups, N, nblk, blk, t, pid_m, stride_om,
                                          stride_os, BITS, BN, G, A, F, NB, QB, SPLIT_K, MODE, MASKED, NIBP, LEAN, EARLY)
+    if FUSED:
+        _g2_splitk_tail(out_ptr, y_ptr, cnt_ptr + pid_m * tl.num_programs(2) + pid_n, r0, row_tiles * BN, N,
+                        pid_m, stride_om, stride_os, SPLIT_K)
+
+
+@triton.jit
+def _g2_splitk_tail(part_ptr, y_ptr, cnt, r0, nrows, N, pid_m, stride_om, stride_os, SPLIT_K: tl.constexpr,
+                    RB: tl.constexpr = 128):
+    """In-kernel split-K reduction (``Config.fused``): the SPLIT_K programs of one (m, row range) share
+    the int32 counter ``cnt`` (0 between calls). Each has stored its fp32 partials of rows
+    [r0, r0 + nrows) for its slice; the CTA barrier puts every thread's stores before thread 0's
+    acq_rel atomic (release: the partials are visible at GPU scope before the count; the pattern of
+    a grid barrier). The program that sees SPLIT_K - 1 arrived last: all partials are visible to
+    it (acquire), it sums them in slice order 0..SPLIT_K-1 (the same order, hence the same bits, as
+    ``_splitk_reduce_kernel``), writes y in its dtype and sets the counter back to 0 for the next
+    call. Partial loads are L2 loads (.cg): lines of an earlier call must not come from L1."""
+    tl.debug_barrier()
+    old = tl.atomic_add(cnt, 1, sem="acq_rel", scope="gpu")
+    if old == SPLIT_K - 1:
+        for r in range(0, nrows, RB):
+            rr = r + tl.arange(0, RB)
+            rows = r0 + rr
+            mask = (rr < nrows) & (rows < N)
+            off = pid_m.to(tl.int64) * stride_om + rows
+            acc = tl.zeros([RB], dtype=tl.float32)
+            for s in tl.static_range(SPLIT_K):
+                acc += tl.load(part_ptr + s * stride_os + off, mask=mask, other=0.0, cache_modifier=".cg")
+            tl.store(y_ptr + off, acc.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.atomic_xchg(cnt, 0, sem="relaxed", scope="gpu")
 
 
 @triton.jit
@@ -919,6 +952,7 @@ class Config(NamedTuple):
     nib: bool = False  # gemv2, bits 1-3: one shift per code from nibble/field words (_words_to_codes_nib)
     lean: bool = False  # gemv2: fewer ops per code (one LOP3 per merge in _words_to_codes_l3; FFMA chain per block)
     early: bool = False  # gemv2 with prefetch: the next tiles' loads issue before the current tile (_g2_tile_at)
+    fused: bool = False  # gemv2 with > 1 K slice: split-K sum in the kernel (last-arriving slice; no reduce launch)
     slab_rows: int = 0  # slab: W_rot rows per slab (0: about SLAB_BYTES of x's dtype)
     pf: int = 1  # dot2: K-steps of words + x loaded ahead (0, 1, 2)
     frag: bool = True  # dot2: k / row order that makes the decode land in the wgmma A fragment (bits 4-7)
@@ -1040,6 +1074,37 @@ def _slab_matmul(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, cfg: C
     return out if out_dtype == out.dtype else out.to(out_dtype)
 
 
+# Arrival counters of gemv2's in-kernel split-K sum (Config.fused): one int32 buffer per device, owned by
+# this module, zeroed once when made (eagerly, never while a CUDA graph is being captured) and kept at
+# zero between calls by the kernels themselves (the last-arriving program of each counter resets it).
+# Grown outside capture only; replaced buffers are kept alive, because captured graphs hold their address.
+# The partials are per call (torch.empty: the caching allocator / the graph's pool), like the unfused path.
+# Ownership rule: calls that use the counters must not run at the same time. Calls on one stream (eager or
+# replays of graphs captured on any stream, replayed on one stream) are ordered: safe. Two streams
+# running fused gemv2 calls concurrently can share counter slots and then sum partials early (wrong
+# output); use fused=False there.
+_G2_COUNTERS: dict[torch.device, torch.Tensor] = {}
+_G2_RETIRED: list[torch.Tensor] = []
+_G2_MIN_COUNTERS = 4096
+
+
+def _g2_counters(device: torch.device, count: int) -> torch.Tensor | None:
+    """The device's counter buffer with at least ``count`` slots, or None while capturing a CUDA graph
+    before one large enough exists (the caller then uses the partials + reduce-kernel path)."""
+    buf = _G2_COUNTERS.get(device)
+    if buf is not None and buf.numel() >= count:
+        return buf
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None
+    if buf is not None:
+        _G2_RETIRED.append(buf)
+    buf = torch.zeros(max(count, _G2_MIN_COUNTERS), dtype=torch.int32, device=device)
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()  # once: zeros in place before any stream uses them
+    _G2_COUNTERS[device] = buf
+    return buf
+
+
 def _gemv2(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, cfg: Config) -> torch.Tensor:
     """Launch ``_gemv2_kernel`` (K across the CTA; see there and ``Config``)."""
     m, kp = xr.shape
@@ -1075,12 +1140,15 @@ def _gemv2(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, cfg: Config)
     out = torch.empty(m, n, dtype=out_dtype, device=xr.device)
     dst = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=xr.device)
     grid = (m, split, cdiv(n_tiles, rt))
+    cnt = _g2_counters(xr.device, m * grid[2]) if cfg.fused and split > 1 else None
+    if cnt is not None:
+        extra.update(FUSED=True, y_ptr=out, cnt_ptr=cnt)
     _gemv2_kernel[grid](xr, w.packed, w.packed.data_ptr(), w.norms, w.norms.data_ptr(), w.codebook,
                         w.codebook.data_ptr(), dst, n, groups, nblk, xr.stride(0), n, 0 if split == 1 else m * n, rt,
                         BITS=bits, BLOCK=block, BN=cfg.BN, G=g, A=a, F=f, SPLIT_K=split, MODE=_lut_mode(bits),
                         MASKED=masked, PREFETCH=cfg.prefetch, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                         **extra)
-    if split > 1:
+    if split > 1 and cnt is None:
         rb = 1024
         _splitk_reduce_kernel[(cdiv(m * n, rb),)](dst, out, m * n, SPLIT_K=split, BLOCK=rb, num_warps=4)
     return out
