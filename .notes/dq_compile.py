@@ -3,6 +3,8 @@ instructions per code in the main loop and the L1/MIO-pipe ops (LDG / SHFL / LDS
 for the default ``_gemv_kernel`` config and the opt-in ``_gemv2_kernel`` variants.
 
     PYTHONPATH=/tmp/tri36 python .notes/dq_compile.py [bits ...]     (default: 5)
+    PYTHONPATH=/tmp/tri36 python .notes/dq_compile.py small [bits ...]   (gemv2 on the small decode shapes,
+        whole-kernel counts, fused split-K tail vs partials + reduce launch)
 
 (/tmp/tri36: ``pip install --no-deps --target /tmp/tri36 triton==3.6.0``, the device's Triton.)
 Shape: gate_up 24576 x 4096 (Kp), block 128, M=1, split 1, launch-like specialization (ints
@@ -113,6 +115,77 @@ def gemv2(bits, bn=4, g=128, warps=4, prefetch=True, row_tiles=12, depth=1, nib=
                       f"{' lean' if lean else ''}{' early' if early else ''}")
 
 
+def gemv2_at(bits, n, kp, split, fused=False, bn=8, warps=4, prefetch=True, row_tiles=1, unroll=1, lean=False,
+             out="*bf16"):
+    """gemv2 for shape n x kp (block 128) with ``split`` K slices of kp/split codes (G = kp/split/32) and
+    the fused split-K tail (``Config.fused``) or the plain partial stores (+ _splitk_reduce_kernel)."""
+    a, f = (8, 4) if bits == 8 else (4, 8)
+    g = kp // split // 32
+    ptrs = dict(x_ptr="*bf16", p_ptr="*i32", n_ptr="*fp16", cb_ptr="*fp32",
+                out_ptr=out if split == 1 else "*fp32")
+    consts = dict(BITS=bits, BLOCK=BLOCK, BN=bn, G=g, A=a, F=f, SPLIT_K=split, MODE=2 if bits <= 5 else 1,
+                  MASKED=False, PREFETCH=prefetch, DEPTH=1, NIB=False, UNROLL=unroll, LEAN=lean, EARLY=False,
+                  FUSED=fused)
+    if fused:
+        ptrs.update(y_ptr=out, cnt_ptr="*i32")
+    else:
+        consts.update(y_ptr=None, cnt_ptr=None)
+    ints = dict(p_addr=16, n_addr=16, cb_addr=16, N=n, groups=kp // 32, nblk=kp // BLOCK, stride_xm=kp,
+                stride_om=n, stride_os=0 if split == 1 else n, row_tiles=row_tiles)
+    k = compile_kernel(dq._gemv2_kernel, ptrs, ints, consts, dict(num_warps=warps, num_stages=2))
+    return k, (f"gemv2 {n}x{kp} BN={bn} G={g} split {split}{' fused' if fused else ''} rt{row_tiles}"
+                f"{' pf' if prefetch else ''}{f' u{unroll}' if unroll > 1 else ''}{' lean' if lean else ''}")
+
+
+def small_shapes(bits_list):
+    """``small`` mode: whole-kernel SASS of gemv2 on the small decode shapes (not the loop: the row loop
+    runs 1-4 times there), with and without the fused split-K tail; launches per call."""
+    print(f"triton {triton.__version__}, sm_90, block {BLOCK}, M=1; whole-kernel SASS counts")
+    print("| bits | kernel | launches | regs | stack/local | SASS | ATOM/RED | MEMBAR | BAR | LDG | STG | "
+          "EXIT |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    red = dq._splitk_reduce_kernel
+    for bits in bits_list:
+        cases = [
+            # down 4096x12288: default (BN 8, G 128 -> 3 slices, rt 1) vs fused
+            (4096, 12288, 3, dict()), (4096, 12288, 3, dict(fused=True)),
+            (4096, 12288, 3, dict(fused=True, prefetch=False)), (4096, 12288, 3, dict(fused=True, row_tiles=3)),
+            (4096, 12288, 3, dict(fused=True, bn=4, row_tiles=2, lean=True, unroll=2)),
+            # K = 4096 shapes: split 1 (default) vs 2 / 4 slices with the fused tail
+            (4096, 4096, 1, dict()), (4096, 4096, 1, dict(prefetch=False)), (4096, 4096, 2, dict(fused=True)),
+            (4096, 4096, 1, dict(bn=4, row_tiles=2, lean=True, unroll=2)),
+            (2048, 4096, 1, dict()), (2048, 4096, 2, dict(fused=True)), (2048, 4096, 4, dict(fused=True)),
+            (2048, 4096, 1, dict(bn=4, row_tiles=1, prefetch=False)), (2048, 4096, 2, dict(fused=True, bn=4)),
+            (4096, 4096, 4, dict(fused=True)), (8192, 4096, 2, dict(fused=True, row_tiles=1)),
+            (8192, 4096, 1, dict(bn=4, row_tiles=4, lean=True, unroll=2)),
+            (8192, 4096, 2, dict(fused=True, bn=4, row_tiles=2, lean=True, unroll=2)),
+        ]
+        for n, kp, split, kw in cases:
+            try:
+                k, label = gemv2_at(bits, n, kp, split, **kw)
+            except Exception as e:  # noqa: BLE001
+                print(f"| {bits} | FAILED {n}x{kp} {kw} {type(e).__name__}: {str(e)[:300]} |", flush=True)
+                continue
+            regs, stack, local, sass = resources(k)
+            ops = collections.Counter()
+            for line in sass.splitlines():
+                m = re.match(r"\s*/\*[0-9a-f]+\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_]+)", line)
+                if m:
+                    ops[m.group(2)] += 1
+            launches = 1 if split == 1 or kw.get("fused") else 2
+            print(f"| {bits} | {label} | {launches} | {regs} | {stack}/{local} | {sum(ops.values())} | "
+                  f"{sum(c for o, c in ops.items() if o.startswith(('ATOM', 'RED')))} | {ops['MEMBAR']} | "
+                  f"{ops['BAR']} | {ops['LDG']} | {ops['STG']} | {ops['EXIT']} |", flush=True)
+            if os.environ.get("DQ_SASS"):
+                open(os.path.join(os.environ["DQ_SASS"], f"{bits}b {label}.sass".replace(" ", "_")), "w").write(sass)
+        rk = compile_kernel(red, dict(part_ptr="*fp32", out_ptr="*bf16"), dict(numel=4096),
+                            dict(SPLIT_K=3, BLOCK=1024), dict(num_warps=4, num_stages=2))
+        regs, stack, local, sass = resources(rk)
+        n_sass = sum(1 for line in sass.splitlines() if re.match(r"\s*/\*[0-9a-f]+\*/\s+[@A-Z]", line))
+        print(f"| {bits} | _splitk_reduce_kernel (SPLIT_K 3, 4096 outputs: 4 CTAs) | +1 | {regs} | {stack}/{local} | "
+              f"{n_sass} | | | | | | |")
+
+
 def row(k, codes, label):
     regs, stack, local, sass = resources(k)
     ops = main_loop(sass)
@@ -124,7 +197,9 @@ def row(k, codes, label):
     return sass
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and sys.argv[1:2] == ["small"]:  # python .notes/dq_compile.py small [bits ...]
+    small_shapes([int(b) for b in sys.argv[2:]] or [5])
+elif __name__ == "__main__":
     bits_list = [int(b) for b in sys.argv[1:]] or [5]
     print(f"triton {triton.__version__}, sm_90, {N}x{KP} block {BLOCK}, M=1")
     print("| kernel | regs | stack/local | codes/thread/trip | SASS/code | LDG/code | SHFL/code | LDS/code | "

@@ -194,6 +194,36 @@ def sec_dqcfg():
                                                                   early=True, **g2)),
                                  ("g2x-nib-lean-d2pp-early", Config("gemv2", BN=4, nib=True, lean=True, depth=2,
                                                                     unroll=3, early=True, **g2))])
+    # branch g3 (2026-11-27): offline sm_90 compile only, NOT timed (.notes/dequant_matmul.md "g3").
+    # fused = split-K sum in the kernel (last-arriving slice; no _splitk_reduce_kernel launch), which also
+    # makes 2-4 K slices affordable at K=4096 (more, smaller CTAs: G=64 64 regs, G=32 48 regs vs 96).
+    # Each shape against its current default (5 bits, M=1).
+    from hlwq_kernels.dequant_matmul.triton import _pick
+
+    def g3(n, k, **kw):
+        return _pick(1, n, k, HLWQ_BLOCK, "gemv2", 5)._replace(**kw)
+
+    g3cases = {
+        "down": lambda n, k: [("g3-fused", g3(n, k, fused=True)),  # split 3 (rt 3): 2 launches per call -> 1
+                              ("g3-fused-rt1", g3(n, k, fused=True, row_tiles=1)),
+                              ("g3-fused-rt2", g3(n, k, fused=True, row_tiles=2)),
+                              ("g3-fused-bn4-lean-pp", g3(n, k, fused=True, BN=4, lean=True, unroll=2))],
+        "square": lambda n, k: [("g3-s2f", g3(n, k, G=64, fused=True)),
+                                ("g3-s2f-rt1", g3(n, k, G=64, fused=True, row_tiles=1)),
+                                ("g3-s4f-rt1", g3(n, k, G=32, fused=True, row_tiles=1)),
+                                ("g3-bn4-lean-pp", g3(n, k, BN=4, lean=True, unroll=2))],
+        "attn_kv": lambda n, k: [("g3-s2f-rt1", g3(n, k, G=64, fused=True, row_tiles=1)),
+                                 ("g3-s4f-rt1", g3(n, k, G=32, fused=True, row_tiles=1)),
+                                 ("g3-bn4", g3(n, k, BN=4, prefetch=False)),
+                                 ("g3-bn4-s2f-rt1", g3(n, k, BN=4, G=64, fused=True, row_tiles=1))],
+        "gdn_qkv|attn_q": lambda n, k: [("g3-s2f", g3(n, k, G=64, fused=True)),
+                                        ("g3-s2f-rt2", g3(n, k, G=64, fused=True, row_tiles=2)),
+                                        ("g3-s2f-bn8-rt1", Config("gemv2", BN=8, G=64, prefetch=True, fused=True,
+                                                                  row_tiles=1))],
+    }
+    for shape in LINEARS:
+        if shape[0] in g3cases:
+            _dq_cases(1, (5,), [shape], [("default", None)] + g3cases[shape[0]](shape[1], shape[2]))
 
 
 def sec_dqsmallm():
