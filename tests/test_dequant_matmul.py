@@ -123,33 +123,37 @@ def test_gemv2_every_bit_width(device, bits, opts):
        bn=st.sampled_from([1, 4, 8]), g=st.sampled_from([1, 2, 4, 16]), split_k=st.sampled_from([0, 2, 3]),
        row_tiles=st.sampled_from([0, 1, 3]), prefetch=st.booleans(), dtype=st.sampled_from(DTYPES),
        seed=st.integers(0, 2**20), depth=st.sampled_from([1, 2]), pingpong=st.booleans(), nib=st.booleans(),
-       lean=st.booleans(), early=st.booleans())
+       lean=st.booleans(), early=st.booleans(), fused=st.booleans())
 # examples: ragged K slices (10 groups in 3 slices of 4) and a ragged last row tile; bits 8 at G=1; nib with
 # ragged K, 3 tiles per trip and tiles past N; row_tiles 1 rounded up to one trip of 2 tiles; nib without
 # prefetch; lean byte words with a 4-, 2- and 1-bit plane
 @example(n=70, k=300, bits=5, block=64, bn=4, g=4, split_k=0, row_tiles=3, prefetch=True, dtype=torch.float32,
-         seed=0, depth=1, pingpong=False, nib=False, lean=False, early=False)
+         seed=0, depth=1, pingpong=False, nib=False, lean=False, early=False, fused=True)
 @example(n=33, k=200, bits=8, block=32, bn=8, g=1, split_k=0, row_tiles=0, prefetch=False, dtype=torch.bfloat16,
-         seed=1, depth=1, pingpong=False, nib=False, lean=False, early=False)
+         seed=1, depth=1, pingpong=False, nib=False, lean=False, early=False, fused=False)
 @example(n=70, k=300, bits=3, block=64, bn=4, g=4, split_k=0, row_tiles=3, prefetch=True, dtype=torch.float32,
-         seed=2, depth=2, pingpong=True, nib=True, lean=True, early=True)
+         seed=2, depth=2, pingpong=True, nib=True, lean=True, early=True, fused=False)
 @example(n=37, k=250, bits=1, block=32, bn=2, g=2, split_k=3, row_tiles=1, prefetch=True, dtype=torch.float16,
-         seed=3, depth=1, pingpong=True, nib=True, lean=False, early=False)
+         seed=3, depth=1, pingpong=True, nib=True, lean=False, early=False, fused=False)
 @example(n=50, k=256, bits=2, block=128, bn=4, g=4, split_k=0, row_tiles=0, prefetch=False, dtype=torch.float32,
-         seed=4, depth=1, pingpong=False, nib=True, lean=True, early=True)
+         seed=4, depth=1, pingpong=False, nib=True, lean=True, early=True, fused=False)
 @example(n=45, k=300, bits=7, block=32, bn=4, g=2, split_k=2, row_tiles=3, prefetch=True, dtype=torch.float32,
-         seed=5, depth=2, pingpong=False, nib=False, lean=True, early=True)
+         seed=5, depth=2, pingpong=False, nib=False, lean=True, early=True, fused=True)
 def test_gemv2_configs(device, n, k, bits, block, bn, g, split_k, row_tiles, prefetch, dtype, seed, depth, pingpong,
-                       nib, lean, early):
+                       nib, lean, early, fused):
     kp = -(-k // block) * block
     assume(n * kp <= 20_000)
     qw = make_weight(n, k, bits, block, seed, device)
     x = make_x((1,), k, dtype, seed, device)
     unroll = depth + 1 if prefetch and pingpong else 1
     cfg = Config("gemv2", BN=bn, G=g, split_k=split_k, row_tiles=row_tiles, prefetch=prefetch, depth=depth,
-                 unroll=unroll, nib=nib, lean=lean, early=early)
+                 unroll=unroll, nib=nib, lean=lean, early=early, fused=fused)
     y = dequant_matmul_triton_method(x, qw, False, dtype, config=cfg)
     check(y, x, qw, False, dtype, str(cfg))
+    if fused:  # the fused split-K tail leaves its counters at zero
+        from hlwq_kernels.dequant_matmul import triton as dq
+        buf = dq._G2_COUNTERS.get(x.device)
+        assert buf is None or int(buf.abs().sum()) == 0
 
 
 # (k, block, G, slices): 2, 3 and 4 K slices; a ragged last slice (K=300: 10 groups in slices of 4)
