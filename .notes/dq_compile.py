@@ -108,7 +108,8 @@ def gemv2(bits, bn=4, g=128, warps=4, prefetch=True, row_tiles=12, depth=1, nib=
     k = compile_kernel(dq._gemv2_kernel, ptrs, ints,
                        dict(BITS=bits, BLOCK=BLOCK, BN=bn, G=g, A=a, F=f, SPLIT_K=1, MODE=mode, MASKED=False,
                             PREFETCH=prefetch, DEPTH=depth, NIB=nib and bits <= 3,
-                            UNROLL=unroll, LEAN=lean, EARLY=early), dict(num_warps=warps, num_stages=2))
+                            UNROLL=unroll, LEAN=lean, EARLY=early, FUSED=False, y_ptr=None, cnt_ptr=None),
+                       dict(num_warps=warps, num_stages=2))
     codes = unroll * bn * g * 32 / (32 * warps)  # per loop trip
     return k, codes, (f"gemv2 BN={bn} G={g} w{warps}{' pf' if prefetch else ''}{' d2' if depth == 2 else ''}"
                       f"{' nib' if nib and bits <= 3 else ''}{f' u{unroll}' if unroll > 1 else ''}"
