@@ -44,7 +44,7 @@ def compile_split(bits, decode, d, block_n, warps, block_m=16, causal=True, dire
     const = dict(D=d, LOG_D=d.bit_length() - 1, BITS=bits, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
                  DIRECT=direct, DECODE=decode, TRANS=trans, HAS_START=has_start, DSPLIT=dsplit, PACKED=packed)
     if hload or tail or rep:  # only when set: the default compile stays exactly as before
-        const.update(HLOAD=hload, TAIL=tail, REP=rep, DUAL=dual, LACC=lacc, PF=pf)  # (an unlisted constexpr is not its default)
+        const.update(HLOAD=hload, TAIL=tail, REP=rep, DUAL=dual, LACC=lacc, PF=pf)  # (unlisted: not its default)
     for k, v in const.items():
         sig[k] = "constexpr"
     src = ASTSource(_split_kernel, sig, constexprs=const,

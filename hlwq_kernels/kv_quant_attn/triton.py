@@ -871,6 +871,10 @@ VARIANTS = {
     # denominator / V accumulator, log-sum-exp merged after the main loop), the two _step4 one after the
     # other; 2 = the same, phase by phase (K dots of both tiles, both softmaxes, V part p of both);
     # 3 = one chain, software-pipelined (the K dots of tile n + 1 between the softmax and the V dots of n).
+    # Main-loop SASS per 64-token tile at 3 / 2 bits (dsplit4-rep: 965 / 812, 22 barriers), all 128 regs:
+    # dual 983 / 825 (1 / 10 spill accesses per trip), dualx 1054 / 900 (130 UR copies, 8 / 3 spill
+    # accesses), pipe 980 / 832 (1 / 2). ptxas moves nothing across the 22 barriers per tile, so the
+    # chains run one after the other between barriers (.notes/kv.md "Session 5").
     "dsplit4-rep-dual": dict(dsplit=4, packed=True, block_n=64, num_warps=4, num_stages=1, maxnreg=128, per_sm=4,
                              tail=True, hload=2, rep=True, dual=1),
     "dsplit4-rep-dualx": dict(dsplit=4, packed=True, block_n=64, num_warps=4, num_stages=1, maxnreg=128, per_sm=4,
@@ -878,14 +882,17 @@ VARIANTS = {
     "dsplit4-rep-pipe": dict(dsplit=4, packed=True, block_n=64, num_warps=4, num_stages=1, maxnreg=128, per_sm=4,
                              tail=True, hload=2, rep=True, dual=3),
     # dsplit4-rep with 128-token tiles at 4 warps: the two 64-row halves of each decoded part share one
-    # STS -> barrier -> LDSM -> wgmma step and one softmax (22 barriers per 128 tokens instead of per 64)
+    # STS -> barrier -> LDSM -> wgmma step and one softmax (26 barriers per 128 tokens instead of 44);
+    # 1042 / 880 per 64 tokens, ~250 UR copies, 120 / 128 B stack, 6 spill accesses per trip
     "dsplit4-rep-n128": dict(dsplit=4, packed=True, block_n=128, num_warps=4, num_stages=1, maxnreg=128, per_sm=4,
                              tail=True, hload=2, rep=True),
     # dsplit4-rep with the softmax denominator accumulated per key (lacc: summed once after the main loop
-    # instead of a cross-warp reduction per tile)
+    # instead of a cross-warp reduction per tile: 14 fewer SHFL, 3 fewer barriers); 911 / 767, no stack at 3
+    # bits, no spill; the exp2s of the softmax now share a barrier-free stretch with V part 0's decode
     "dsplit4-rep-lacc": dict(dsplit=4, packed=True, block_n=64, num_warps=4, num_stages=1, maxnreg=128, per_sm=4,
                              tail=True, hload=2, rep=True, lacc=True),
-    # + pf: part 0's code words of tile n + 1 loaded into registers after the softmax of tile n
+    # + pf: part 0's code words of tile n + 1 loaded into registers after the softmax of tile n (so the
+    # V dots cover their latency); 943 / 844 (2 bits: 68 UR copies), no spill in the loop
     "dsplit4-rep-lacc-pf": dict(dsplit=4, packed=True, block_n=64, num_warps=4, num_stages=1, maxnreg=128,
                                 per_sm=4, tail=True, hload=2, rep=True, lacc=True, pf=True),
 }
