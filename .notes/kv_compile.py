@@ -29,7 +29,8 @@ NVDISASM = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", 
 
 
 def compile_split(bits, decode, d, block_n, warps, block_m=16, causal=True, direct=False, stages=2, trans=False,
-                  has_start=False, dsplit=1, maxnreg=None, packed=False, hload=0, tail=False, rep=False, dual=0, lacc=False, pf=False):
+                  has_start=False, dsplit=1, maxnreg=None, packed=False, hload=0, tail=False, rep=False, dual=0,
+                  lacc=False, pf=False):
     ptr = {"q_ptr": "*bf16", "kp_ptr": "*i32", "kn_ptr": "*fp16", "vp_ptr": "*i32", "vn_ptr": "*fp16",
            "cb_ptr": "*fp16", "lut_ptr": "*i32", "lens_ptr": "*i32", "start_ptr": "*i32", "op_ptr": "*fp32", "lse_ptr": "*fp32",
            "out_ptr": "*bf16"}

@@ -931,7 +931,8 @@ def plan(B: int, Hkv: int, n_rows: int, lmax: int, d: int, sms: int, num_splits:
     trans = lut and block_m == 16
     block_n = 64 if (trans or d < 256) else 32
     num_warps = 8 if block_m * d > 16 * 256 else 4  # BLOCK_M = 32 at D = 256 spills at 4 warps
-    extra = dict(dsplit=1, packed=False, num_stages=2, maxnreg=None, hload=0, tail=False, rep=False, dual=0, lacc=False, pf=False)
+    extra = dict(dsplit=1, packed=False, num_stages=2, maxnreg=None, hload=0, tail=False, rep=False, dual=0,
+                 lacc=False, pf=False)
     per_sm = 2
     if variant is None:
         variant = DEFAULT_VARIANT.get(d, "single")
