@@ -29,7 +29,8 @@ NVDISASM = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", 
 
 
 def compile_split(bits, decode, d, block_n, warps, block_m=16, causal=True, direct=False, stages=2, trans=False,
-                  has_start=False, dsplit=1, maxnreg=None, packed=False, hload=0, tail=False, rep=False):
+                  has_start=False, dsplit=1, maxnreg=None, packed=False, hload=0, tail=False, rep=False, dual=0,
+                  lacc=False, pf=False):
     ptr = {"q_ptr": "*bf16", "kp_ptr": "*i32", "kn_ptr": "*fp16", "vp_ptr": "*i32", "vn_ptr": "*fp16",
            "cb_ptr": "*fp16", "lut_ptr": "*i32", "lens_ptr": "*i32", "start_ptr": "*i32", "op_ptr": "*fp32", "lse_ptr": "*fp32",
            "out_ptr": "*bf16"}
@@ -44,7 +45,7 @@ def compile_split(bits, decode, d, block_n, warps, block_m=16, causal=True, dire
     const = dict(D=d, LOG_D=d.bit_length() - 1, BITS=bits, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
                  DIRECT=direct, DECODE=decode, TRANS=trans, HAS_START=has_start, DSPLIT=dsplit, PACKED=packed)
     if hload or tail or rep:  # only when set: the default compile stays exactly as before
-        const.update(HLOAD=hload, TAIL=tail, REP=rep)
+        const.update(HLOAD=hload, TAIL=tail, REP=rep, DUAL=dual, LACC=lacc, PF=pf)  # (unlisted: not its default)
     for k, v in const.items():
         sig[k] = "constexpr"
     src = ASTSource(_split_kernel, sig, constexprs=const,
@@ -228,7 +229,8 @@ def compile_plan(bits, d, n_rows=4, variant=None, causal=True, direct=False, has
                       causal=causal, direct=direct, stages=cfg["num_stages"], trans=cfg["trans"],
                       has_start=has_start, dsplit=cfg["dsplit"], maxnreg=cfg["maxnreg"],
                       packed=cfg["packed"] and lut, hload=int(cfg["hload"]) if lut else 0,
-                      tail=cfg["tail"] and lut, rep=cfg["rep"])
+                      tail=cfg["tail"] and lut, rep=cfg["rep"], dual=cfg["dual"] if cfg["tail"] and lut else 0,
+                      lacc=cfg["lacc"] and cfg["tail"] and lut, pf=cfg["pf"] and cfg["tail"] and lut)
     return k, cfg
 
 
@@ -255,7 +257,8 @@ def check_variants(d=256, only=None):
             k, cfg = compile_plan(bits, d, variant=variant)
             regs = regs_spills(k)
             _, txt = sass_mix(k)
-            st = main_loop_stats(txt, cfg["block_n"] * d * 2 / (32 * cfg["num_warps"]))
+            trip = 2 if cfg.get("dual") in (1, 2) else 1  # dual 1/2: two key tiles per main-loop trip
+            st = main_loop_stats(txt, trip * cfg["block_n"] * d * 2 / (32 * cfg["num_warps"]))
             ctas = ctas_per_sm(int(regs[0]), cfg["num_warps"], k.metadata.shared)
             print(f"| {variant or 'default'} | {bits} | {regs[0]} | {regs[1]} | {k.metadata.shared} | {st['n']} | "
                   f"{st['per_code']:.2f} | {st['alu']:.0%} | {st['ur']} | {st['bar']} | {st['local']} | {st['tail'] or '-'} | "

@@ -332,7 +332,10 @@ def sec_kv():
 
 
 # the VARIANTS timed in session 3 runs 1-2 (perf/RESULTS.md); sec_kvcfg times the default and the rest
-KV_TIMED = ("single", "lutpack", "dsplit2", "dsplit4", "dsplit2-lutpack-s3", "dsplit2-lutpack-n128w8")
+KV_TIMED = ("single", "lutpack", "dsplit2", "dsplit4", "dsplit2-lutpack-s3", "dsplit2-lutpack-n128w8",
+            # session 3 (S3-1..S3-7): timed; the next kvcfg sweep times only the newer VARIANTS + the default
+            "dsplit4-lutpack-s1", "dsplit4-tail", "dsplit4-tail-h16", "dsplit4-rep", "dsplit4-rep-s2",
+            "dsplit4-rep-r96", "dsplit4-rep-r80")
 
 
 def sec_kvcfg():
@@ -345,7 +348,7 @@ def sec_kvcfg():
     variants = [("default", None)] + [(f"v-{v}", dict(variant=v)) for v in new]
     variants += [(f"v-{v}-s{s}", dict(variant=v, splits=s)) for v, s in (("dsplit4-rep-r96", 171),
                                                                           ("dsplit4-rep-r80", 198))
-                 if v in VARIANTS]
+                 if v in new]
     _kv_attn({"decode-32k": (1, 32768)}, (3, 2), variants)
     _kv_attn({"decode-128k": (1, 131072), "batch8x8k": (8, 8192)}, (3, 2),
              [("default", None)] + [(f"v-{v}", dict(variant=v)) for v in new])

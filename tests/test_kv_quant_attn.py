@@ -393,6 +393,38 @@ def test_kv_quant_attn_tail_variants(variant):
         assert float((out.float() - base.float()).abs().max()) <= ulp, what
 
 
+# the session-5 variants' code paths (instruction-level parallelism inside a program)
+ILP_VARIANTS = [v for v, c in VARIANTS.items() if c.get("dual") or c.get("lacc")]
+
+
+@pytest.mark.parametrize("variant", ILP_VARIANTS)
+def test_kv_quant_attn_ilp_variants(variant):
+    """The dual=1/2 (two key-tile chains per trip, merged after the main loop), dual=3 (software-
+    pipelined K), lacc (per-key denominator) and pf (register prefetch of the next tile's first code
+    words) paths at D = 128: splits with an even and an odd number of mask-free tiles (9, 7, 5, 4,
+    3, 2, 1 and none), a ragged last tile, a left-padding start off the tile grid, one split (DIRECT) and
+    several, REP decode and a causal 4-query chunk; 12 rows (no REP: the plain tail loop), against the
+    reference and within one output ulp of the default configuration."""
+    cases = [(3, 4, 1, 1, False), (3, 4, 1, 2, True), (2, 1, 4, 3, True), (3, 4, 3, 2, False), (2, 4, 1, 9, True)]
+    for bits, group, tq, splits, left_pad in cases:
+        d, b, hkv, lmax = 128, 2, 1, 600
+        kp, kn, vp, vn = make_cache(b, hkv, lmax, d, bits, 13 * bits + tq + splits)
+        lens = torch.tensor([600, 457], device=DEV)
+        start = torch.tensor([0, 70], device=DEV) if left_pad else None
+        q = torch.randn(b, hkv * group, tq, d, generator=_gen(tq + group + splits)).to(torch.float16).to(DEV)
+        cb = default_codebook(bits, DEV)
+        cfg = plan(b, hkv, group * tq, lmax, d, 132, splits, variant=variant)
+        for key, off in (("dual", 0), ("lacc", False), ("pf", False)):  # REP decode tiles only
+            assert cfg[key] == (VARIANTS[variant].get(key, off) if group * tq <= 4 else off)
+        out = kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, start, bits, d ** -0.5, True, cb, splits,
+                                          variant=variant)
+        what = f"{variant} bits={bits} group={group} tq={tq} splits={splits} rep={cfg['rep']}"
+        check_attention(out, q, kp, kn, vp, vn, lens, bits, True, what=what, start=start)
+        base = kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, start, bits, d ** -0.5, True, cb, splits)
+        ulp = 2.0 ** -10 * float(base.abs().max())
+        assert float((out.float() - base.float()).abs().max()) <= ulp, what
+
+
 @pytest.mark.parametrize("bits", [2, 3])
 @pytest.mark.parametrize("codebook", ["gaussian", "random"])
 def test_lut_program_decodes_every_code(bits, codebook):

@@ -137,7 +137,8 @@ def _emul_level(w, h, cb_ptr, J: tl.constexpr):
 @triton.jit
 def _levels_lut(base, toks, tok_ok, stride_l, lut_ptr, cb_ptr, D: tl.constexpr, BITS: tl.constexpr,
                 BLOCK_N: tl.constexpr, ASM: tl.constexpr, PART: tl.constexpr = 0, NPART: tl.constexpr = 1,
-                PACKED: tl.constexpr = False, MASKED: tl.constexpr = True, HLOAD: tl.constexpr = False):
+                PACKED: tl.constexpr = False, MASKED: tl.constexpr = True, HLOAD: tl.constexpr = False, WPRE=None,
+                HPRE=None):
     """``_levels`` for 2 and 3 bits through the ``prmt`` byte lookup of ``lut.py``: each word of
     the 2-bit plane (16 codes) and the matching half-word of the 1-bit plane, its bits spread to
     even positions (Morton, 8 ops per 16 codes), become 16 fp16 levels in one PTX block.
@@ -146,10 +147,13 @@ def _levels_lut(base, toks, tok_ok, stride_l, lut_ptr, cb_ptr, D: tl.constexpr, 
     plane is loaded as 16-bit halves, one per 2-bit-plane word, a tensor of w's shape and contiguity,
     so it gets w's layout (no [N, NW1, 2] -> [N, NW2] layout conversion through shared memory, which
     costs 2 barriers per decoded part). HLOAD = 2 (with PACKED): the raw halves go to the asm
-    (``lut.PROGRAM_RAW``: the spread inside, fewer selector ops), any bits."""
+    (``lut.PROGRAM_RAW``: the spread inside, fewer selector ops), any bits. WPRE / HPRE (HLOAD = 2,
+    MASKED = False): the words as ``_words`` loaded them earlier (prefetch), instead of loading here."""
     NW2: tl.constexpr = D // 16 // NPART
     rows = toks[:, None] * stride_l
-    if MASKED:
+    if WPRE is not None:
+        w = WPRE.to(tl.uint32, bitcast=True)
+    elif MASKED:
         w = tl.load(base + rows + PART * NW2 + tl.arange(0, NW2)[None, :], mask=tok_ok[:, None],
                     other=0).to(tl.uint32, bitcast=True)
     else:
@@ -159,7 +163,9 @@ def _levels_lut(base, toks, tok_ok, stride_l, lut_ptr, cb_ptr, D: tl.constexpr, 
         # word c of the 2-bit plane, so this load has the shape and contiguity of w's (same layout)
         NW1h: tl.constexpr = D // 32 // NPART
         hp = (base + rows + D // 16 + PART * NW1h).to(tl.pointer_type(tl.int16)) + tl.arange(0, NW2)[None, :]
-        if MASKED:
+        if HPRE is not None:
+            h = HPRE
+        elif MASKED:
             h = tl.load(hp, mask=tok_ok[:, None], other=0)
         else:
             h = tl.load(hp)
@@ -363,6 +369,111 @@ def _step4(n0, hi, pos, m_i, l_i, a0, a1, a2, a3, qt0, qt1, qt2, qt3, k_base, v_
 
 
 @triton.jit
+def _words(base, n0, hi, stride_l, D: tl.constexpr, BITS: tl.constexpr, BLOCK_N: tl.constexpr,
+           MASKED: tl.constexpr):
+    """The code words of part 0 of 4 of tile n0 as ``_levels_lut`` (HLOAD = 2) loads them: the 2-bit
+    plane words and (3 bits) the matching 16-bit halves of the 1-bit plane (a register prefetch)."""
+    NW2: tl.constexpr = D // 64
+    toks = n0 + tl.arange(0, BLOCK_N)
+    rows = toks[:, None] * stride_l
+    cols = tl.arange(0, NW2)[None, :]
+    hp = (base + rows + D // 16).to(tl.pointer_type(tl.int16)) + cols
+    if MASKED:
+        w = tl.load(base + rows + cols, mask=(toks < hi)[:, None], other=0)
+    else:
+        w = tl.load(base + rows + cols)
+    h = w  # 2 bits: unused (a tensor, so the loop can carry it)
+    if BITS == 3:
+        if MASKED:
+            h = tl.load(hp, mask=(toks < hi)[:, None], other=0)
+        else:
+            h = tl.load(hp)
+    return w, h
+
+
+@triton.jit
+def _kscore4(n0, hi, k_base, kn_base, skl, snkl, qt0, qt1, qt2, qt3, cb_ptr, lut_ptr, D: tl.constexpr,
+             BITS: tl.constexpr, BLOCK_N: tl.constexpr, DECODE: tl.constexpr, PACKED: tl.constexpr,
+             MASKED: tl.constexpr, HLOAD: tl.constexpr, WPRE=None, HPRE=None):
+    """The K half of ``_step4``: the scores ``s^T = levels_k @ q^T * n_k`` of tile n0 (4 D parts).
+    WPRE / HPRE: part 0's code words, loaded earlier (``_words``)."""
+    toks = n0 + tl.arange(0, BLOCK_N)
+    tok_ok = toks < hi
+    s = tl.zeros([BLOCK_N, qt0.shape[1]], dtype=tl.float32)
+    if WPRE is not None:
+        kc = _levels_lut(k_base, toks, tok_ok, skl, lut_ptr, cb_ptr, D, BITS, BLOCK_N, DECODE == 2, 0, 4, PACKED,
+                         MASKED, HLOAD, WPRE, HPRE)
+        s = tl.dot(kc, qt0, s)
+    else:
+        s = _kdot(s, k_base, toks, tok_ok, skl, cb_ptr, lut_ptr, qt0, D, BITS, BLOCK_N, DECODE, 0, 4, PACKED, MASKED,
+                  HLOAD)
+    s = _kdot(s, k_base, toks, tok_ok, skl, cb_ptr, lut_ptr, qt1, D, BITS, BLOCK_N, DECODE, 1, 4, PACKED, MASKED, HLOAD)
+    s = _kdot(s, k_base, toks, tok_ok, skl, cb_ptr, lut_ptr, qt2, D, BITS, BLOCK_N, DECODE, 2, 4, PACKED, MASKED, HLOAD)
+    s = _kdot(s, k_base, toks, tok_ok, skl, cb_ptr, lut_ptr, qt3, D, BITS, BLOCK_N, DECODE, 3, 4, PACKED, MASKED, HLOAD)
+    if MASKED:
+        kn = tl.load(kn_base + toks * snkl, mask=tok_ok, other=0.0).to(tl.float32)
+    else:
+        kn = tl.load(kn_base + toks * snkl).to(tl.float32)
+    return s * kn[:, None]
+
+
+@triton.jit
+def _soft4(s, n0, hi, pos, m_i, l_i, vn_base, snvl, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+           MASKED: tl.constexpr):
+    """The softmax of ``_step4`` on the scores of tile n0: (p * n_v as fp16, alpha, m_new, l_new)."""
+    toks = n0 + tl.arange(0, BLOCK_N)
+    tok_ok = toks < hi
+    if MASKED:
+        valid = tok_ok[:, None]
+        if CAUSAL:
+            valid = valid & (toks[:, None] <= pos[None, :])
+        p, alpha, m_new, l_i = _online_softmax(s, valid, m_i, l_i, 0)
+        vn = tl.load(vn_base + toks * snvl, mask=tok_ok, other=0.0).to(tl.float32)
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, axis=0))  # finite: every score of the tile is
+        alpha = tl.exp2(m_i - m_new)  # m_i = -inf before the first tile: alpha = 0
+        p = tl.exp2(s - m_new[None, :])
+        l_i = l_i * alpha + tl.sum(p, axis=0)
+        vn = tl.load(vn_base + toks * snvl).to(tl.float32)
+    return (p * vn[:, None]).to(tl.float16), alpha, m_new, l_i
+
+
+@triton.jit
+def _vrep4(a0, n0, hi, pv, v_base, svl, cb_ptr, lut_ptr, D: tl.constexpr, BITS: tl.constexpr,
+           BLOCK_N: tl.constexpr, DECODE: tl.constexpr, PACKED: tl.constexpr, MASKED: tl.constexpr,
+           HLOAD: tl.constexpr, PART: tl.constexpr):
+    """REP's V dot of part PART of tile n0 into column block PART of the one accumulator."""
+    toks = n0 + tl.arange(0, BLOCK_N)
+    tok_ok = toks < hi
+    blk = tl.arange(0, pv.shape[1])[None, :] // 4
+    return _vdot1(a0, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, tl.where(blk == PART, pv, 0.0), D, BITS, BLOCK_N,
+                  DECODE, PART, 4, PACKED, MASKED, HLOAD)
+
+
+@triton.jit
+def _vrep4_all(a0, alpha, n0, hi, pv, v_base, svl, cb_ptr, lut_ptr, D: tl.constexpr, BITS: tl.constexpr,
+               BLOCK_N: tl.constexpr, DECODE: tl.constexpr, PACKED: tl.constexpr, MASKED: tl.constexpr,
+               HLOAD: tl.constexpr):
+    a0 = a0 * alpha[None, :]
+    a0 = _vrep4(a0, n0, hi, pv, v_base, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PACKED, MASKED, HLOAD, 0)
+    a0 = _vrep4(a0, n0, hi, pv, v_base, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PACKED, MASKED, HLOAD, 1)
+    a0 = _vrep4(a0, n0, hi, pv, v_base, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PACKED, MASKED, HLOAD, 2)
+    a0 = _vrep4(a0, n0, hi, pv, v_base, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PACKED, MASKED, HLOAD, 3)
+    return a0
+
+
+@triton.jit
+def _lse_merge(m_a, l_a, a_a, m_b, l_b, a_b):
+    """Merge two online-softmax states (running max, denominator, [*, rows] accumulator) of disjoint
+    key sets: the log-sum-exp merge. A state that has seen no key (max -inf) contributes 0."""
+    m = tl.maximum(m_a, m_b)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    fa = tl.exp2(m_a - m_safe)
+    fb = tl.exp2(m_b - m_safe)
+    return m, l_a * fa + l_b * fb, a_a * fa[None, :] + a_b * fb[None, :]
+
+
+@triton.jit
 def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_ptr, start_ptr, op_ptr, lse_ptr,
                   out_ptr, s_lens, s_start, Hkv, G, Tq, n_rows, L, chunk, qscale, oscale,
                   sqb, sqh, sqt, skb, skh, skl, snkb, snkh, snkl, svb, svh, svl, snvb, snvh, snvl,
@@ -371,7 +482,8 @@ def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_p
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DIRECT: tl.constexpr,
                   DECODE: tl.constexpr, TRANS: tl.constexpr, HAS_START: tl.constexpr, DSPLIT: tl.constexpr = 1,
                   PACKED: tl.constexpr = False, HLOAD: tl.constexpr = 0, TAIL: tl.constexpr = False,
-                  REP: tl.constexpr = False):
+                  REP: tl.constexpr = False, DUAL: tl.constexpr = 0, LACC: tl.constexpr = False,
+                  PF: tl.constexpr = False):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     split = tl.program_id(2)
@@ -431,10 +543,106 @@ def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_p
         if CAUSAL:
             hi_all = tl.minimum(hi, kv_len - Tq + (pid_m * BLOCK_M) // G + 1)  # the tile's first query
         mid = lo + tl.maximum(hi_all - lo, 0) // BLOCK_N * BLOCK_N
-        for n0 in range(lo, mid, BLOCK_N):
-            m_i, l_i, a0, a1, a2, a3 = _step4(n0, hi, pos, m_i, l_i, a0, a1, a2, a3, qt0, qt1, qt2, qt3, k_base,
-                                              v_base, kn_base, vn_base, skl, svl, snkl, snvl, cb_ptr, lut_ptr, D,
-                                              BITS, BLOCK_N, DECODE, PACKED, CAUSAL, False, HLOAD, REP)
+        if LACC:
+            # (REP) the denominator kept per key and column ([BLOCK_N, BLOCK_M] fp32, rescaled with the
+            # accumulator) and summed over the keys once after the main loop: no cross-warp sum (its
+            # shuffles, shared-memory round trip and barriers) per tile; the same terms, summed in another order.
+            # PF (with LACC): part 0's code words of the next tile are loaded into registers after the
+            # softmax (the V dots cover their latency) instead of at the top of the trip.
+            l_acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+            if PF:
+                w_pf, h_pf = _words(k_base, lo, hi, skl, D, BITS, BLOCK_N, True)
+            for n0 in range(lo, mid, BLOCK_N):
+                if PF:
+                    s_c = _kscore4(n0, hi, k_base, kn_base, skl, snkl, qt0, qt1, qt2, qt3, cb_ptr, lut_ptr, D, BITS,
+                                   BLOCK_N, DECODE, PACKED, False, HLOAD, w_pf, h_pf)
+                else:
+                    s_c = _kscore4(n0, hi, k_base, kn_base, skl, snkl, qt0, qt1, qt2, qt3, cb_ptr, lut_ptr, D, BITS,
+                                   BLOCK_N, DECODE, PACKED, False, HLOAD)
+                m_new = tl.maximum(m_i, tl.max(s_c, axis=0))  # finite: every score of the tile is
+                alpha = tl.exp2(m_i - m_new)  # m_i = -inf before the first tile: alpha = 0
+                p = tl.exp2(s_c - m_new[None, :])
+                l_acc = l_acc * alpha[None, :] + p
+                vn = tl.load(vn_base + (n0 + tl.arange(0, BLOCK_N)) * snvl).to(tl.float32)
+                if PF:  # the last trip reloads its own tile (any in-range address would do)
+                    w_pf, h_pf = _words(k_base, tl.minimum(n0 + BLOCK_N, mid - BLOCK_N), hi, skl, D, BITS, BLOCK_N,
+                                        False)
+                a0 = _vrep4_all(a0, alpha, n0, hi, (p * vn[:, None]).to(tl.float16), v_base, svl, cb_ptr, lut_ptr,
+                                D, BITS, BLOCK_N, DECODE, PACKED, False, HLOAD)
+                m_i = m_new
+            l_i = tl.sum(l_acc, axis=0)
+        elif DUAL == 0:
+            for n0 in range(lo, mid, BLOCK_N):
+                m_i, l_i, a0, a1, a2, a3 = _step4(n0, hi, pos, m_i, l_i, a0, a1, a2, a3, qt0, qt1, qt2, qt3, k_base,
+                                                  v_base, kn_base, vn_base, skl, svl, snkl, snvl, cb_ptr, lut_ptr, D,
+                                                  BITS, BLOCK_N, DECODE, PACKED, CAUSAL, False, HLOAD, REP)
+        elif DUAL == 3:
+            # (REP) software-pipelined: the scores of tile n + 1 are computed between the softmax and the
+            # V dots of tile n (s carried across the trip: 8 fp32 registers per thread), so the K decode of
+            # one tile and the softmax / V of the previous one are independent work in one loop body.
+            if lo < mid:
+                s_c = _kscore4(lo, hi, k_base, kn_base, skl, snkl, qt0, qt1, qt2, qt3, cb_ptr, lut_ptr, D, BITS,
+                               BLOCK_N, DECODE, PACKED, False, HLOAD)
+                for n0 in range(lo, mid - BLOCK_N, BLOCK_N):
+                    pv, alpha, m_i, l_i = _soft4(s_c, n0, hi, pos, m_i, l_i, vn_base, snvl, BLOCK_N, CAUSAL, False)
+                    s_c = _kscore4(n0 + BLOCK_N, hi, k_base, kn_base, skl, snkl, qt0, qt1, qt2, qt3, cb_ptr, lut_ptr,
+                                   D, BITS, BLOCK_N, DECODE, PACKED, False, HLOAD)
+                    a0 = _vrep4_all(a0, alpha, n0, hi, pv, v_base, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE,
+                                    PACKED, False, HLOAD)
+                pv, alpha, m_i, l_i = _soft4(s_c, mid - BLOCK_N, hi, pos, m_i, l_i, vn_base, snvl, BLOCK_N, CAUSAL,
+                                             False)
+                a0 = _vrep4_all(a0, alpha, mid - BLOCK_N, hi, pv, v_base, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N,
+                                DECODE, PACKED, False, HLOAD)
+        else:
+            # (REP) two independent chains: each trip takes tiles n0 (state m_i, l_i, a0) and n0 + BLOCK_N
+            # (m_j, l_j, b0), merged once after the loop (log-sum-exp merge); an odd last mask-free tile
+            # runs on the merged state. DUAL 1: the two tiles' _step4 one after the other; DUAL 2: phase by
+            # phase (K of both, softmax of both, then V part p of both for p = 0..3).
+            mid2 = lo + (mid - lo) // (2 * BLOCK_N) * (2 * BLOCK_N)
+            m_j = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+            l_j = tl.zeros([BLOCK_M], dtype=tl.float32)
+            b0 = tl.zeros([DP4, BLOCK_M], dtype=tl.float32)
+            for n0 in range(lo, mid2, 2 * BLOCK_N):
+                n1 = n0 + BLOCK_N
+                if DUAL == 1:
+                    m_i, l_i, a0, a1, a2, a3 = _step4(n0, hi, pos, m_i, l_i, a0, a1, a2, a3, qt0, qt1, qt2, qt3,
+                                                      k_base, v_base, kn_base, vn_base, skl, svl, snkl, snvl, cb_ptr,
+                                                      lut_ptr, D, BITS, BLOCK_N, DECODE, PACKED, CAUSAL, False, HLOAD,
+                                                      REP)
+                    m_j, l_j, b0, a1, a2, a3 = _step4(n1, hi, pos, m_j, l_j, b0, a1, a2, a3, qt0, qt1, qt2, qt3,
+                                                      k_base, v_base, kn_base, vn_base, skl, svl, snkl, snvl, cb_ptr,
+                                                      lut_ptr, D, BITS, BLOCK_N, DECODE, PACKED, CAUSAL, False, HLOAD,
+                                                      REP)
+                else:
+                    s_a = _kscore4(n0, hi, k_base, kn_base, skl, snkl, qt0, qt1, qt2, qt3, cb_ptr, lut_ptr, D, BITS,
+                                   BLOCK_N, DECODE, PACKED, False, HLOAD)
+                    s_b = _kscore4(n1, hi, k_base, kn_base, skl, snkl, qt0, qt1, qt2, qt3, cb_ptr, lut_ptr, D, BITS,
+                                   BLOCK_N, DECODE, PACKED, False, HLOAD)
+                    pv_a, al_a, m_i, l_i = _soft4(s_a, n0, hi, pos, m_i, l_i, vn_base, snvl, BLOCK_N, CAUSAL, False)
+                    pv_b, al_b, m_j, l_j = _soft4(s_b, n1, hi, pos, m_j, l_j, vn_base, snvl, BLOCK_N, CAUSAL, False)
+                    a0 = a0 * al_a[None, :]
+                    b0 = b0 * al_b[None, :]
+                    a0 = _vrep4(a0, n0, hi, pv_a, v_base, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PACKED,
+                                False, HLOAD, 0)
+                    b0 = _vrep4(b0, n1, hi, pv_b, v_base, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PACKED,
+                                False, HLOAD, 0)
+                    a0 = _vrep4(a0, n0, hi, pv_a, v_base, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PACKED,
+                                False, HLOAD, 1)
+                    b0 = _vrep4(b0, n1, hi, pv_b, v_base, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PACKED,
+                                False, HLOAD, 1)
+                    a0 = _vrep4(a0, n0, hi, pv_a, v_base, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PACKED,
+                                False, HLOAD, 2)
+                    b0 = _vrep4(b0, n1, hi, pv_b, v_base, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PACKED,
+                                False, HLOAD, 2)
+                    a0 = _vrep4(a0, n0, hi, pv_a, v_base, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PACKED,
+                                False, HLOAD, 3)
+                    b0 = _vrep4(b0, n1, hi, pv_b, v_base, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PACKED,
+                                False, HLOAD, 3)
+            m_i, l_i, a0 = _lse_merge(m_i, l_i, a0, m_j, l_j, b0)
+            for n0 in range(mid2, mid, BLOCK_N):  # at most one tile
+                m_i, l_i, a0, a1, a2, a3 = _step4(n0, hi, pos, m_i, l_i, a0, a1, a2, a3, qt0, qt1, qt2, qt3, k_base,
+                                                  v_base, kn_base, vn_base, skl, svl, snkl, snvl, cb_ptr, lut_ptr, D,
+                                                  BITS, BLOCK_N, DECODE, PACKED, CAUSAL, False, HLOAD, REP)
         for n0 in range(mid, hi, BLOCK_N):
             m_i, l_i, a0, a1, a2, a3 = _step4(n0, hi, pos, m_i, l_i, a0, a1, a2, a3, qt0, qt1, qt2, qt3, k_base,
                                               v_base, kn_base, vn_base, skl, svl, snkl, snvl, cb_ptr, lut_ptr, D,
@@ -657,6 +865,36 @@ VARIANTS = {
     # capped at 80: 6 programs per SM, but ~20 local-memory spill accesses per iteration; 4.40 / 3.59
     "dsplit4-rep-r80": dict(dsplit=4, packed=True, block_n=64, num_warps=4, num_stages=1, maxnreg=80, per_sm=6,
                             tail=True, hload=2, rep=True),
+    # Session 5 (offline only, not timed; .notes/kv.md "Session 5"): instruction-level parallelism inside a
+    # program instead of more programs. dsplit4-rep + dual (the kernel's DUAL; REP decode only, elsewhere
+    # dsplit4-rep): 1 = two independent key-tile chains per trip (tiles n, n + 1, each its own max /
+    # denominator / V accumulator, log-sum-exp merged after the main loop), the two _step4 one after the
+    # other; 2 = the same, phase by phase (K dots of both tiles, both softmaxes, V part p of both);
+    # 3 = one chain, software-pipelined (the K dots of tile n + 1 between the softmax and the V dots of n).
+    # Main-loop SASS per 64-token tile at 3 / 2 bits (dsplit4-rep: 965 / 812, 22 barriers), all 128 regs:
+    # dual 983 / 825 (1 / 10 spill accesses per trip), dualx 1054 / 900 (130 UR copies, 8 / 3 spill
+    # accesses), pipe 980 / 832 (1 / 2). ptxas moves nothing across the 22 barriers per tile, so the
+    # chains run one after the other between barriers (.notes/kv.md "Session 5").
+    "dsplit4-rep-dual": dict(dsplit=4, packed=True, block_n=64, num_warps=4, num_stages=1, maxnreg=128, per_sm=4,
+                             tail=True, hload=2, rep=True, dual=1),
+    "dsplit4-rep-dualx": dict(dsplit=4, packed=True, block_n=64, num_warps=4, num_stages=1, maxnreg=128, per_sm=4,
+                              tail=True, hload=2, rep=True, dual=2),
+    "dsplit4-rep-pipe": dict(dsplit=4, packed=True, block_n=64, num_warps=4, num_stages=1, maxnreg=128, per_sm=4,
+                             tail=True, hload=2, rep=True, dual=3),
+    # dsplit4-rep with 128-token tiles at 4 warps: the two 64-row halves of each decoded part share one
+    # STS -> barrier -> LDSM -> wgmma step and one softmax (26 barriers per 128 tokens instead of 44);
+    # 1042 / 880 per 64 tokens, ~250 UR copies, 120 / 128 B stack, 6 spill accesses per trip
+    "dsplit4-rep-n128": dict(dsplit=4, packed=True, block_n=128, num_warps=4, num_stages=1, maxnreg=128, per_sm=4,
+                             tail=True, hload=2, rep=True),
+    # dsplit4-rep with the softmax denominator accumulated per key (lacc: summed once after the main loop
+    # instead of a cross-warp reduction per tile: 14 fewer SHFL, 3 fewer barriers); 911 / 767, no stack at 3
+    # bits, no spill; the exp2s of the softmax now share a barrier-free stretch with V part 0's decode
+    "dsplit4-rep-lacc": dict(dsplit=4, packed=True, block_n=64, num_warps=4, num_stages=1, maxnreg=128, per_sm=4,
+                             tail=True, hload=2, rep=True, lacc=True),
+    # + pf: part 0's code words of tile n + 1 loaded into registers after the softmax of tile n (so the
+    # V dots cover their latency); 943 / 844 (2 bits: 68 UR copies), no spill in the loop
+    "dsplit4-rep-lacc-pf": dict(dsplit=4, packed=True, block_n=64, num_warps=4, num_stages=1, maxnreg=128,
+                                per_sm=4, tail=True, hload=2, rep=True, lacc=True, pf=True),
 }
 # Measured at D = 256 only (above); D = 64 / 128 keep "single" until timed there.
 # H100, 3 bits, graph timing (graph_sweep kvcfg, 2026-11-27 session 3 run 6; us at 32k / 128k / 8 x 8k):
@@ -693,7 +931,8 @@ def plan(B: int, Hkv: int, n_rows: int, lmax: int, d: int, sms: int, num_splits:
     trans = lut and block_m == 16
     block_n = 64 if (trans or d < 256) else 32
     num_warps = 8 if block_m * d > 16 * 256 else 4  # BLOCK_M = 32 at D = 256 spills at 4 warps
-    extra = dict(dsplit=1, packed=False, num_stages=2, maxnreg=None, hload=0, tail=False, rep=False)
+    extra = dict(dsplit=1, packed=False, num_stages=2, maxnreg=None, hload=0, tail=False, rep=False, dual=0,
+                 lacc=False, pf=False)
     per_sm = 2
     if variant is None:
         variant = DEFAULT_VARIANT.get(d, "single")
@@ -705,6 +944,9 @@ def plan(B: int, Hkv: int, n_rows: int, lmax: int, d: int, sms: int, num_splits:
                      rep=False)
         # REP: the 4 query rows x 4 D parts share the 16 MMA columns (one tile of <= 4 rows, the TAIL loop)
         extra["rep"] = bool(v.get("rep", False) and extra["tail"] and extra["dsplit"] == 4 and n_rows <= 4)
+        extra["dual"] = int(v.get("dual", 0)) if extra["rep"] else 0  # DUAL paths exist with REP only
+        extra["lacc"] = bool(v.get("lacc", False) and extra["rep"])  # so does LACC
+        extra["pf"] = bool(v.get("pf", False) and extra["lacc"])  # PF: with LACC only
     m_tiles = cdiv(n_rows, block_m)
     base = m_tiles * B * Hkv
     if num_splits is None:  # at most per_sm resident programs per SM (default: ~240 registers x 128 threads -> 2):
@@ -792,6 +1034,8 @@ def kv_quant_attn_triton_splits(q, k_packed, k_norms, v_packed, v_norms, kv_lens
             DIRECT=direct, DECODE=mode, TRANS=cfg["trans"], HAS_START=kv_start is not None,
             DSPLIT=cfg["dsplit"], PACKED=cfg["packed"] and lut_decode,
             HLOAD=int(cfg["hload"]) if lut_decode else 0, TAIL=cfg["tail"] and lut_decode, REP=cfg["rep"],
+            DUAL=cfg["dual"] if cfg["tail"] and lut_decode else 0, LACC=cfg["lacc"] and cfg["tail"] and lut_decode,
+            PF=cfg["pf"] and cfg["tail"] and lut_decode,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **opts)
         if not direct:
             total = B * Hkv * n_rows
