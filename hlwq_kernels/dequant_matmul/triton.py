@@ -483,7 +483,7 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
                   MASKED: tl.constexpr, PREFETCH: tl.constexpr, DEPTH: tl.constexpr = 1, NIB: tl.constexpr = False,
                   UNROLL: tl.constexpr = 1, LEAN: tl.constexpr = False, EARLY: tl.constexpr = False,
                   FUSED: tl.constexpr = False, y_ptr=None, cnt_ptr=None):
-    """GEMV with K across the CTA ("gemv2", opt-in): program (m, s, n) owns K slice s (G groups =
+    """GEMV with K across the CTA ("gemv2", the decode default): program (m, s, n) owns K slice s (G groups =
     32*G codes, whole norm blocks) and ``row_tiles`` tiles of BN rows. Each thread keeps the x values
     of its fixed quads in registers (fp32, loaded once) and walks the row tiles: per tile the plane
     words of the whole slice (one [BN, G*A] load per plane), unpack + LUT + FMA into [BN, Q], a sum
@@ -786,8 +786,8 @@ def _dot2_kernel(x_ptr, p_ptr, p_addr, n_ptr, cb_ptr, cb_addr, out_ptr, M, N, gr
                  UPCAST: tl.constexpr, IEEE: tl.constexpr, MODE: tl.constexpr, MASKED: tl.constexpr,
                  MASK_M: tl.constexpr, UNROLL: tl.constexpr, PF: tl.constexpr, FRAG: tl.constexpr,
                  L2PF: tl.constexpr):
-    """The M = 5..256 tensor-core kernel, reworked for latency ("dot2", opt-in; see ``_dot_kernel`` for
-    the swap-AB scheme and .notes/dequant_matmul.md "dot2"):
+    """The tensor-core kernel reworked for latency ("dot2": the default for GEMV_MAX_M < M <= 16, any
+    M up to 256 by Config; see ``_dot_kernel`` for the swap-AB scheme and .notes/dequant_matmul.md "dot2"):
 
     * PF (0/1/2): the plane words and the x^T tile of K-step t+PF are loaded (registers) before
       step t is decoded: the dot kernel waited a full DRAM latency per K-step (word load -> decode ->
@@ -930,11 +930,11 @@ class Config(NamedTuple):
     """One launch configuration (``method``: "gemv", "gemv2", "dot", "dot2" or "slab"; BM only for
     "dot"/"dot2").
 
-    dot2 (opt-in, ``_dot2_kernel``, M = 5..256): the dot kernel with ``pf`` K-steps of code words and
+    dot2 (``_dot2_kernel``, the default for GEMV_MAX_M < M <= 16; any M up to 256): the dot kernel with ``pf`` K-steps of code words and
     x loaded ahead and ``frag`` (decode straight into the wgmma A fragment: BN = 16 * num_warps,
     G = 4 for the exact match); split_k / unroll as for "dot".
 
-    gemv2 (opt-in, ``_gemv2_kernel``): G = the most groups of 32 codes per K slice (a power of
+    gemv2 (``_gemv2_kernel``, the default for M <= GEMV_MAX_M): G = the most groups of 32 codes per K slice (a power of
     two; the slice is rounded up to whole norm blocks), split_k = at least this many K slices,
     BN = rows per tile, row_tiles = BN-row tiles per program (0: about 4 programs per SM)."""
     method: str
