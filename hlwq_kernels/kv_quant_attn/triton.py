@@ -622,22 +622,11 @@ def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_p
                     pv_b, al_b, m_j, l_j = _soft4(s_b, n1, hi, pos, m_j, l_j, vn_base, snvl, BLOCK_N, CAUSAL, False)
                     a0 = a0 * al_a[None, :]
                     b0 = b0 * al_b[None, :]
-                    a0 = _vrep4(a0, n0, hi, pv_a, v_base, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PACKED,
-                                False, HLOAD, 0)
-                    b0 = _vrep4(b0, n1, hi, pv_b, v_base, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PACKED,
-                                False, HLOAD, 0)
-                    a0 = _vrep4(a0, n0, hi, pv_a, v_base, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PACKED,
-                                False, HLOAD, 1)
-                    b0 = _vrep4(b0, n1, hi, pv_b, v_base, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PACKED,
-                                False, HLOAD, 1)
-                    a0 = _vrep4(a0, n0, hi, pv_a, v_base, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PACKED,
-                                False, HLOAD, 2)
-                    b0 = _vrep4(b0, n1, hi, pv_b, v_base, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PACKED,
-                                False, HLOAD, 2)
-                    a0 = _vrep4(a0, n0, hi, pv_a, v_base, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PACKED,
-                                False, HLOAD, 3)
-                    b0 = _vrep4(b0, n1, hi, pv_b, v_base, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PACKED,
-                                False, HLOAD, 3)
+                    for part in tl.static_range(4):  # V part p of tile n0, then of tile n1
+                        a0 = _vrep4(a0, n0, hi, pv_a, v_base, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PACKED,
+                                    False, HLOAD, part)
+                        b0 = _vrep4(b0, n1, hi, pv_b, v_base, svl, cb_ptr, lut_ptr, D, BITS, BLOCK_N, DECODE, PACKED,
+                                    False, HLOAD, part)
             m_i, l_i, a0 = _lse_merge(m_i, l_i, a0, m_j, l_j, b0)
             for n0 in range(mid2, mid, BLOCK_N):  # at most one tile
                 m_i, l_i, a0, a1, a2, a3 = _step4(n0, hi, pos, m_i, l_i, a0, a1, a2, a3, qt0, qt1, qt2, qt3, k_base,
