@@ -45,13 +45,20 @@ def _program():
             prog.append(("shr", "tb", IN_H, s - 2))
         prog.append(("and", "tb", "tb", 0x44444444))
         prog.append(("or", "ts", "ta", "tb"))
-        prog.append(("prmt", "tl", IN_LA, IN_LB, "ts"))
-        prog.append(("prmt", "th", IN_HA, IN_HB, "ts"))
-        prog.append(("prmt", "tp", "tl", "th", 0x5140))
-        prog.append(("prmt", "tq", "tl", "th", 0x7362))
-        prog.append(("split", f"${fields[0]}", f"${fields[1]}", "tp"))
-        prog.append(("split", f"${fields[2]}", f"${fields[3]}", "tq"))
+        prog += _lookup4(fields, "th", "tq")
     return tuple(prog)
+
+
+def _lookup4(fields, hi: str, out2: str) -> list:
+    """The 4 levels of one selector ``ts`` (4 nibbles): low and high bytes of each level from the two
+    2-register byte tables, interleaved into two fp16x2 words and split into the 4 output fields.
+    ``hi`` / ``out2``: scratch registers for the high bytes and the second word."""
+    return [("prmt", "tl", IN_LA, IN_LB, "ts"),
+            ("prmt", hi, IN_HA, IN_HB, "ts"),
+            ("prmt", "tp", "tl", hi, 0x5140),
+            ("prmt", out2, "tl", hi, 0x7362),
+            ("split", f"${fields[0]}", f"${fields[1]}", "tp"),
+            ("split", f"${fields[2]}", f"${fields[3]}", out2)]
 
 
 PROGRAM = _program()
@@ -82,12 +89,7 @@ def _program_raw():
                 prog.append(("shr", "ts", "ts", 2))
             else:
                 prog.append(("bsel", "ts", src_w, src_h, 0x33333333))
-            prog.append(("prmt", "tl", IN_LA, IN_LB, "ts"))
-            prog.append(("prmt", "tq", IN_HA, IN_HB, "ts"))  # tq: the high bytes (tl/tq -> tp/ts below)
-            prog.append(("prmt", "tp", "tl", "tq", 0x5140))
-            prog.append(("prmt", "ts", "tl", "tq", 0x7362))
-            prog.append(("split", f"${fields[0]}", f"${fields[1]}", "tp"))
-            prog.append(("split", f"${fields[2]}", f"${fields[3]}", "ts"))
+            prog += _lookup4(fields, "tq", "ts")  # th holds w >> 16 here
     return tuple(prog)
 
 

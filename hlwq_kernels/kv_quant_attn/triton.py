@@ -348,14 +348,9 @@ def _step4(n0, hi, pos, m_i, l_i, a0, a1, a2, a3, qt0, qt1, qt2, qt3, k_base, v_
     if REP:  # one accumulator: part p into column block p (see _split_kernel)
         blk = tl.arange(0, pv.shape[1])[None, :] // 4
         a0 = a0 * alpha[None, :]
-        a0 = _vdot1(a0, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, tl.where(blk == 0, pv, 0.0), D, BITS,
-                   BLOCK_N, DECODE, 0, 4, PACKED, MASKED, HLOAD)
-        a0 = _vdot1(a0, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, tl.where(blk == 1, pv, 0.0), D, BITS,
-                   BLOCK_N, DECODE, 1, 4, PACKED, MASKED, HLOAD)
-        a0 = _vdot1(a0, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, tl.where(blk == 2, pv, 0.0), D, BITS,
-                   BLOCK_N, DECODE, 2, 4, PACKED, MASKED, HLOAD)
-        a0 = _vdot1(a0, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, tl.where(blk == 3, pv, 0.0), D, BITS,
-                   BLOCK_N, DECODE, 3, 4, PACKED, MASKED, HLOAD)
+        for part in tl.static_range(4):
+            a0 = _vdot1(a0, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, tl.where(blk == part, pv, 0.0), D, BITS,
+                        BLOCK_N, DECODE, part, 4, PACKED, MASKED, HLOAD)
         return m_new, l_i, a0, a1, a2, a3
     a0 = _vdot(a0, alpha, v_base, toks, tok_ok, svl, cb_ptr, lut_ptr, pv, D, BITS, BLOCK_N, DECODE, 0, 4, PACKED,
                MASKED, HLOAD)
