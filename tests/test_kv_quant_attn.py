@@ -337,6 +337,20 @@ def test_kv_quant_attn_many_blocks_and_splits(splits):
         check_attention(out, q, kp, kn, vp, vn, lens, bits, True, what=f"splits={splits} tq={tq}")
 
 
+def check_variant(q, kp, kn, vp, vn, lens, start, bits, splits, variant, what, same_as_default=True):
+    """The split kernel with ``variant`` against the reference and (``same_as_default``) within one
+    output ulp of the default configuration: the variants only reorder fp32 sums."""
+    d = q.shape[-1]
+    cb = default_codebook(bits, DEV)
+    out = kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, start, bits, d ** -0.5, True, cb, splits,
+                                      variant=variant)
+    check_attention(out, q, kp, kn, vp, vn, lens, bits, True, what=what, start=start)
+    if same_as_default:
+        base = kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, start, bits, d ** -0.5, True, cb, splits)
+        ulp = 2.0 ** -10 * float(base.abs().max())
+        assert float((out.float() - base.float()).abs().max()) <= ulp, what
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_kv_quant_attn_variants(variant):
     """Each opt-in register-cut configuration of the decode tile (VARIANTS: D cut into parts, packed
@@ -351,15 +365,9 @@ def test_kv_quant_attn_variants(variant):
         lens = torch.tensor([150, 93], device=DEV)
         start = torch.tensor([0, 40], device=DEV) if left_pad else None
         q = torch.randn(b, hkv * group, tq, d, generator=_gen(d)).to(torch.float16).to(DEV)
-        cb = default_codebook(bits, DEV)
-        out = kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, start, bits, d ** -0.5, True, cb, splits,
-                                          variant=variant)
-        what = f"{variant} d={d} bits={bits} tq={tq}"
-        check_attention(out, q, kp, kn, vp, vn, lens, bits, True, what=what, start=start)
-        if VARIANTS[variant]["block_n"] == plan(b, hkv, group * tq, lmax, d, 132)["block_n"]:
-            base = kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, start, bits, d ** -0.5, True, cb, splits)
-            ulp = 2.0 ** -10 * float(base.abs().max())
-            assert float((out.float() - base.float()).abs().max()) <= ulp, what
+        same_tile = VARIANTS[variant]["block_n"] == plan(b, hkv, group * tq, lmax, d, 132)["block_n"]
+        check_variant(q, kp, kn, vp, vn, lens, start, bits, splits, variant, f"{variant} d={d} bits={bits} tq={tq}",
+                      same_as_default=same_tile)
 
 
 # the session-4 variants' distinct code paths (the -r96 / -r80 ones differ only in the register cap)
@@ -380,17 +388,11 @@ def test_kv_quant_attn_tail_variants(variant):
         lens = torch.tensor([150, 137], device=DEV)
         start = torch.tensor([0, 40], device=DEV) if left_pad else None
         q = torch.randn(b, hkv * group, tq, d, generator=_gen(tq + group)).to(torch.float16).to(DEV)
-        cb = default_codebook(bits, DEV)
         cfg = plan(b, hkv, group * tq, lmax, d, 132, splits, variant=variant)
         assert cfg["tail"] and cfg["dsplit"] == 4
         assert cfg["rep"] == (bool(VARIANTS[variant].get("rep")) and group * tq <= 4)
-        out = kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, start, bits, d ** -0.5, True, cb, splits,
-                                          variant=variant)
-        what = f"{variant} bits={bits} group={group} tq={tq} splits={splits} rep={cfg['rep']}"
-        check_attention(out, q, kp, kn, vp, vn, lens, bits, True, what=what, start=start)
-        base = kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, start, bits, d ** -0.5, True, cb, splits)
-        ulp = 2.0 ** -10 * float(base.abs().max())
-        assert float((out.float() - base.float()).abs().max()) <= ulp, what
+        check_variant(q, kp, kn, vp, vn, lens, start, bits, splits, variant,
+                      f"{variant} bits={bits} group={group} tq={tq} splits={splits} rep={cfg['rep']}")
 
 
 # the session-5 variants' code paths (instruction-level parallelism inside a program)
@@ -412,17 +414,11 @@ def test_kv_quant_attn_ilp_variants(variant):
         lens = torch.tensor([600, 457], device=DEV)
         start = torch.tensor([0, 70], device=DEV) if left_pad else None
         q = torch.randn(b, hkv * group, tq, d, generator=_gen(tq + group + splits)).to(torch.float16).to(DEV)
-        cb = default_codebook(bits, DEV)
         cfg = plan(b, hkv, group * tq, lmax, d, 132, splits, variant=variant)
         for key, off in (("dual", 0), ("lacc", False), ("pf", False)):  # REP decode tiles only
             assert cfg[key] == (VARIANTS[variant].get(key, off) if group * tq <= 4 else off)
-        out = kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, start, bits, d ** -0.5, True, cb, splits,
-                                          variant=variant)
-        what = f"{variant} bits={bits} group={group} tq={tq} splits={splits} rep={cfg['rep']}"
-        check_attention(out, q, kp, kn, vp, vn, lens, bits, True, what=what, start=start)
-        base = kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, start, bits, d ** -0.5, True, cb, splits)
-        ulp = 2.0 ** -10 * float(base.abs().max())
-        assert float((out.float() - base.float()).abs().max()) <= ulp, what
+        check_variant(q, kp, kn, vp, vn, lens, start, bits, splits, variant,
+                      f"{variant} bits={bits} group={group} tq={tq} splits={splits} rep={cfg['rep']}")
 
 
 @pytest.mark.parametrize("bits", [2, 3])
