@@ -51,9 +51,11 @@ if [[ $mode == graph || $mode == all ]]; then
     | tee "$OUT/graph.log"; rc=$((rc | $?))
 fi
 if [[ $mode == ncu ]]; then  # stall profile of one kernel: NCU_TARGET (gemv|kv), NCU_KERNEL (regex)
-  timeout ${NCU_TIMEOUT:-120} ncu --clock-control none -k "regex:${NCU_KERNEL:-_gemv_kernel}" -s 2 -c ${NCU_COUNT:-1} \
-    --section SpeedOfLight --section Occupancy --section LaunchStats --section SchedulerStats \
-    --section WarpStateStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+  # NCU_SECTIONS: "--section X ..." (default: the stall profile below; "--section SpeedOfLight" for durations)
+  secs=${NCU_SECTIONS:-"--section SpeedOfLight --section Occupancy --section LaunchStats --section SchedulerStats
+    --section WarpStateStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis"}
+  timeout ${NCU_TIMEOUT:-120} ncu --clock-control none -k "regex:${NCU_KERNEL:-_gemv_kernel}" -s ${NCU_SKIP:-2} \
+    -c ${NCU_COUNT:-1} $secs \
     python3 perf/ncu_target.py ${NCU_TARGET:-gemv} 2>&1 | tee "$OUT/ncu-${NCU_TARGET:-gemv}.txt"; rc=$((rc | $?))
 fi
 exit $rc

@@ -1,7 +1,7 @@
 """Kernel-only times on the GPU: every case and its baseline timed by perf/graphbench.graph_us
 (many calls in one CUDA graph, rotating over input sets several times the L2), in one run.
 
-    python perf/graph_sweep.py [fwht] [dq] [dqcfg] [dq16cfg] [kv] [kvcfg] [gdn]     (default: all)
+    python perf/graph_sweep.py [section ...]     (default: all; the sections are SECTIONS below)
 
 Prints one line per case (us per call, GB/s of the bytes the op must move, ratio to the
 section's baseline) and appends JSON rows to $OUT/graph.jsonl.
@@ -147,7 +147,8 @@ def sec_dq():
     _dq_cases(16, (5,), LINEARS[:5], [("rotated-default", None)])
 
 
-def sec_dqcfg():
+def sec_dqg2x():
+    """The gemv2 option sweep (timed in session 3, S3-2..S3-7); kept to re-run against new defaults."""
     from hlwq_kernels.dequant_matmul.triton import Config
 
     # the old gemv split-K sweep and the first gemv2 configs were timed in session 3 run 1
@@ -194,7 +195,31 @@ def sec_dqcfg():
                                                                   early=True, **g2)),
                                  ("g2x-nib-lean-d2pp-early", Config("gemv2", BN=4, nib=True, lean=True, depth=2,
                                                                     unroll=3, early=True, **g2))])
-    # branch g3 (2026-11-27): offline sm_90 compile only, NOT timed (.notes/dequant_matmul.md "g3").
+
+
+def sec_dqcfg():
+    """Untimed opt-in decode configs against the current default (M = 1). S4-2 timed programmatic
+    dependent launch for gemv2 (1: launch overlap; 2: + the first tile's weights before the wait): slower on
+    5 of 6 shapes (e.g. gate_up 31.10 -> 33.64 / 35.31 us, attn_kv 5.88 -> 7.14 / 6.58; only square
+    7.92 -> 7.47 with 2, which is unsafe for weights written just before), so it was removed."""
+    from hlwq_kernels.dequant_matmul.triton import _pick
+
+    def at(n, k, bits, **kw):
+        return _pick(1, n, k, HLWQ_BLOCK, "gemv2", bits)._replace(**kw)
+
+    for shape in LINEARS:
+        name, n, k = shape
+        if name == "down":  # fused split-K, BN 4, lean, round-robin slots: 18.34 / 18.51 vs 19.63 / 19.96 (S4-1/2)
+            _dq_cases(1, (5,), [shape], [("default", None), ("g2-bn8", at(n, k, 5, fused=False, BN=8, lean=False,
+                                                                             unroll=1)),
+                                         ("bn4-lean-pp", at(n, k, 5, BN=4, lean=True, unroll=2)),
+                                         ("fused-bn4-lean-pp", at(n, k, 5, fused=True, BN=4, lean=True, unroll=2))])
+
+
+def sec_dqg3():
+    """The g3 options (timed in session 4 run 1, S4-1), each shape against its current default."""
+    from hlwq_kernels.dequant_matmul.triton import Config
+    # branch g3 (2026-11-27): offline sm_90 compile only until S4-1 (.notes/dequant_matmul.md "g3").
     # fused = split-K sum in the kernel (last-arriving slice; no _splitk_reduce_kernel launch), which also
     # makes 2-4 K slices affordable at K=4096 (more, smaller CTAs: G=64 64 regs, G=32 48 regs vs 96).
     # Each shape against its current default (5 bits, M=1).
@@ -335,7 +360,10 @@ def sec_kv():
 KV_TIMED = ("single", "lutpack", "dsplit2", "dsplit4", "dsplit2-lutpack-s3", "dsplit2-lutpack-n128w8",
             # session 3 (S3-1..S3-7): timed; the next kvcfg sweep times only the newer VARIANTS + the default
             "dsplit4-lutpack-s1", "dsplit4-tail", "dsplit4-tail-h16", "dsplit4-rep", "dsplit4-rep-s2",
-            "dsplit4-rep-r96", "dsplit4-rep-r80")
+            "dsplit4-rep-r96", "dsplit4-rep-r80",
+            # session 4 run 1 (perf/RESULTS.md S4-1)
+            "dsplit4-rep-dual", "dsplit4-rep-dualx", "dsplit4-rep-pipe", "dsplit4-rep-n128", "dsplit4-rep-lacc",
+            "dsplit4-rep-lacc-pf")
 
 
 def sec_kvcfg():
@@ -352,6 +380,18 @@ def sec_kvcfg():
     _kv_attn({"decode-32k": (1, 32768)}, (3, 2), variants)
     _kv_attn({"decode-128k": (1, 131072), "batch8x8k": (8, 8192)}, (3, 2),
              [("default", None)] + [(f"v-{v}", dict(variant=v)) for v in new])
+
+
+def sec_kvscale():
+    """Time vs context length, the default and the best tiles of the last sweeps, SDPA bf16 alongside.
+    A straight line t = a + b * L through these separates the per-call cost (launches, prologue,
+    epilogue, the split merge) from the per-token rate. (S4-2: a = ~12 us with the old _reduce_kernel.)"""
+    names = ("dsplit4-rep", "dsplit4-rep-n128", "dsplit4-rep-lacc-pf", "dsplit4-rep-n128-lacc-pf")
+    best = [("default", None)] + [(f"v-{v}", dict(variant=v)) for v in names]
+    cases = {f"decode-{n // 1024}k": (1, n) for n in (2048, 8192, 32768, 131072)}
+    _kv_attn(cases, (3,), best)
+    _kv_attn({"batch8x8k": (8, 8192)}, (3,), best)
+    _kv_attn({"decode-32k": (1, 32768), "decode-128k": (1, 131072), "batch8x8k": (8, 8192)}, (2,), best[:4])
 
 
 def sec_kv_append():
@@ -435,8 +475,9 @@ def sec_gdn():
         for s in sets], rec_b, base)
 
 
-SECTIONS = {"fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dqcfg": sec_dqcfg, "dq16cfg": sec_dq16cfg,
-            "dqprefill": sec_dqprefill, "dqsmallm": sec_dqsmallm, "kv": sec_kv, "kvcfg": sec_kvcfg, "gdn": sec_gdn}
+SECTIONS = {"fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dqcfg": sec_dqcfg, "dqg2x": sec_dqg2x,
+            "dqg3": sec_dqg3, "dq16cfg": sec_dq16cfg, "dqprefill": sec_dqprefill, "dqsmallm": sec_dqsmallm,
+            "kv": sec_kv, "kvcfg": sec_kvcfg, "kvscale": sec_kvscale, "gdn": sec_gdn}
 
 if __name__ == "__main__":
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -558,11 +558,12 @@ def test_kv_quant_attn_validation():
 
 def test_plan_fills_the_gpu():
     """Split-K sizing on an H100 (132 SMs): one decode sequence at 32k fills one wave of programs
-    (4 per SM with the D = 256 default "dsplit4-rep", 2 with "single")."""
+    (4 per SM with the D = 256 default "dsplit4-rep-lacc-pf", 2 with "single")."""
     cfg = plan(1, 4, 4, 32768, 256, 132)
     assert cfg["splits"] == 128 and cfg["chunk"] == 256 and cfg["block_m"] == 16  # 512 programs <= 528
     assert (cfg["dsplit"], cfg["packed"], cfg["num_stages"], cfg["maxnreg"]) == (4, True, 1, 128)
     assert (cfg["tail"], cfg["hload"], cfg["rep"]) == (True, 2, True)  # 4 query rows: REP
+    assert (cfg["lacc"], cfg["pf"]) == (True, True)
     assert not plan(1, 4, 12, 32768, 256, 132)["rep"]  # a 3-token chunk, 12 rows: 4 accumulators
     cfg = plan(8, 4, 4, 8192, 256, 132)
     assert cfg["splits"] == 16 and cfg["chunk"] == 512  # 512 programs <= 528 slots: no ragged wave

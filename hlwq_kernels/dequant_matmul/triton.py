@@ -990,6 +990,11 @@ def _pick(m: int, n: int, kp: int, block: int, method: str, bits: int = 5) -> Co
         # prefetch + unroll 4 -> 50.4 us, the best of the sweep; BN 16/64/128 no better.
         return Config("gemv", BN=32, G=g_max, num_warps=4, prefetch=True, unroll=4)
     if method == "gemv2":
+        if n <= 4096 and bits == 5 and kp > 128 * 32:
+            # several K slices (split-K): the N > 4096 option. H100, M=1, 4096x12288, graph timing (graph_sweep
+            # dqcfg, 2026-11-27 session 4 run 3; us): 18.87 vs BN=8 19.72-19.86, cuBLAS bf16 39.12. (Its fused
+            # split-K sum, 18.33, shares counters between calls, so it stays opt-in: Config.fused.)
+            return Config("gemv2", BN=4, G=128, num_warps=4, prefetch=True, lean=True, unroll=2)
         if n <= 4096:
             return Config("gemv2", BN=8, G=128, num_warps=4, prefetch=True)
         # N > 4096: options from the g2opt branch, per bit width. H100, M=1, 24576x4096, graph timing

@@ -503,9 +503,16 @@ def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_p
         hi = tl.minimum(hi, kv_len - Tq + t_last + 1)
 
     cols = colperm(tl.arange(0, D), DECODE != 0)
-    q = tl.load(q_ptr + b * sqb + (hk * G + g)[:, None] * sqh + t[:, None] * sqt + cols[None, :],
-                mask=row_ok[:, None], other=0.0).to(tl.float32)
-    q = (fwht_tile(q, BLOCK_M, D, LOG_D) * qscale).to(tl.float16)
+    if REP:  # 4 distinct rows: rotate those, then repeat them (row 4c + r = query row r)
+        r4 = tl.arange(0, 4)
+        q = tl.load(q_ptr + b * sqb + (hk * G + r4 % G)[:, None] * sqh + (r4 // G)[:, None] * sqt + cols[None, :],
+                    mask=(r4 < n_rows)[:, None], other=0.0).to(tl.float32)
+        q = (fwht_tile(q, 4, D, LOG_D) * qscale).to(tl.float16)
+        q = tl.reshape(tl.broadcast_to(q[None, :, :], [4, 4, D]), [BLOCK_M, D])
+    else:
+        q = tl.load(q_ptr + b * sqb + (hk * G + g)[:, None] * sqh + t[:, None] * sqt + cols[None, :],
+                    mask=row_ok[:, None], other=0.0).to(tl.float32)
+        q = (fwht_tile(q, BLOCK_M, D, LOG_D) * qscale).to(tl.float16)
 
     k_base = kp_ptr + b * skb + hk * skh
     v_base = vp_ptr + b * svb + hk * svh
@@ -635,6 +642,10 @@ def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_p
             # a0[d, 4p + r] -> row 4c + r, column p * D / 4 + d (every c: the 4 copies of query r)
             x = tl.permute(tl.reshape(tl.trans(a0), [4, 4, DP4]), [1, 0, 2])  # [r, p, d]
             x = tl.reshape(x, [4, D])
+            if not DIRECT:
+                # the partial leaves rotated back (linear: rotating each split's partial = rotating
+                # their weighted sum), so _merge_kernel needs no whole row: it runs over column chunks
+                x = fwht_tile(x, 4, D, LOG_D) * oscale
             acc = tl.reshape(tl.broadcast_to(x[None, :, :], [4, 4, D]), [BLOCK_M, D])
         else:
             acc = tl.trans(_stack(_stack(a0, a1, DP4, BLOCK_M), _stack(a2, a3, DP4, BLOCK_M), 2 * DP4, BLOCK_M))
@@ -744,7 +755,10 @@ def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_p
         lse = tl.where(l_i > 0.0, m_i + tl.log2(l_safe), float("-inf"))
         prow = (split * tl.num_programs(1) + bh) * n_rows + rows
         tl.store(lse_ptr + prow, lse, mask=row_ok)
-        tl.store(op_ptr + prow[:, None] * D + tl.arange(0, D)[None, :], o, mask=row_ok[:, None])  # permuted basis
+        if REP:  # rotated back above: stored in the natural basis
+            tl.store(op_ptr + prow[:, None] * D + cols[None, :], o, mask=row_ok[:, None])
+        else:  # permuted basis, rotated by _reduce_kernel
+            tl.store(op_ptr + prow[:, None] * D + tl.arange(0, D)[None, :], o, mask=row_ok[:, None])
 
 
 @triton.jit
@@ -782,6 +796,41 @@ def _reduce_kernel(op_ptr, lse_ptr, out_ptr, n_splits, total_rows, n_rows, Hkv, 
     g = r % G
     tl.store(out_ptr + (b * sob + (hk * G + g) * soh + t * sot) + colperm(cols, PERM)[None, :],
              o.to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _merge_kernel(op_ptr, lse_ptr, out_ptr, n_splits, total_rows, n_rows, Hkv, G, sob, soh, sot,
+                  D: tl.constexpr, DC: tl.constexpr, SB: tl.constexpr):
+    """Program (row, c): columns c * DC .. c * DC + DC - 1 of one output row from partials that the split
+    kernel already rotated back (REP decode): the log2-sum-exp weighted mean over the splits, ``SB`` at a
+    time, stored. No rotation, so a row's columns merge in parallel programs."""
+    R = tl.program_id(0).to(tl.int64)  # row over (b, hk, r)
+    cols = tl.program_id(1) * DC + tl.arange(0, DC)
+    sb = tl.arange(0, SB)
+    m = tl.full([SB], float("-inf"), dtype=tl.float32)
+    for s0 in range(0, n_splits, SB):
+        sp = s0 + sb
+        m = tl.maximum(m, tl.load(lse_ptr + sp * total_rows + R, mask=sp < n_splits, other=float("-inf")))
+    m_max = tl.max(m, axis=0)
+    m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)  # a row that saw no key: output 0
+    l = tl.zeros([SB], dtype=tl.float32)
+    acc = tl.zeros([SB, DC], dtype=tl.float32)
+    for s0 in range(0, n_splits, SB):
+        sp = s0 + sb
+        ok = sp < n_splits
+        w = tl.exp2(tl.load(lse_ptr + sp * total_rows + R, mask=ok, other=float("-inf")) - m_safe)
+        o = tl.load(op_ptr + (sp * total_rows + R)[:, None] * D + cols[None, :], mask=ok[:, None], other=0.0)
+        l += w
+        acc += o * w[:, None]
+    l_sum = tl.sum(l, axis=0)
+    o = tl.sum(acc, axis=0) / tl.where(l_sum > 0.0, l_sum, 1.0)
+    bh = R // n_rows
+    r = R % n_rows
+    b = bh // Hkv
+    hk = bh % Hkv
+    t = r // G
+    g = r % G
+    tl.store(out_ptr + (b * sob + (hk * G + g) * soh + t * sot) + cols, o.to(out_ptr.dtype.element_ty))
 
 
 @functools.lru_cache(maxsize=None)
@@ -879,12 +928,24 @@ VARIANTS = {
     # V dots cover their latency); 943 / 844 (2 bits: 68 UR copies), no spill in the loop
     "dsplit4-rep-lacc-pf": dict(dsplit=4, packed=True, block_n=64, num_warps=4, num_stages=1, maxnreg=128,
                                 per_sm=4, tail=True, hload=2, rep=True, lacc=True, pf=True),
+    # Session 4 (offline only, not timed): the two best of session 3's last sweep combined (H100, graph
+    # timing, 2026-11-27 session 4 run 1: n128 best at 3 bits, lacc-pf at 2 bits): 128-token tiles with the
+    # per-key denominator (lacc), and with the prefetch of part 0's words (pf)
+    "dsplit4-rep-n128-lacc": dict(dsplit=4, packed=True, block_n=128, num_warps=4, num_stages=1, maxnreg=128,
+                                  per_sm=4, tail=True, hload=2, rep=True, lacc=True),
+    "dsplit4-rep-n128-lacc-pf": dict(dsplit=4, packed=True, block_n=128, num_warps=4, num_stages=1, maxnreg=128,
+                                     per_sm=4, tail=True, hload=2, rep=True, lacc=True, pf=True),
 }
 # Measured at D = 256 only (above); D = 64 / 128 keep "single" until timed there.
 # H100, 3 bits, graph timing (graph_sweep kvcfg, 2026-11-27 session 3 run 6; us at 32k / 128k / 8 x 8k):
 # dsplit4-rep 37.91 / 108.06 / 58.23 vs dsplit4-lutpack-s1 39.41 / 115.08 / 63.00 (2 bits: 34.93 /
 # 98.44 / 52.96 vs 35.16 / 99.70 / 54.03).
-DEFAULT_VARIANT = {256: "dsplit4-rep"}
+# Session 4 (H100, 3 / 2 bits, graph timing, graph_sweep kvscale, run S4-3, with the rotate-in-split +
+# column-chunk merge): dsplit4-rep-lacc-pf 10.64 / 15.54 / 32.31 / 97.60 us at 2k / 8k / 32k / 128k and
+# 54.22 at 8 x 8k vs dsplit4-rep 10.85 / 15.40 / 33.21 / 103.79 / 57.90 (2 bits at 32k / 128k / 8 x 8k:
+# 29.90 / 88.62 / 49.38 vs 31.20 / 94.37 / 51.86). dsplit4-rep-n128 is as fast at 3 bits from 32k up
+# (31.98 / 96.59 / 53.97) but slower at 2k / 8k (12.79 / 16.60) and at 2 bits (35.58 / 110.67 / 60.59).
+DEFAULT_VARIANT = {256: "dsplit4-rep-lacc-pf"}
 
 
 def plan(B: int, Hkv: int, n_rows: int, lmax: int, d: int, sms: int, num_splits: int | None = None,
@@ -907,7 +968,7 @@ def plan(B: int, Hkv: int, n_rows: int, lmax: int, d: int, sms: int, num_splits:
     ``VARIANTS``; None: ``DEFAULT_VARIANT`` for this D, else "single"): that configuration for the
     LUT decode tile (D parts at most D / 32), its split count from its programs per SM; ignored where
     the plan does not use that tile (gather decode, BLOCK_M > 16). At D = 256 the default is
-    "dsplit4-rep" (4 programs per SM: 32k decode -> 128 splits of 256 tokens).
+    "dsplit4-rep-lacc-pf" (4 programs per SM: 32k decode -> 128 splits of 256 tokens).
     """
     if variant is not None and variant not in VARIANTS:
         raise ValueError(f"variant must be None or one of {tuple(VARIANTS)}, got {variant!r}")
@@ -1021,7 +1082,14 @@ def kv_quant_attn_triton_splits(q, k_packed, k_norms, v_packed, v_norms, kv_lens
             DUAL=cfg["dual"] if cfg["tail"] and lut_decode else 0, LACC=cfg["lacc"] and cfg["tail"] and lut_decode,
             PF=cfg["pf"] and cfg["tail"] and lut_decode,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **opts)
-        if not direct:
+        if not direct and cfg["rep"]:  # partials rotated back in the split kernel: merge column chunks
+            total = B * Hkv * n_rows
+            dc = 32 if total * (D // 32) <= 4 * sms else 64  # ~1-4 programs per SM at B = 1 / larger batches
+            sb = max(2, min(128, next_pow2(cfg["splits"]), 4096 // dc))  # <= 32 fp32 partials per thread
+            _merge_kernel[(total, D // dc)](
+                op, lse, out, cfg["splits"], total, n_rows, Hkv, G, out.stride(0), out.stride(1), out.stride(2),
+                D=D, DC=dc, SB=sb, num_warps=4)
+        elif not direct:
             total = B * Hkv * n_rows
             sb = max(2, min(64, next_pow2(cfg["splits"]), 16384 // D))  # <= 64 fp32 partials per thread
             _reduce_kernel[(total,)](
