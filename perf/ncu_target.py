@@ -1,7 +1,7 @@
 """A few launches of one kernel for Nsight Compute (device.sh's ncu mode):
     ncu --clock-control none -k regex:_gemv_kernel -c 1 --section ... python3 perf/ncu_target.py gemv
-Targets: gemv (dequant_matmul M=1, 5 bits, gate_up 24576x4096), kv (kv_quant_attn 3 bits, 32k, batch 1),
-gdn (gated_delta_decode_step, batch 1)."""
+Targets: gemv (dequant_matmul M=1, 5 bits, gate_up 24576x4096), gemv-small (the same, 2048x4096),
+kv (kv_quant_attn 3 bits, 32k, batch 1), gdn (gated_delta_decode_step, batch 1)."""
 
 import sys
 from pathlib import Path
@@ -12,9 +12,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import graph_sweep as gs  # noqa: E402
 
 what = sys.argv[1] if len(sys.argv) > 1 else "gemv"
-if what == "gemv":
+if what in ("gemv", "gemv-small"):
     from hlwq_kernels.dequant_matmul.triton import dequant_matmul_rotated
-    w = gs._hlwq_weight(24576, 4096, 5, 0)
+    w = gs._hlwq_weight(24576 if what == "gemv" else 2048, 4096, 5, 0)
     x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
     for _ in range(3):
         dequant_matmul_rotated(x, w, torch.bfloat16)

@@ -762,13 +762,10 @@ def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_p
 
 
 @triton.jit
-def _reduce_kernel(op_ptr, lse_ptr, out_ptr, n_splits, total_rows, n_rows, Hkv, G, oscale, sob, soh, sot,
-                   D: tl.constexpr, LOG_D: tl.constexpr, SB: tl.constexpr, PERM: tl.constexpr):
-    """One output row per program: merge its ``n_splits`` partials ``SB`` splits at a time (all
-    of a block's loads independent, in flight together), rotate back, store. A first pass over
+def _merged_row(op_ptr, lse_ptr, R, cols, n_splits, total_rows, D: tl.constexpr, SB: tl.constexpr):
+    """Columns ``cols`` of output row ``R``: the log2-sum-exp weighted mean of its ``n_splits`` partials,
+    ``SB`` splits at a time (all of a block's loads independent, in flight together). A first pass over
     the log2-sum-exps finds the max, so every weight is final when its partial is loaded."""
-    R = tl.program_id(0).to(tl.int64)  # row over (b, hk, r)
-    cols = tl.arange(0, D)
     sb = tl.arange(0, SB)
     m = tl.full([SB], float("-inf"), dtype=tl.float32)
     for s0 in range(0, n_splits, SB):
@@ -777,7 +774,7 @@ def _reduce_kernel(op_ptr, lse_ptr, out_ptr, n_splits, total_rows, n_rows, Hkv, 
     m_max = tl.max(m, axis=0)
     m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)  # a row that saw no key: output 0
     l = tl.zeros([SB], dtype=tl.float32)
-    acc = tl.zeros([SB, D], dtype=tl.float32)
+    acc = tl.zeros([SB, cols.shape[0]], dtype=tl.float32)
     for s0 in range(0, n_splits, SB):
         sp = s0 + sb
         ok = sp < n_splits
@@ -786,15 +783,30 @@ def _reduce_kernel(op_ptr, lse_ptr, out_ptr, n_splits, total_rows, n_rows, Hkv, 
         l += w
         acc += o * w[:, None]
     l_sum = tl.sum(l, axis=0)
-    o = tl.reshape(tl.sum(acc, axis=0) / tl.where(l_sum > 0.0, l_sum, 1.0), [1, D])
-    o = fwht_tile(o, 1, D, LOG_D) * oscale
+    return tl.sum(acc, axis=0) / tl.where(l_sum > 0.0, l_sum, 1.0)
+
+
+@triton.jit
+def _out_row(out_ptr, R, n_rows, Hkv, G, sob, soh, sot):
+    """Where output row ``R`` (over (b, hk, r), r = t * G + g) starts in out [B, Hq, Tq, D]."""
     bh = R // n_rows
     r = R % n_rows
     b = bh // Hkv
     hk = bh % Hkv
     t = r // G
     g = r % G
-    tl.store(out_ptr + (b * sob + (hk * G + g) * soh + t * sot) + colperm(cols, PERM)[None, :],
+    return out_ptr + (b * sob + (hk * G + g) * soh + t * sot)
+
+
+@triton.jit
+def _reduce_kernel(op_ptr, lse_ptr, out_ptr, n_splits, total_rows, n_rows, Hkv, G, oscale, sob, soh, sot,
+                   D: tl.constexpr, LOG_D: tl.constexpr, SB: tl.constexpr, PERM: tl.constexpr):
+    """One output row per program: merge its ``n_splits`` partials (``_merged_row``), rotate back, store."""
+    R = tl.program_id(0).to(tl.int64)  # row over (b, hk, r)
+    cols = tl.arange(0, D)
+    o = tl.reshape(_merged_row(op_ptr, lse_ptr, R, cols, n_splits, total_rows, D, SB), [1, D])
+    o = fwht_tile(o, 1, D, LOG_D) * oscale
+    tl.store(_out_row(out_ptr, R, n_rows, Hkv, G, sob, soh, sot) + colperm(cols, PERM)[None, :],
              o.to(out_ptr.dtype.element_ty))
 
 
@@ -802,35 +814,12 @@ def _reduce_kernel(op_ptr, lse_ptr, out_ptr, n_splits, total_rows, n_rows, Hkv, 
 def _merge_kernel(op_ptr, lse_ptr, out_ptr, n_splits, total_rows, n_rows, Hkv, G, sob, soh, sot,
                   D: tl.constexpr, DC: tl.constexpr, SB: tl.constexpr):
     """Program (row, c): columns c * DC .. c * DC + DC - 1 of one output row from partials that the split
-    kernel already rotated back (REP decode): the log2-sum-exp weighted mean over the splits, ``SB`` at a
-    time, stored. No rotation, so a row's columns merge in parallel programs."""
+    kernel already rotated back (REP decode): merged (``_merged_row``) and stored. No rotation, so a row's
+    columns merge in parallel programs."""
     R = tl.program_id(0).to(tl.int64)  # row over (b, hk, r)
     cols = tl.program_id(1) * DC + tl.arange(0, DC)
-    sb = tl.arange(0, SB)
-    m = tl.full([SB], float("-inf"), dtype=tl.float32)
-    for s0 in range(0, n_splits, SB):
-        sp = s0 + sb
-        m = tl.maximum(m, tl.load(lse_ptr + sp * total_rows + R, mask=sp < n_splits, other=float("-inf")))
-    m_max = tl.max(m, axis=0)
-    m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)  # a row that saw no key: output 0
-    l = tl.zeros([SB], dtype=tl.float32)
-    acc = tl.zeros([SB, DC], dtype=tl.float32)
-    for s0 in range(0, n_splits, SB):
-        sp = s0 + sb
-        ok = sp < n_splits
-        w = tl.exp2(tl.load(lse_ptr + sp * total_rows + R, mask=ok, other=float("-inf")) - m_safe)
-        o = tl.load(op_ptr + (sp * total_rows + R)[:, None] * D + cols[None, :], mask=ok[:, None], other=0.0)
-        l += w
-        acc += o * w[:, None]
-    l_sum = tl.sum(l, axis=0)
-    o = tl.sum(acc, axis=0) / tl.where(l_sum > 0.0, l_sum, 1.0)
-    bh = R // n_rows
-    r = R % n_rows
-    b = bh // Hkv
-    hk = bh % Hkv
-    t = r // G
-    g = r % G
-    tl.store(out_ptr + (b * sob + (hk * G + g) * soh + t * sot) + cols, o.to(out_ptr.dtype.element_ty))
+    o = _merged_row(op_ptr, lse_ptr, R, cols, n_splits, total_rows, D, SB)
+    tl.store(_out_row(out_ptr, R, n_rows, Hkv, G, sob, soh, sot) + cols, o.to(out_ptr.dtype.element_ty))
 
 
 @functools.lru_cache(maxsize=None)
