@@ -290,6 +290,35 @@ def sec_dq16cfg():
     _dq_cases(16, (5,), LINEARS[:5], cfgs)
 
 
+def sec_dq16split():
+    """M=16, 5 bits: dot2's split-K count. The default rule (``_split_k``) fills about one program per SM
+    (8192x4096: 2 splits, 256 programs; 4096^2: 4; 4096x12288: 3; 2048x4096: 8; 24576x4096: 1), while
+    dot2 pf1 fits 4 programs per SM (128 registers) and pf0 unroll 2 fits 5 (96): 2x and 4x the splits."""
+    from hlwq_kernels.dequant_matmul.triton import Config, _split_k
+
+    for name, n, k in LINEARS[:5]:
+        d2 = Config("dot2", BN=64, G=4, BM=16, num_warps=4, num_stages=1, pf=1)
+        n_tiles = k // 128
+        base = _split_k(d2, n // 64, n_tiles, torch.device(DEV))
+        cfgs = [("default", None)]
+        for mult in (2, 4):
+            s = min(base * mult, n_tiles)
+            cfgs += [(f"d2-pf1-s{s}", d2._replace(split_k=s)),
+                     (f"d2-pf0u2-s{s}", d2._replace(pf=0, unroll=2, split_k=s))]
+        _dq_cases(16, (5,), [(name, n, k)], cfgs)
+
+
+def sec_dqlowbit():
+    """M=1, 4 and 3 bits on the N > 4096 shapes: the defaults against 2-warp programs (BN 2, row_tiles 12),
+    the best of S3-6 at both widths (4 bits 26.22 vs 26.63 us, 3 bits with nib 28.36 vs 29.59)."""
+    from hlwq_kernels.dequant_matmul.triton import Config
+
+    g2 = dict(G=128, prefetch=True, lean=True, unroll=2, BN=2, num_warps=2, row_tiles=12)
+    big = [s for s in LINEARS if s[0] in ("gate_up", "lm_head")]
+    _dq_cases(1, (4,), big, [("default", None), ("bn2w2-lean-pp-rt12", Config("gemv2", **g2))])
+    _dq_cases(1, (3,), big, [("default", None), ("nib-bn2w2-lean-pp-rt12", Config("gemv2", nib=True, **g2))])
+
+
 def sec_dqprefill():
     """M=2048, 5 bits: the slab path at several slab heights (rows of W_rot dequantized per cuBLAS
     call; default ~16 MiB of bf16) against cuBLAS bf16."""
@@ -476,7 +505,8 @@ def sec_gdn():
 
 
 SECTIONS = {"fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dqcfg": sec_dqcfg, "dqg2x": sec_dqg2x,
-            "dqg3": sec_dqg3, "dq16cfg": sec_dq16cfg, "dqprefill": sec_dqprefill, "dqsmallm": sec_dqsmallm,
+            "dqg3": sec_dqg3, "dq16cfg": sec_dq16cfg, "dq16split": sec_dq16split, "dqlowbit": sec_dqlowbit,
+            "dqprefill": sec_dqprefill, "dqsmallm": sec_dqsmallm,
             "kv": sec_kv, "kvcfg": sec_kvcfg, "kvscale": sec_kvscale, "gdn": sec_gdn}
 
 if __name__ == "__main__":

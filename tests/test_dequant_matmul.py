@@ -212,6 +212,40 @@ def test_gemv2_fused_single_slice_and_growth(device):
         dq._G2_MIN_COUNTERS = old
 
 
+# (out features, Kp, bits) whose M=1 default differs: N <= 4096 at K = 4096 and with K slices (5 bits: BN 4
+# lean slots), N > 4096 per width, and 3 bits at N >= 16384 (2-warp programs, 12 row tiles)
+PICKED = [(4096, 4096, 5), (4096, 12288, 5), (24576, 4096, 5), (24576, 4096, 4), (24576, 4096, 3),
+          (8192, 4096, 3), (24576, 4096, 2)]
+
+
+@pytest.mark.parametrize("n_pick,kp_pick,bits", PICKED, ids=[f"{n}x{k}-{b}" for n, k, b in PICKED])
+def test_gemv2_default_configs(device, n_pick, kp_pick, bits):
+    """Each M=1 default config of ``_pick`` on a small weight (40 rows, ragged against every BN x row
+    tiles; K = 384: three norm blocks, one K slice)."""
+    from hlwq_kernels.dequant_matmul.triton import _pick
+
+    cfg = _pick(1, n_pick, kp_pick, 128, "gemv2", bits)
+    qw = make_weight(40, 384, bits, 128, bits, device)
+    x = make_x((1,), 384, torch.bfloat16 if ON_GPU else torch.float16, bits, device)
+    y = dequant_matmul_triton_method(x, qw, False, x.dtype, config=cfg)
+    check(y, x, qw, False, x.dtype, str(cfg))
+
+
+def test_split_k_rule(monkeypatch):
+    """Split-K counts on a 132-SM GPU: dot2 (M <= 16) twice the one-wave rule, at most 8 (the session-4
+    sweep's best on 4 of the 5 Qwen3.5-9B shapes, second best on 24576x4096); dot keeps one wave."""
+    from hlwq_kernels.dequant_matmul import triton as dq
+
+    monkeypatch.setattr(dq, "_num_sms", lambda device: 132)
+    d2 = Config("dot2", BN=64, G=4, BM=16, num_stages=1, pf=1)
+    dev = torch.device("cpu")
+    # (out features, K-steps of 128) -> splits: 8192x4096, 4096^2, 24576x4096, 4096x12288, 2048x4096
+    for n, steps, want in [(8192, 32, 4), (4096, 32, 8), (24576, 32, 2), (4096, 96, 6), (2048, 32, 8)]:
+        assert dq._split_k(d2, n // 64, steps, dev) == want, (n, steps)
+    dot = Config("dot", BN=64, G=4, BM=16)
+    assert [dq._split_k(dot, n // 64, 32, dev) for n in (8192, 4096, 24576, 2048)] == [2, 4, 1, 8]
+
+
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8])
 def test_dot2_every_bit_width(device, bits):
     """The opt-in M = 5..256 tensor-core kernel (method="dot2"), fragment order + prefetch."""
@@ -342,6 +376,20 @@ def test_gpu_qwen_shape(m, bits):
     qw = make_weight(1024, 4096, bits, 128, bits, "cuda")
     x = make_x((m,), 4096, torch.bfloat16, m, "cuda")
     check(dequant_matmul(x, qw), x, qw, False, torch.bfloat16, f"m={m} bits={bits}")
+
+
+QWEN_BIG = [(1, 24576, 4096, 3), (1, 24576, 4096, 4), (1, 4096, 12288, 5), (16, 8192, 4096, 5),
+            (16, 4096, 12288, 5), (16, 24576, 4096, 5)]
+
+
+@needs_gpu
+@pytest.mark.parametrize("m,n,k,bits", QWEN_BIG, ids=[f"m{m}-{n}x{k}-{b}" for m, n, k, b in QWEN_BIG])
+def test_gpu_qwen_big_shapes(m, n, k, bits):
+    """The defaults at the Qwen3.5-9B shapes where the choice depends on N and K (3-bit 2-warp programs,
+    split-K GEMV slots, dot2's split count)."""
+    qw = make_weight(n, k, bits, 128, bits, "cuda")
+    x = make_x((m,), k, torch.bfloat16, m, "cuda")
+    check(dequant_matmul(x, qw), x, qw, False, torch.bfloat16, f"m={m} {n}x{k} bits={bits}")
 
 
 @needs_gpu

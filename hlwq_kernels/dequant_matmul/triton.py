@@ -1005,6 +1005,12 @@ def _pick(m: int, n: int, kp: int, block: int, method: str, bits: int = 5) -> Co
             return Config("gemv2", BN=4, G=128, num_warps=4, prefetch=True, lean=True, unroll=2)
         if bits == 4:
             return Config("gemv2", BN=4, G=128, num_warps=4, prefetch=True, lean=True)
+        if bits == 3 and n >= 16384:
+            # 2-warp programs, 8 per SM at 128 registers (H100, graph_sweep dqlowbit, session 4 run 9; us):
+            # 24576x4096 27.95 vs 29.62 (session 3 run 6: 28.36 vs 29.59), lm_head 241.71 vs 252.75.
+            # Untimed below N = 16384 (row_tiles 12 leaves 8192 rows 342 programs), so those keep the option below.
+            return Config("gemv2", BN=2, G=128, num_warps=2, prefetch=True, nib=True, lean=True, unroll=2,
+                          row_tiles=12)
         if bits == 3:
             return Config("gemv2", BN=4, G=128, num_warps=4, prefetch=True, nib=True, lean=True, unroll=2,
                           early=True)
@@ -1041,10 +1047,18 @@ def _split_k(cfg: Config, programs: int, n_tiles: int, device: torch.device) -> 
     # 10.95 / 12.45 us; 4096x12288 50.99 / 31.87 / 24.56 / 25.77; 2048x4096 17.31 / 11.23 / 8.25 /
     # 8.82; 24576x4096 (768 programs) 41.57 / 42.54 / 42.07 / 44.48.
     # The dot kernel (M <= 256) keeps the measured rule of session 1: at least one full wave.
+    # dot2 (the M <= 16 default): twice that, at most 8 splits. H100, M=16, 5 bits, graph timing
+    # (graph_sweep dq16split, 2026-11-27 session 4 run 9; us, splits: the one-wave rule / 2x / 4x):
+    # 8192x4096 s2 22.08 / s4 18.46 / s8 20.43; 4096^2 s4 13.05 / s8 12.56 / s16 14.47; 24576x4096 s1
+    # 52.71 / s2 50.94 / s4 48.12; 4096x12288 s3 38.38 / s6 27.64 / s12 30.05; 2048x4096 s8 9.67 /
+    # s16 10.03 / s32 12.31 (cuBLAS bf16 25.57 / 16.84 / 73.45 / 39.97 / 11.00).
+    one_wave = -(-_num_sms(device) // max(programs, 1))
     if cfg.method == "gemv":
         want = min(4, -(-3 * _num_sms(device) // max(programs, 1)))
+    elif cfg.method == "dot2":
+        want = min(8, 2 * one_wave)
     else:
-        want = -(-_num_sms(device) // max(programs, 1))
+        want = one_wave
     divisors = [d for d in range(1, min(n_tiles, 16) + 1) if n_tiles % d == 0]
     bigger = [d for d in divisors if d >= want]
     return bigger[0] if bigger else divisors[-1]
