@@ -308,6 +308,22 @@ def sec_dq16split():
         _dq_cases(16, (5,), [(name, n, k)], cfgs)
 
 
+def sec_dq16pf():
+    """M=16, 5 bits, dot2 at the split counts of the current rule (S4-9): the prefetch options of S3-5
+    again (pf2 unroll 2 was best on 24576x4096 there), and 24576x4096 at 4 splits."""
+    from hlwq_kernels.dequant_matmul.triton import Config
+
+    def d2(**kw):
+        return Config("dot2", **{**dict(BN=64, G=4, BM=16, num_warps=4, num_stages=1, pf=1), **kw})
+
+    for name, n, k in LINEARS[:5]:
+        cfgs = [("default", None), ("d2-pf2u2", d2(pf=2, unroll=2)), ("d2-pf1-l2", d2(l2pf=4)),
+                ("d2-pf1u2", d2(unroll=2))]
+        if name == "gate_up":
+            cfgs += [("d2-pf1-s4", d2(split_k=4)), ("d2-pf2u2-s4", d2(pf=2, unroll=2, split_k=4))]
+        _dq_cases(16, (5,), [(name, n, k)], cfgs)
+
+
 def sec_dqlowbit():
     """M=1, 4 and 3 bits on the N > 4096 shapes: the defaults against 2-warp programs (BN 2, row_tiles 12),
     the best of S3-6 at both widths (4 bits 26.22 vs 26.63 us, 3 bits with nib 28.36 vs 29.59)."""
@@ -506,6 +522,7 @@ def sec_gdn():
 
 SECTIONS = {"fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dqcfg": sec_dqcfg, "dqg2x": sec_dqg2x,
             "dqg3": sec_dqg3, "dq16cfg": sec_dq16cfg, "dq16split": sec_dq16split, "dqlowbit": sec_dqlowbit,
+            "dq16pf": sec_dq16pf,
             "dqprefill": sec_dqprefill, "dqsmallm": sec_dqsmallm,
             "kv": sec_kv, "kvcfg": sec_kvcfg, "kvscale": sec_kvscale, "gdn": sec_gdn}
 

@@ -232,15 +232,17 @@ def test_gemv2_default_configs(device, n_pick, kp_pick, bits):
 
 
 def test_split_k_rule(monkeypatch):
-    """Split-K counts on a 132-SM GPU: dot2 (M <= 16) twice the one-wave rule, at most 8 (the session-4
-    sweep's best on 4 of the 5 Qwen3.5-9B shapes, second best on 24576x4096); dot keeps one wave."""
+    """Split-K counts on a 132-SM GPU: dot2 (M <= 16) under 4 programs per SM twice the one-wave rule, at
+    least 4 and at most 8 (the session-4 sweeps' best on the 5 Qwen3.5-9B shapes); dot keeps one wave, and
+    so does dot2 on a large grid (lm_head: 3880 programs)."""
     from hlwq_kernels.dequant_matmul import triton as dq
 
     monkeypatch.setattr(dq, "_num_sms", lambda device: 132)
     d2 = Config("dot2", BN=64, G=4, BM=16, num_stages=1, pf=1)
     dev = torch.device("cpu")
     # (out features, K-steps of 128) -> splits: 8192x4096, 4096^2, 24576x4096, 4096x12288, 2048x4096
-    for n, steps, want in [(8192, 32, 4), (4096, 32, 8), (24576, 32, 2), (4096, 96, 6), (2048, 32, 8)]:
+    for n, steps, want in [(8192, 32, 4), (4096, 32, 8), (24576, 32, 4), (4096, 96, 6), (2048, 32, 8),
+                           (248320, 32, 1)]:
         assert dq._split_k(d2, n // 64, steps, dev) == want, (n, steps)
     dot = Config("dot", BN=64, G=4, BM=16)
     assert [dq._split_k(dot, n // 64, 32, dev) for n in (8192, 4096, 24576, 2048)] == [2, 4, 1, 8]

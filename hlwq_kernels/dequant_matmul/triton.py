@@ -1047,16 +1047,17 @@ def _split_k(cfg: Config, programs: int, n_tiles: int, device: torch.device) -> 
     # 10.95 / 12.45 us; 4096x12288 50.99 / 31.87 / 24.56 / 25.77; 2048x4096 17.31 / 11.23 / 8.25 /
     # 8.82; 24576x4096 (768 programs) 41.57 / 42.54 / 42.07 / 44.48.
     # The dot kernel (M <= 256) keeps the measured rule of session 1: at least one full wave.
-    # dot2 (the M <= 16 default): twice that, at most 8 splits. H100, M=16, 5 bits, graph timing
-    # (graph_sweep dq16split, 2026-11-27 session 4 run 9; us, splits: the one-wave rule / 2x / 4x):
-    # 8192x4096 s2 22.08 / s4 18.46 / s8 20.43; 4096^2 s4 13.05 / s8 12.56 / s16 14.47; 24576x4096 s1
-    # 52.71 / s2 50.94 / s4 48.12; 4096x12288 s3 38.38 / s6 27.64 / s12 30.05; 2048x4096 s8 9.67 /
-    # s16 10.03 / s32 12.31 (cuBLAS bf16 25.57 / 16.84 / 73.45 / 39.97 / 11.00).
+    # dot2 (the M <= 16 default), while the grid has fewer than 4 programs per SM (it fits 4 at 128
+    # registers): twice that, at least 4 and at most 8 splits. H100, M=16, 5 bits, graph timing (graph_sweep
+    # dq16split, 2026-11-27 session 4 run 9; us, splits: the one-wave rule / 2x / 4x): 8192x4096 s2 22.08 /
+    # s4 18.46 / s8 20.43; 4096^2 s4 13.05 / s8 12.56 / s16 14.47; 24576x4096 s1 52.71 / s2 50.94 / s4 48.12
+    # (run 11: s2 51.79 / s4 48.08); 4096x12288 s3 38.38 / s6 27.64 / s12 30.05; 2048x4096 s8 9.67 / s16
+    # 10.03 / s32 12.31 (cuBLAS bf16 25.57 / 16.84 / 73.45 / 39.97 / 11.00). Larger grids (lm_head): one wave.
     one_wave = -(-_num_sms(device) // max(programs, 1))
     if cfg.method == "gemv":
         want = min(4, -(-3 * _num_sms(device) // max(programs, 1)))
-    elif cfg.method == "dot2":
-        want = min(8, 2 * one_wave)
+    elif cfg.method == "dot2" and programs < 4 * _num_sms(device):
+        want = min(8, max(4, 2 * one_wave))
     else:
         want = one_wave
     divisors = [d for d in range(1, min(n_tiles, 16) + 1) if n_tiles % d == 0]
