@@ -106,7 +106,11 @@ def _assert_same_quantization(a: HLWQWeight, b: HLWQWeight, w: torch.Tensor, wha
     """Two paths of fp32 math in different summation orders. Codes differ only (i) by one level
     for a value within rounding of a threshold, or (ii) in a whole block whose candidate scales
     tie to rounding (then the paths picked different candidates). Either way every block's error
-    must match to rounding, and most blocks must be identical."""
+    must match to rounding, and most blocks must be identical. Blocks with at most one nonzero weight
+    (e.g. the padded last block of K = 257) are left out of that count: their rotation is +-v/sqrt(block)
+    in every coordinate, so every coordinate sits on the same point relative to the thresholds and every
+    candidate scale ties (found on the H100, 2026-11-27 session 4 run 12: n=4, k=257, bits=2, block=128,
+    three rows' last blocks differed with equal block errors)."""
     assert a.shape == b.shape and a.bits == b.bits and a.block == b.block
     assert a.packed.shape == b.packed.shape and a.norms.shape == b.norms.shape
     ea, yy = _block_errors(a, w)
@@ -116,7 +120,9 @@ def _assert_same_quantization(a: HLWQWeight, b: HLWQWeight, w: torch.Tensor, wha
     assert not bool(bad.any()), (f"{what}: block errors differ at {bad.nonzero()[:5].tolist()}: "
                                  f"{ea[bad][:5]} vs {eb[bad][:5]}")
     same_block = (_codes(a) == _codes(b)).view(*ea.shape, -1).all(-1) & (a.norms.cpu() == b.norms.cpu())
-    n_diff = int((~same_block).sum())
+    n, k = a.shape
+    nonzero = F.pad(w.detach().cpu(), (0, a.padded_in_features - k)).view(n, -1, a.block).ne(0).sum(-1)
+    n_diff = int((~same_block & (nonzero > 1)).sum())
     assert n_diff <= max(2, 0.1 * same_block.numel()), f"{what}: {n_diff} blocks differ"
 
 
@@ -143,6 +149,7 @@ def test_reference_matches_obvious_version(bits, shape, block):
 @example(n=63, k=300, bits=5, block=128, dtype=torch.bfloat16, seed=1)
 @example(n=17, k=128, bits=8, block=128, dtype=torch.float16, seed=2)
 @example(n=5, k=781, bits=3, block=256, dtype=torch.float32, seed=3)
+@example(n=4, k=257, bits=2, block=128, dtype=torch.float32, seed=0)  # one-value last blocks (see above)
 def test_triton_matches_reference(device, n, k, bits, block, dtype, seed):
     kp = -(-k // block) * block
     assume(n * kp <= 40000)
