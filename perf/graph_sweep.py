@@ -406,9 +406,9 @@ KV_TIMED = ("single", "lutpack", "dsplit2", "dsplit4", "dsplit2-lutpack-s3", "ds
             # session 3 (S3-1..S3-7): timed; the next kvcfg sweep times only the newer VARIANTS + the default
             "dsplit4-lutpack-s1", "dsplit4-tail", "dsplit4-tail-h16", "dsplit4-rep", "dsplit4-rep-s2",
             "dsplit4-rep-r96", "dsplit4-rep-r80",
-            # session 4 run 1 (perf/RESULTS.md S4-1)
+            # session 4 runs 1-3 (perf/RESULTS.md S4-1..S4-3)
             "dsplit4-rep-dual", "dsplit4-rep-dualx", "dsplit4-rep-pipe", "dsplit4-rep-n128", "dsplit4-rep-lacc",
-            "dsplit4-rep-lacc-pf")
+            "dsplit4-rep-lacc-pf", "dsplit4-rep-n128-lacc", "dsplit4-rep-n128-lacc-pf")
 
 
 def sec_kvcfg():
