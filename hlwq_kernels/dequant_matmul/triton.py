@@ -1053,10 +1053,11 @@ def _split_k(cfg: Config, programs: int, n_tiles: int, device: torch.device) -> 
     # s4 18.46 / s8 20.43; 4096^2 s4 13.05 / s8 12.56 / s16 14.47; 24576x4096 s1 52.71 / s2 50.94 / s4 48.12
     # (run 11: s2 51.79 / s4 48.08); 4096x12288 s3 38.38 / s6 27.64 / s12 30.05; 2048x4096 s8 9.67 / s16
     # 10.03 / s32 12.31 (cuBLAS bf16 25.57 / 16.84 / 73.45 / 39.97 / 11.00). Larger grids (lm_head): one wave.
-    one_wave = -(-_num_sms(device) // max(programs, 1))
+    sms, programs = _num_sms(device), max(programs, 1)
+    one_wave = -(-sms // programs)
     if cfg.method == "gemv":
-        want = min(4, -(-3 * _num_sms(device) // max(programs, 1)))
-    elif cfg.method == "dot2" and programs < 4 * _num_sms(device):
+        want = min(4, -(-3 * sms // programs))
+    elif cfg.method == "dot2" and programs < 4 * sms:
         want = min(8, max(4, 2 * one_wave))
     else:
         want = one_wave
