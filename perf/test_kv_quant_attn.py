@@ -19,7 +19,9 @@ CASES = {  # name: (batch, context)
     "decode-128k": (1, 131072),
     "batch8x8k": (8, 8192),
 }
-IMPLS = ["hlwq-2bit", "hlwq-3bit", "hlwq-4bit", "sdpa-bf16"]
+# hlwq-*: the default dispatch (D = 256 decode at 2/3 bits: the Gluon kernel, session 5);
+# hlwq-3bit-triton: the Triton kernel's default decode tile on the same shapes (the previous default)
+IMPLS = ["hlwq-2bit", "hlwq-3bit", "hlwq-3bit-triton", "hlwq-4bit", "sdpa-bf16"]
 
 
 def packed_cache(b, lmax, bits):
@@ -49,7 +51,14 @@ def test_kv_attn_decode(benchmark, gpu_bench, case, impl):
         bits = int(impl.split("-")[1][0])
         kp, kn, vp, vn = packed_cache(b, lmax, bits)
         lens = torch.full((b,), lmax, device="cuda", dtype=torch.int32)
-        fn = lambda: kv_quant_attn(q, kp, kn, vp, vn, bits=bits, kv_lens=lens)  # noqa: E731
+        if impl.endswith("-triton"):
+            from hlwq_kernels.kv_quant_attn import kv_quant_attn_triton_splits
+            from hlwq_kernels.quantize_kv import default_codebook
+            cb = default_codebook(bits, "cuda")
+            fn = lambda: kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, None, bits, D ** -0.5, True, cb,  # noqa: E731
+                                                     variant="dsplit4-rep-lacc-pf")
+        else:
+            fn = lambda: kv_quant_attn(q, kp, kn, vp, vn, bits=bits, kv_lens=lens)  # noqa: E731
         per_token = HKV * 2 * (D * bits // 8 + 2)
     nbytes = b * lmax * per_token + qo_bytes
     gpu_bench(benchmark, fn, graph=True, nbytes=nbytes, flops=flops, kv_bytes_per_token=per_token,

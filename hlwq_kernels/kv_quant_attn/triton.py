@@ -60,6 +60,7 @@ from ..quantize_kv.triton import fwht_tile
 from .lut import CONSTRAINTS as _LUT_CONSTRAINTS
 from .lut import CONSTRAINTS_PACKED as _LUT_CONSTRAINTS_PACKED
 from .lut import ptx as _lut_ptx
+from . import gluon as _gluon
 
 LOG2E = 1.4426950408889634
 LUT_PTX: tl.constexpr = tl.constexpr(_lut_ptx())
@@ -996,6 +997,7 @@ def plan(B: int, Hkv: int, n_rows: int, lmax: int, d: int, sms: int, num_splits:
 
 
 _LUT_BROKEN: set = set()  # (device, D, bits) whose LUT kernel failed to compile (then: gather + warning)
+_GLUON_BROKEN: set = set()  # (device, bits) whose Gluon decode kernel failed (then: the Triton kernels + warning)
 
 
 def kv_quant_attn_triton_splits(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_start, bits, scale, causal,
@@ -1009,6 +1011,9 @@ def kv_quant_attn_triton_splits(q, k_packed, k_norms, v_packed, v_norms, kv_lens
     ``variant``: None (``DEFAULT_VARIANT``) or a key of ``VARIANTS``: a configuration of the LUT
     decode tile (see ``plan``); ``block_n``, ``num_warps``, ``num_stages`` (default 2),
     ``trans`` and ``maxnreg`` (ptxas register cap, GPU only), when given, override the plan's.
+    On the GPU, with none of those choices given, decode at D = 256 and 2 / 3 bits (at most 4 query
+    rows per KV head) runs the Gluon kernel of ``gluon.py`` instead; ``variant`` selects a Triton
+    configuration explicitly (the benchmarks compare the two that way).
     """
     B, Hq, Tq, D = q.shape
     Hkv, lmax = k_packed.shape[1], k_packed.shape[2]
@@ -1023,6 +1028,18 @@ def kv_quant_attn_triton_splits(q, k_packed, k_norms, v_packed, v_norms, kv_lens
     sms = _num_sms(q.device.index or 0) if on_gpu else 4
     _, _, cb16, lut = tables(codebook)
     auto = decode is None
+    if (on_gpu and auto and variant is None and block_n is None and num_warps is None and num_stages is None
+            and trans is None and maxnreg is None and _gluon.supported(D, bits, n_rows)
+            and (q.device, bits) not in _GLUON_BROKEN and _gluon.available()):
+        # decode at D = 256, 2/3 bits: the Gluon kernel (codes decoded straight into the wgmma operand
+        # registers; gluon.py), measured faster than every configuration here (perf/RESULTS.md, session 5)
+        try:
+            return _gluon.kv_attn_decode_gluon(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_start, bits,
+                                               scale, causal, codebook, num_splits)
+        except Exception as e:  # noqa: BLE001  a Triton without Gluon, or a compile failure: the kernels below
+            _GLUON_BROKEN.add((q.device, bits))
+            warnings.warn(f"kv_quant_attn: the Gluon decode kernel failed ({type(e).__name__}: {e}); using the "
+                          "Triton kernel", RuntimeWarning, stacklevel=3)
     if auto:
         decode = "lut" if bits in (2, 3) and (q.device, D, bits) not in _LUT_BROKEN else "gather"
     if decode == "lut" and bits not in (2, 3):

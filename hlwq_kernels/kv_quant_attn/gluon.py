@@ -1,0 +1,538 @@
+"""Decode attention over the packed 2/3-bit KV cache, written in Gluon (Triton's explicit-layout
+dialect) so that the decoded codes land directly in the wgmma A-operand registers.
+
+Why. The Triton kernel (``triton.py``) decodes a tile of codes into a blocked register layout,
+then Triton moves it into the tensor-core operand layout through shared memory (store, barrier,
+``ldmatrix``, barrier before the next part): 16 of the ~19 barriers per 64-token tile, and the
+loop ran at ~40% of the issue rate (``.notes/kv.md``). Here the code words are *loaded* in a
+layout chosen so that, after the ``prmt`` lookup of ``lut.py`` (16 fp16 levels per word, as 8
+fp16x2 registers), every register already is the A-fragment register wgmma expects: the layout
+conversion is asserted trivial at compile time (``assert_trivial``). 4 barriers per tile remain.
+
+Orientation (decode: at most 4 query rows per KV head, padded to 8 MMA columns, the smallest wgmma N):
+* scores ``s^T [64 keys, 8] = levels_K [64 keys, 256] @ q^T [256, 8]``: A = decoded keys from
+  registers, B = the rotated q in shared memory (stored once per program);
+* ``o^T [256, 8] += levels_V^T [256, 64 keys] @ (p * n_v)^T [64 keys, 8]``: A = decoded values
+  from registers (4 m-tiles of 64 coordinates), B = the weights p in shared memory (one store per
+  tile). The softmax denominator is kept per key and summed once after the loop.
+
+Register layouts (wgmma m64nNk16, fp16 A in registers; lane = 4 g + t, warp w): A-fragment register
+(a, b, e) of k-block kk holds row ``16 w + g + 8 a`` and column ``16 kk + 8 b + 2 t + e``.
+* Keys: row = key, column = coordinate. One 2-bit-plane word (16 codes) per lane and row fills
+  the thread's 16 columns of a 64-coordinate part: word ``4 part + t``; its 8 fp16x2 outputs are
+  the registers (kk, b), the two halves e. So the word tensor [64 keys, 4 words] is loaded with
+  lanes = (t, g), warps = key bits 4-5, a register = key bit 3.
+* Values (transposed: row = coordinate, column = key): a register pairs keys 2j, 2j + 1 at one
+  coordinate, so the lookup's input word is *synthesized* from two keys' words: the even nibbles
+  (s = 0) or odd nibbles (s = 1) of key 2j's word interleaved with the same nibbles of key 2j + 1's
+  (two shifts and one ``lop3`` per 16 codes, the same for the 16 high bits). Lane (g) and warp (w)
+  pick the word (``(8 w + g) >> 1``) and nibble half (``g & 1``); the 8 outputs are the 4 m-tiles x
+  the two rows a.
+The kernel's coordinate order is thus a permutation of the stored one, a permutation of the index
+*bits* (``k_coord`` / ``v_coord`` below), which the orthonormal Walsh-Hadamard matrix commutes
+with: q is loaded with permuted columns and then rotated; the output is rotated in the kernel's
+order and stored at the permuted columns, so ``_merge_kernel`` merges column chunks of natural rows.
+
+Loads run ahead (ncu showed the loop bound by global-memory latency, "long scoreboard"): a tile's
+value words and norms are loaded at its start, key part p + 1 before part p is decoded, the next
+tile's part 0 during the last part. Offsets are built as a per-thread part plus per-register
+constants, so each thread keeps one base pointer and the loads take immediate offsets. 128
+registers, 4 programs per SM; sm_90 SASS of the mask-free loop: 826 instructions per 64-key tile
+at 3 bits, 615 at 2 bits (the Triton default tile: 911 / 767), 4 barriers (19).
+
+This module imports Gluon lazily (``split_kernel()``); Triton's interpreter cannot run Gluon, so
+this is the GPU path only: the interpreter and the CPU tests run ``triton.py``. The CPU tests
+(``tests/test_kv_gluon.py``) check the coordinate maps and replay the kernel's tensor algebra with
+the lookup's PTX executed by ``lut.emulate``; the GPU tests compare the compiled kernel with the
+reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Lookup-output pairs (fields of one fp16x2 output register), ``lut.PACKED_PAIRS``: register i holds
+# fields (4 (i & 1) + ((i >> 1) & 1) + 8 (i >> 2)) + {0, 2}
+PAIRS = ((0, 2), (4, 6), (1, 3), (5, 7), (8, 10), (12, 14), (9, 11), (13, 15))
+
+
+def k_coord(c: int) -> int:
+    """Stored coordinate (0..255) of the keys' kernel coordinate c: part p = c >> 6, within the part
+    32 i2 + 16 i1 + 8 i0 + 2 t + e -> word 4 p + t, field PAIRS[i][e] (i = 4 i2 + 2 i1 + i0)."""
+    p, r = c >> 6, c & 63
+    i = (r >> 3) & 7
+    t = (r >> 1) & 3
+    e = r & 1
+    return 16 * (4 * p + t) + PAIRS[i][e]
+
+
+def v_coord(c: int) -> int:
+    """Stored coordinate of the values' kernel coordinate c = 64 mt + 16 w + 8 a + g (m-tile mt,
+    A-fragment row 16 w + 8 a + g): lane/warp word-half qv = 8 w + g (word qv >> 1, nibble half
+    s = qv & 1), output register i = 2 mt + a, whose first field PAIRS[i][0] = 4 m + j sits in the
+    synthesized word's nibble 2 m (from the stored nibble 2 m + s): field 4 m + 2 s + j."""
+    mt, r = c >> 6, c & 63
+    w, a, g = r >> 4, (r >> 3) & 1, r & 7
+    qv = 8 * w + g
+    i = 2 * mt + a
+    f0 = PAIRS[i][0]
+    m, j = f0 >> 2, f0 & 1
+    return 16 * (qv >> 1) + 4 * m + 2 * (qv & 1) + j
+
+
+_PERMS: dict = {}
+
+
+def perms(device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k_coord, v_coord) of every kernel coordinate as int32 tensors [256] on ``device``, computed there
+    from the index bits (no host-to-device copy, so a first call inside a CUDA graph capture is fine);
+    cached per device."""
+    key = str(device)
+    if key not in _PERMS:
+        c = torch.arange(256, device=device, dtype=torch.int32)
+        e, t, i0, i1, i2, p = c & 1, (c >> 1) & 3, (c >> 3) & 1, (c >> 4) & 1, (c >> 5) & 1, c >> 6
+        kc = 64 * p + 16 * t + 8 * i2 + 4 * i0 + 2 * e + i1  # 16 (4 p + t) + PAIRS[4 i2 + 2 i1 + i0][e]
+        g, a, w, mt = c & 7, (c >> 3) & 1, (c >> 4) & 3, c >> 6
+        vc = 16 * (4 * w + (g >> 1)) + 8 * (mt >> 1) + 4 * a + 2 * (g & 1) + (mt & 1)
+        _PERMS[key] = (kc.contiguous(), vc.contiguous())
+    return _PERMS[key]
+
+
+def _is_bit_permutation(f) -> bool:
+    """f maps each of the 8 index bits to one bit: f(c) = OR of f(2^b) over the set bits b of c."""
+    img = [f(1 << b) for b in range(8)]
+    if sorted(img) != [1 << b for b in range(8)]:
+        return False
+    return all(f(c) == sum(img[b] for b in range(8) if c >> b & 1) for c in range(256))
+
+
+def _build_kernel():
+    """Define the Gluon kernel (on first use: importing Gluon needs a GPU build of Triton)."""
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma
+
+    from .triton import LUT_CONSTRAINTS_PACKED, LUT_PTX_RAW
+
+    @gluon.jit
+    def _fwht_stage(x, s: gl.constexpr, ROWS: gl.constexpr, D: gl.constexpr):
+        x = gl.reshape(x, [ROWS, D // (2 << s), 2, 1 << s])
+        a, b = gl.split(gl.permute(x, [0, 1, 3, 2]))
+        x = gl.permute(gl.join(a + b, a - b), [0, 1, 3, 2])
+        return gl.reshape(x, [ROWS, D])
+
+    @gluon.jit
+    def _fwht8x256(x):
+        """Unnormalized Walsh-Hadamard transform of the rows of an fp32 [8, 256] tile: column bits 0-3 in
+        registers for the first 4 butterfly stages, bits 4-7 for the last 4 (``split`` pairs elements
+        within a thread), one layout conversion between."""
+        LA: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 1], [0, 2], [0, 4], [0, 8]], lane_bases=[[0, 16], [0, 32], [0, 64], [0, 128], [1, 0]],
+            warp_bases=[[2, 0], [4, 0]], block_bases=[], shape=[8, 256])
+        LB: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 16], [0, 32], [0, 64], [0, 128]], lane_bases=[[0, 1], [0, 2], [0, 4], [0, 8], [1, 0]],
+            warp_bases=[[2, 0], [4, 0]], block_bases=[], shape=[8, 256])
+        x = gl.convert_layout(x, LA)
+        for s in gl.static_range(4):
+            x = _fwht_stage(x, s, 8, 256)
+        x = gl.convert_layout(x, LB)
+        for s in gl.static_range(4, 8):
+            x = _fwht_stage(x, s, 8, 256)
+        return x
+
+    @gluon.jit
+    def _lookup(w, h, lut, JL: gl.constexpr):
+        """8 fp16x2 outputs (PAIRS) of words w with raw high halves h (uint32, same layout); lut: the 4
+        byte-table words. JL: the layout of join(w, h) with the joined dimension as the *first* register
+        basis, so that pack=2 hands the asm (w, h) pairs (join's inferred layout may put it last)."""
+        wh = gl.convert_layout(gl.join(w, h), JL, assert_trivial=True)
+        p0, p1, p2, p3, p4, p5, p6, p7 = gl.inline_asm_elementwise(
+            LUT_PTX_RAW, LUT_CONSTRAINTS_PACKED, [wh, lut[0], lut[1], lut[2], lut[3]],
+            dtype=(gl.int16, gl.int16, gl.int16, gl.int16, gl.int16, gl.int16, gl.int16, gl.int16),
+            is_pure=True, pack=2)
+        return (p0.to(gl.float16, bitcast=True), p1.to(gl.float16, bitcast=True),
+                p2.to(gl.float16, bitcast=True), p3.to(gl.float16, bitcast=True),
+                p4.to(gl.float16, bitcast=True), p5.to(gl.float16, bitcast=True),
+                p6.to(gl.float16, bitcast=True), p7.to(gl.float16, bitcast=True))
+
+    @gluon.jit
+    def _kwords(kb, hb, koff, kcst, hoff, ok, part: gl.constexpr, BITS: gl.constexpr, MASKED: gl.constexpr):
+        """Part ``part`` of a key tile: the 2-bit-plane words and (3 bits) the 1-bit plane's 16-bit halves."""
+        if MASKED:
+            w = gl.load((kb + koff) + (kcst + 4 * part), mask=ok, other=0)
+        else:
+            w = gl.load((kb + koff) + (kcst + 4 * part))
+        if BITS == 3:
+            if MASKED:
+                h = gl.load((hb + hoff) + (2 * kcst + 4 * part), mask=ok, other=0)
+            else:
+                h = gl.load((hb + hoff) + (2 * kcst + 4 * part))
+        else:
+            h = w
+        return w, h
+
+    @gluon.jit
+    def _vwords(vb, yb, voff, yoff, vcst, ok, BITS: gl.constexpr, MASKED: gl.constexpr):
+        """Half a value tile: the words (and 3 bits: the high halves) each thread's word-half comes from."""
+        if MASKED:
+            x = gl.load((vb + voff) + vcst, mask=ok, other=0)
+        else:
+            x = gl.load((vb + voff) + vcst)
+        if BITS == 3:
+            if MASKED:
+                y = gl.load((yb + yoff) + 2 * vcst, mask=ok, other=0)
+            else:
+                y = gl.load((yb + yoff) + 2 * vcst)
+        else:
+            y = x
+        return x, y
+
+    @gluon.jit
+    def _tile(n0, hi, pos, m_i, l_acc, o0, o1, o2, o3, qs0, qs1, qs2, qs3, p_smem, k_base, v_base, koff, kcst, hoff, voff, yoff, vcst,
+              kn_base, vn_base, kr, vr, lut, wsh0, wsh1, hsh0, hsh1,
+              SKL: gl.constexpr, SVL: gl.constexpr, SNKL: gl.constexpr, SNVL: gl.constexpr,
+              w0, h0, BITS: gl.constexpr, CAUSAL: gl.constexpr, MASKED: gl.constexpr):
+        """One 64-key tile: scores, online softmax (denominator per key), values. MASKED = False: the
+        caller guarantees every key of the tile is < hi and visible to every query column.
+        Loads run ahead of their use (the loop is otherwise bound by global-memory latency, ncu's
+        long-scoreboard stall): w0 / h0 are this tile's part-0 key words, loaded during the previous
+        tile (returned for the next tile, masked by hi); the value words of the tile are loaded at its
+        start, and key part p + 1 before part p is decoded."""
+        BN: gl.constexpr = 64
+        NQ: gl.constexpr = 8  # MMA columns: the <= 4 query rows, padded (wgmma N >= 8)
+        NW2: gl.constexpr = 16
+        MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, NQ, 16])
+        DOT_A: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
+        # join(words, high halves) of keys [64 keys, 4 words, 2] and of value pairs [16 pairs, 32 qv, 2]
+        KJ: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 0, 1], [8, 0, 0]], lane_bases=[[0, 1, 0], [0, 2, 0], [1, 0, 0], [2, 0, 0], [4, 0, 0]],
+            warp_bases=[[16, 0, 0], [32, 0, 0]], block_bases=[], shape=[BN, 4, 2])
+        VJ: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 0, 1], [4, 0, 0], [8, 0, 0]], lane_bases=[[1, 0, 0], [2, 0, 0], [0, 1, 0], [0, 2, 0], [0, 4, 0]],
+            warp_bases=[[0, 8, 0], [0, 16, 0]], block_bases=[], shape=[BN // 4, 32, 2])
+        # ---- loads: the tile's value words and norms now, key parts one ahead
+        okk = n0 + kr < hi
+        kb = k_base + n0 * SKL
+        hb = k_base.to(gl.pointer_type(gl.int16)) + n0 * (2 * SKL)
+        vb = v_base + n0 * SVL
+        yb = v_base.to(gl.pointer_type(gl.int16)) + n0 * (2 * SVL)
+        okv0 = n0 + vr < hi
+        okv1 = n0 + 32 + vr < hi
+        x0w, y0w = _vwords(vb, yb, voff, yoff, vcst, okv0, BITS, MASKED)
+        ts = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, MMA))
+        oks = ts < hi
+        if MASKED:
+            kn = gl.load(kn_base + ts * SNKL, mask=oks, other=0.0).to(gl.float32)
+            vn = gl.load(vn_base + ts * SNVL, mask=oks, other=0.0).to(gl.float32)
+        else:
+            kn = gl.load(kn_base + ts * SNKL).to(gl.float32)
+            vn = gl.load(vn_base + ts * SNVL).to(gl.float32)
+        # ---- scores: 4 parts of 64 coordinates
+        s = gl.zeros([BN, NQ], gl.float32, layout=MMA)
+        w = w0
+        h = h0
+        for part in gl.static_range(4):
+            if part == 3:  # the second value half, later (fewer registers live at once: at 128 registers this
+                # leaves the lookup tables in vector registers, 826 instead of 964 instructions per tile at 3 bits)
+                x1w, y1w = _vwords(vb + 32 * SVL, yb + 64 * SVL, voff, yoff, vcst, okv1, BITS, MASKED)
+            if part < 3:
+                wn, hn = _kwords(kb, hb, koff, kcst, hoff, okk, part + 1, BITS, MASKED)
+            else:  # the next tile's part 0 (masked: it may lie past hi)
+                wn, hn = _kwords(kb + BN * SKL, hb + 2 * BN * SKL, koff, kcst, hoff, n0 + BN + kr < hi, 0, BITS, True)
+            w = w.to(gl.uint32, bitcast=True)
+            if BITS == 3:
+                h = h.to(gl.uint16, bitcast=True).to(gl.uint32)
+            else:
+                h = w * 0
+            p0, p1, p2, p3, p4, p5, p6, p7 = _lookup(w, h, lut, KJ)
+            jt = gl.join(gl.join(gl.join(p0, p1), gl.join(p2, p3)), gl.join(gl.join(p4, p5), gl.join(p6, p7)))
+            kc = gl.reshape(gl.permute(jt, [0, 5, 4, 3, 1, 2]), [BN, 64])
+            kc = gl.convert_layout(kc, DOT_A, assert_trivial=True)
+            if part == 0:
+                s = warpgroup_mma(kc, qs0.permute((1, 0)), s)
+            elif part == 1:
+                s = warpgroup_mma(kc, qs1.permute((1, 0)), s)
+            elif part == 2:
+                s = warpgroup_mma(kc, qs2.permute((1, 0)), s)
+            else:
+                s = warpgroup_mma(kc, qs3.permute((1, 0)), s)
+            w = wn
+            h = hn
+        # ---- softmax (log2 domain; the denominator per key and column, summed after the loop)
+        if MASKED:
+            valid = oks[:, None]
+            if CAUSAL:
+                valid = valid & (ts[:, None] <= pos[None, :])
+            s = gl.where(valid, s * kn[:, None], float("-inf"))
+            m_new = gl.maximum(m_i, gl.max(s, axis=0))
+            m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            s = s * kn[:, None]
+            m_new = gl.maximum(m_i, gl.max(s, axis=0))  # finite: every score of the tile is
+            m_safe = m_new
+        alpha = gl.exp2(m_i - m_safe)  # m_i = -inf before the first tile: 0
+        p = gl.exp2(s - m_safe[None, :])
+        l_acc = l_acc * alpha[None, :] + p
+        p_smem.store((p * vn[:, None]).to(gl.float16))
+        fence_async_shared()
+        o0 = o0 * alpha[None, :]
+        o1 = o1 * alpha[None, :]
+        o2 = o2 * alpha[None, :]
+        o3 = o3 * alpha[None, :]
+        # ---- values: two halves of 32 keys; each synthesized word feeds all 4 m-tiles
+        for half in gl.static_range(2):
+            if half == 0:
+                x = x0w
+                y = y0w
+            else:
+                x = x1w
+                y = y1w
+            x0, x1 = gl.split(gl.permute(gl.reshape(x.to(gl.uint32, bitcast=True), [BN // 4, 2, 32]), [0, 2, 1]))
+            wsyn = ((x0 >> wsh0) & 0x0F0F0F0F) | ((x1 << wsh1) & 0xF0F0F0F0)
+            if BITS == 3:
+                y = y.to(gl.uint16, bitcast=True).to(gl.uint32)
+                y0, y1 = gl.split(gl.permute(gl.reshape(y, [BN // 4, 2, 32]), [0, 2, 1]))
+                hsyn = ((y0 >> hsh0) & 0x3333) | ((y1 << hsh1) & 0xCCCC)
+            else:
+                hsyn = wsyn * 0
+            p0, p1, p2, p3, p4, p5, p6, p7 = _lookup(wsyn, hsyn, lut, VJ)
+            pb = p_smem.slice(32 * half, 32, dim=0)
+            # m-tile mt: registers i = 2 mt + a -> [pairs, qv, e, a] -> rows (w, a, g), keys (pair, e)
+            a0 = gl.convert_layout(gl.reshape(gl.permute(gl.reshape(gl.join(p0, p1), [BN // 4, 4, 8, 2, 2]),
+                                                         [1, 4, 2, 0, 3]), [64, 32]), DOT_A, assert_trivial=True)
+            o0 = warpgroup_mma(a0, pb, o0)
+            a1 = gl.convert_layout(gl.reshape(gl.permute(gl.reshape(gl.join(p2, p3), [BN // 4, 4, 8, 2, 2]),
+                                                         [1, 4, 2, 0, 3]), [64, 32]), DOT_A, assert_trivial=True)
+            o1 = warpgroup_mma(a1, pb, o1)
+            a2 = gl.convert_layout(gl.reshape(gl.permute(gl.reshape(gl.join(p4, p5), [BN // 4, 4, 8, 2, 2]),
+                                                         [1, 4, 2, 0, 3]), [64, 32]), DOT_A, assert_trivial=True)
+            o2 = warpgroup_mma(a2, pb, o2)
+            a3 = gl.convert_layout(gl.reshape(gl.permute(gl.reshape(gl.join(p6, p7), [BN // 4, 4, 8, 2, 2]),
+                                                         [1, 4, 2, 0, 3]), [64, 32]), DOT_A, assert_trivial=True)
+            o3 = warpgroup_mma(a3, pb, o3)
+        return m_new, l_acc, o0, o1, o2, o3, w, h
+
+    @gluon.jit
+    def _split_kernel_g(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, lut_ptr, lens_ptr, start_ptr, kperm_ptr, vperm_ptr,
+                        op_ptr, lse_ptr, s_lens, s_start, Hkv, G, Tq, n_rows, L, chunk, qscale, oscale,
+                        sqb, sqh, sqt, skb, skh, snkb, snkh, svb, svh, snvb, snvh,
+                        SKL: gl.constexpr, SVL: gl.constexpr, SNKL: gl.constexpr, SNVL: gl.constexpr,
+                        BITS: gl.constexpr, CAUSAL: gl.constexpr, HAS_START: gl.constexpr):
+        D: gl.constexpr = 256
+        BN: gl.constexpr = 64
+        NQ: gl.constexpr = 8  # MMA columns: the <= 4 query rows, padded (wgmma N >= 8)
+        NW2: gl.constexpr = D // 16  # 2-bit-plane words per vector
+        MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, NQ, 16])
+        # key words [64 keys, 4 words]: lanes (t = word, g = key bits 0-2), warps key bits 4-5, reg key bit 3
+        LK: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[8, 0]], lane_bases=[[0, 1], [0, 2], [1, 0], [2, 0], [4, 0]],
+            warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[BN, 4])
+        # value words [32 keys, 32 word-halves] (half a tile): registers key bits 0, 3, 4; lanes key bits 1-2,
+        # then qv bits 0-2 (g); warps qv bits 3-4 (w)
+        LV: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[1, 0], [8, 0], [16, 0]], lane_bases=[[2, 0], [4, 0], [0, 1], [0, 2], [0, 4]],
+            warp_bases=[[0, 8], [0, 16]], block_bases=[], shape=[BN // 2, 32])
+        LQ: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[2, 16], warps_per_cta=[4, 1],
+                                            order=[1, 0])
+        Q_SMEM: gl.constexpr = gl.NVMMASharedLayout.get_default_for([NQ, 64], gl.float16)
+        P_SMEM: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, NQ], gl.float16)
+
+        bh = gl.program_id(1).to(gl.int64)
+        split = gl.program_id(2)
+        b = bh // Hkv
+        hk = bh % Hkv
+        kv_len = gl.load(lens_ptr + b * s_lens).to(gl.int32)
+        lo = split * chunk
+        hi = gl.minimum(gl.minimum(lo + chunk, kv_len), L)  # L: never read past the cache
+        if HAS_START:
+            lo = gl.maximum(lo, gl.load(start_ptr + b * s_start).to(gl.int32))
+
+        # q: rows r < n_rows (r = t * G + g), columns in the keys' kernel order, rotated, scaled, fp16
+        rq = gl.arange(0, NQ, layout=gl.SliceLayout(1, LQ))
+        cq = gl.load(kperm_ptr + gl.arange(0, D, layout=gl.SliceLayout(0, LQ)))
+        q = gl.load(q_ptr + b * sqb + (hk * G + rq % G)[:, None] * sqh + (rq // G)[:, None] * sqt + cq[None, :],
+                    mask=(rq < n_rows)[:, None], other=0.0).to(gl.float32)
+        q = (_fwht8x256(q) * qscale).to(gl.float16)
+        q4 = gl.permute(gl.reshape(q, [NQ, 4, 64]), [0, 2, 1])
+        qa, qb = gl.split(gl.reshape(q4, [NQ, 64, 2, 2]))
+        q0, q2 = gl.split(qa)
+        q1, q3 = gl.split(qb)
+        qs0 = gl.allocate_shared_memory(gl.float16, [NQ, 64], Q_SMEM, q0)
+        qs1 = gl.allocate_shared_memory(gl.float16, [NQ, 64], Q_SMEM, q1)
+        qs2 = gl.allocate_shared_memory(gl.float16, [NQ, 64], Q_SMEM, q2)
+        qs3 = gl.allocate_shared_memory(gl.float16, [NQ, 64], Q_SMEM, q3)
+        p_smem = gl.allocate_shared_memory(gl.float16, [BN, NQ], P_SMEM)
+        fence_async_shared()
+
+        k_base = kp_ptr + b * skb + hk * skh
+        v_base = vp_ptr + b * svb + hk * svh
+        kn_base = kn_ptr + b * snkb + hk * snkh
+        vn_base = vn_ptr + b * snvb + hk * snvh
+        # word offsets (int32, words of the cache row / int16 halves) of a tile's keys, built in 4-D layouts whose
+        # register dimensions only hold constants, so each thread has one base and immediate offsets
+        LK4: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 1, 0, 0]], lane_bases=[[0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 1, 0], [0, 0, 2, 0], [0, 0, 4, 0]],
+            warp_bases=[[1, 0, 0, 0], [2, 0, 0, 0]], block_bases=[], shape=[4, 2, 8, 4])  # key 16 a + 8 b + c, word d
+        ka = gl.arange(0, 4, layout=gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, LK4))))[:, None, None, None]
+        kb_ = gl.arange(0, 2, layout=gl.SliceLayout(0, gl.SliceLayout(2, gl.SliceLayout(3, LK4))))[None, :, None, None]
+        kc_ = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, LK4))))[None, None, :, None]
+        kd = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, LK4))))[None, None, None, :]
+        # (each offset = a per-thread part + a per-register constant, added as two pointer steps so that LLVM
+        # folds the constants into the loads' immediate offsets instead of keeping one pointer per element)
+        key4 = 16 * ka + 8 * kb_ + kc_
+        kr = gl.reshape(key4 + 0 * kd, [BN, 4])
+        koff = gl.reshape((16 * ka + kc_) * SKL + kd + 0 * kb_, [BN, 4])
+        kcst = gl.reshape(8 * kb_ * SKL + 0 * (ka + kc_ + kd), [BN, 4])
+        hoff = gl.reshape((16 * ka + kc_) * (2 * SKL) + (2 * NW2 + kd) + 0 * kb_, [BN, 4])
+        LV4: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[1, 0, 0, 0], [2, 0, 0, 0], [0, 0, 1, 0]],
+            lane_bases=[[0, 1, 0, 0], [0, 2, 0, 0], [0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 0, 4]],
+            warp_bases=[[0, 0, 0, 8], [0, 0, 0, 16]], block_bases=[], shape=[4, 4, 2, 32])  # key 8 a + 2 b + c, qv d
+        va = gl.arange(0, 4, layout=gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, LV4))))[:, None, None, None]
+        vb_ = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, gl.SliceLayout(3, LV4))))[None, :, None, None]
+        vc_ = gl.arange(0, 2, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, LV4))))[None, None, :, None]
+        vd = gl.arange(0, 32, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, LV4))))[None, None, None, :]
+        vkey4 = 8 * va + 2 * vb_ + vc_
+        vr = gl.reshape(vkey4 + 0 * vd, [BN // 2, 32])
+        voff = gl.reshape(2 * vb_ * SVL + (vd >> 1) + 0 * (va + vc_), [BN // 2, 32])
+        yoff = gl.reshape(2 * vb_ * (2 * SVL) + (2 * NW2 + (vd >> 1)) + 0 * (va + vc_), [BN // 2, 32])
+        vcst = gl.reshape((8 * va + vc_) * SVL + 0 * (vb_ + vd), [BN // 2, 32])
+        lut = (gl.load(lut_ptr), gl.load(lut_ptr + 1), gl.load(lut_ptr + 2), gl.load(lut_ptr + 3))
+        # value word shifts (nibble half s = qv & 1): key 2j: >> 4 s, key 2j + 1: << 4 (1 - s); high bits 2 s / 2 (1 - s)
+        # (built as [32, 32] and split like the words, so they get the split words' layout)
+        vs = gl.reshape((vd & 1) + 0 * vkey4, [BN // 2, 32]).to(gl.uint32)
+        vs, _ = gl.split(gl.permute(gl.reshape(vs, [BN // 4, 2, 32]), [0, 2, 1]))
+        wsh0 = 4 * vs
+        wsh1 = 4 - 4 * vs
+        hsh0 = 2 * vs
+        hsh1 = 2 - 2 * vs
+
+        cols = gl.arange(0, NQ, layout=gl.SliceLayout(0, MMA))
+        pos = kv_len - Tq + cols // G  # absolute position of each query column
+        m_i = gl.full([NQ], float("-inf"), gl.float32, layout=gl.SliceLayout(0, MMA))
+        l_acc = gl.zeros([BN, NQ], gl.float32, layout=MMA)
+        o0 = gl.zeros([64, NQ], gl.float32, layout=MMA)
+        o1 = gl.zeros([64, NQ], gl.float32, layout=MMA)
+        o2 = gl.zeros([64, NQ], gl.float32, layout=MMA)
+        o3 = gl.zeros([64, NQ], gl.float32, layout=MMA)
+
+        # keys every query column sees (<= the first query's position): whole tiles of them without masks
+        hi_free = gl.minimum(hi, kv_len - Tq + 1) if CAUSAL else hi
+        n_free = lo + gl.maximum(hi_free - lo, 0) // BN * BN
+        w0, h0 = _kwords(k_base + lo * SKL, k_base.to(gl.pointer_type(gl.int16)) + lo * (2 * SKL), koff, kcst, hoff,
+                         lo + kr < hi, 0, BITS, True)
+        for n0 in range(lo, n_free, BN):
+            m_i, l_acc, o0, o1, o2, o3, w0, h0 = _tile(
+                n0, hi, pos, m_i, l_acc, o0, o1, o2, o3, qs0, qs1, qs2, qs3, p_smem, k_base, v_base, koff, kcst, hoff,
+                voff, yoff, vcst, kn_base, vn_base, kr, vr, lut, wsh0, wsh1, hsh0, hsh1, SKL, SVL, SNKL, SNVL,
+                w0, h0, BITS, CAUSAL, False)
+        for n0 in range(n_free, hi, BN):
+            m_i, l_acc, o0, o1, o2, o3, w0, h0 = _tile(
+                n0, hi, pos, m_i, l_acc, o0, o1, o2, o3, qs0, qs1, qs2, qs3, p_smem, k_base, v_base, koff, kcst, hoff,
+                voff, yoff, vcst, kn_base, vn_base, kr, vr, lut, wsh0, wsh1, hsh0, hsh1, SKL, SVL, SNKL, SNVL,
+                w0, h0, BITS, CAUSAL, True)
+
+        # ---- epilogue: the normalized partial, rotated back (H commutes with the kernel's coordinate order),
+        # stored at the stored coordinates in the natural basis, + log2-sum-exp; _merge_kernel merges columns
+        l_i = gl.sum(l_acc, axis=0)
+        l_safe = gl.where(l_i > 0.0, l_i, 1.0)
+        lse = gl.where(l_i > 0.0, m_i + gl.log2(l_safe), float("-inf"))
+        prow = (split * gl.num_programs(1) + bh) * n_rows + cols
+        col_ok = cols < n_rows
+        gl.store(lse_ptr + prow, lse, mask=col_ok)
+        # [64 rows, 8 cols] x 4 m-tiles -> [8 cols, 256 kernel coordinates 64 mt + row]
+        oa = gl.join(gl.join(o0 / l_safe[None, :], o1 / l_safe[None, :]), gl.join(o2 / l_safe[None, :], o3 / l_safe[None, :]))
+        o = gl.reshape(gl.permute(oa, [1, 3, 2, 0]), [NQ, D])
+        o = gl.convert_layout(_fwht8x256(o) * oscale, LQ)
+        rc = gl.arange(0, NQ, layout=gl.SliceLayout(1, LQ))
+        vcol = gl.load(vperm_ptr + gl.arange(0, D, layout=gl.SliceLayout(0, LQ)))
+        prq = (split * gl.num_programs(1) + bh) * n_rows + rc
+        gl.store(op_ptr + prq[:, None] * D + vcol[None, :], o, mask=(rc < n_rows)[:, None])
+
+    return _split_kernel_g
+
+
+_KERNEL = None
+
+
+def split_kernel():
+    global _KERNEL
+    if _KERNEL is None:
+        _KERNEL = _build_kernel()
+    return _KERNEL
+
+
+def splits_for(B: int, Hkv: int, lmax: int, sms: int, per_sm: int = 4) -> tuple[int, int]:
+    """(splits, chunk): one full wave of ``per_sm`` programs per SM (4 at 128 registers), chunks of whole
+    64-key tiles, never more splits than tiles."""
+    n = max(1, min((per_sm * sms) // (B * Hkv), -(-lmax // 64)))
+    chunk = -(-(-(-lmax // n)) // 64) * 64
+    return -(-lmax // chunk), chunk
+
+
+def available() -> bool:
+    """Whether this Triton has Gluon (``triton.experimental.gluon``, Triton >= 3.5)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("triton.experimental.gluon") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def supported(d: int, bits: int, n_rows: int) -> bool:
+    """The shapes this kernel covers: D = 256, 2 or 3 bits, at most 4 query rows per KV head (decode
+    with GQA up to 4, or up to 4 causal tokens with fewer heads per group)."""
+    return d == 256 and bits in (2, 3) and n_rows <= 4
+
+
+def kv_attn_decode_gluon(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_start, bits, scale, causal, codebook,
+                         num_splits: int | None = None, *, per_sm: int = 4, maxnreg: int | None = 128):
+    """``kv_quant_attn`` (same arguments as the Triton launcher) through the Gluon split kernel, then
+    ``_merge_kernel`` (column chunks of the partials, already rotated back here). 128 registers: 4
+    programs per SM, and ptxas then keeps the lookup tables in vector registers (sm_90 SASS,
+    ``.notes/gluon_compile.py``)."""
+    import math
+
+    from ..quantize_kv.codebooks import tables
+    from .triton import LOG2E, _merge_kernel, _num_sms
+
+    B, Hq, Tq, D = q.shape
+    Hkv, lmax = k_packed.shape[1], k_packed.shape[2]
+    G = Hq // Hkv
+    n_rows = G * Tq
+    if not supported(D, bits, n_rows):
+        raise ValueError(f"the Gluon decode kernel needs D = 256, bits 2 or 3, <= 4 query rows per KV head; got "
+                         f"D = {D}, bits = {bits}, {n_rows} rows")
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    out = torch.empty(B, Hq, Tq, D, dtype=q.dtype, device=q.device)
+    if out.numel() == 0:
+        return out
+    _, _, _, lut = tables(codebook)
+    kperm, vperm = perms(q.device)
+    sms = _num_sms(q.device.index or 0)
+    if num_splits is None:
+        splits, chunk = splits_for(B, Hkv, lmax, sms, per_sm)
+    else:
+        chunk = -(-(-(-lmax // max(1, num_splits))) // 64) * 64
+        splits = -(-lmax // chunk)
+    op = torch.empty(splits, B * Hkv, n_rows, D, dtype=torch.float32, device=q.device)
+    lse = torch.empty(splits, B * Hkv, n_rows, dtype=torch.float32, device=q.device)
+    oscale = 1.0 / math.sqrt(D)
+    opts = {"maxnreg": maxnreg} if maxnreg else {}
+    split_kernel()[(1, B * Hkv, splits)](
+        q, k_packed, k_norms, v_packed, v_norms, lut, kv_lens, kv_lens if kv_start is None else kv_start,
+        kperm, vperm, op, lse, kv_lens.stride(0), 0 if kv_start is None else kv_start.stride(0),
+        Hkv, G, Tq, n_rows, lmax, chunk, scale * LOG2E * oscale, oscale,
+        q.stride(0), q.stride(1), q.stride(2), k_packed.stride(0), k_packed.stride(1),
+        k_norms.stride(0), k_norms.stride(1), v_packed.stride(0), v_packed.stride(1),
+        v_norms.stride(0), v_norms.stride(1),
+        SKL=k_packed.stride(2), SVL=v_packed.stride(2), SNKL=k_norms.stride(2), SNVL=v_norms.stride(2),
+        BITS=bits, CAUSAL=causal, HAS_START=kv_start is not None, num_warps=4, **opts)
+    total = B * Hkv * n_rows
+    dc = 32 if total * (D // 32) <= 4 * sms else 64  # as the Triton launcher's merge
+    sb = max(2, min(128, 1 << (splits - 1).bit_length(), 4096 // dc))
+    _merge_kernel[(total, D // dc)](op, lse, out, splits, total, n_rows, Hkv, G, out.stride(0), out.stride(1),
+                                    out.stride(2), D=D, DC=dc, SB=sb, num_warps=4)
+    return out
