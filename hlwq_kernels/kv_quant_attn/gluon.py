@@ -49,6 +49,8 @@ reference.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 # Lookup-output pairs (fields of one fp16x2 output register), ``lut.PACKED_PAIRS``: register i holds
@@ -470,8 +472,9 @@ def splits_for(B: int, Hkv: int, lmax: int, sms: int, per_sm: int = 4) -> tuple[
     return -(-lmax // chunk), chunk
 
 
+@functools.lru_cache(maxsize=None)
 def available() -> bool:
-    """Whether this Triton has Gluon (``triton.experimental.gluon``, Triton >= 3.5)."""
+    """Whether this Triton has Gluon (``triton.experimental.gluon``, Triton >= 3.5); asked once."""
     import importlib.util
 
     try:
