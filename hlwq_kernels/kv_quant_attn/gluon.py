@@ -158,6 +158,22 @@ def _build_kernel():
                 p6.to(gl.float16, bitcast=True), p7.to(gl.float16, bitcast=True))
 
     @gluon.jit
+    def _aranges4(N0: gl.constexpr, N1: gl.constexpr, N2: gl.constexpr, N3: gl.constexpr, L: gl.constexpr):
+        """The index along each dimension of an [N0, N1, N2, N3] tensor of layout L, each broadcastable to it."""
+        i0 = gl.arange(0, N0, layout=gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, L))))[:, None, None, None]
+        i1 = gl.arange(0, N1, layout=gl.SliceLayout(0, gl.SliceLayout(2, gl.SliceLayout(3, L))))[None, :, None, None]
+        i2 = gl.arange(0, N2, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, L))))[None, None, :, None]
+        i3 = gl.arange(0, N3, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, L))))[None, None, None, :]
+        return i0, i1, i2, i3
+
+    @gluon.jit
+    def _vtile(pa, pb, DOT_A: gl.constexpr):
+        """One m-tile's A operand [64 coordinates, 32 keys] from its two lookup outputs (registers 2 mt, 2 mt + 1):
+        [pairs, qv, e, a] -> rows 16 w + 8 a + g (qv = 8 w + g), keys 2 pair + e. A register renaming only."""
+        t = gl.permute(gl.reshape(gl.join(pa, pb), [16, 4, 8, 2, 2]), [1, 4, 2, 0, 3])
+        return gl.convert_layout(gl.reshape(t, [64, 32]), DOT_A, assert_trivial=True)
+
+    @gluon.jit
     def _kwords(kb, hb, koff, kcst, hoff, ok, part: gl.constexpr, BITS: gl.constexpr, MASKED: gl.constexpr):
         """Part ``part`` of a key tile: the 2-bit-plane words and (3 bits) the 1-bit plane's 16-bit halves."""
         if MASKED:
@@ -300,18 +316,10 @@ def _build_kernel():
             p0, p1, p2, p3, p4, p5, p6, p7 = _lookup(wsyn, hsyn, lut, VJ)
             pb = p_smem.slice(32 * half, 32, dim=0)
             # m-tile mt: registers i = 2 mt + a -> [pairs, qv, e, a] -> rows (w, a, g), keys (pair, e)
-            a0 = gl.convert_layout(gl.reshape(gl.permute(gl.reshape(gl.join(p0, p1), [BN // 4, 4, 8, 2, 2]),
-                                                         [1, 4, 2, 0, 3]), [64, 32]), DOT_A, assert_trivial=True)
-            o0 = warpgroup_mma(a0, pb, o0)
-            a1 = gl.convert_layout(gl.reshape(gl.permute(gl.reshape(gl.join(p2, p3), [BN // 4, 4, 8, 2, 2]),
-                                                         [1, 4, 2, 0, 3]), [64, 32]), DOT_A, assert_trivial=True)
-            o1 = warpgroup_mma(a1, pb, o1)
-            a2 = gl.convert_layout(gl.reshape(gl.permute(gl.reshape(gl.join(p4, p5), [BN // 4, 4, 8, 2, 2]),
-                                                         [1, 4, 2, 0, 3]), [64, 32]), DOT_A, assert_trivial=True)
-            o2 = warpgroup_mma(a2, pb, o2)
-            a3 = gl.convert_layout(gl.reshape(gl.permute(gl.reshape(gl.join(p6, p7), [BN // 4, 4, 8, 2, 2]),
-                                                         [1, 4, 2, 0, 3]), [64, 32]), DOT_A, assert_trivial=True)
-            o3 = warpgroup_mma(a3, pb, o3)
+            o0 = warpgroup_mma(_vtile(p0, p1, DOT_A), pb, o0)
+            o1 = warpgroup_mma(_vtile(p2, p3, DOT_A), pb, o1)
+            o2 = warpgroup_mma(_vtile(p4, p5, DOT_A), pb, o2)
+            o3 = warpgroup_mma(_vtile(p6, p7, DOT_A), pb, o3)
         return m_new, l_acc, o0, o1, o2, o3, w, h
 
     @gluon.jit
@@ -375,10 +383,7 @@ def _build_kernel():
         LK4: gl.constexpr = gl.DistributedLinearLayout(
             reg_bases=[[0, 1, 0, 0]], lane_bases=[[0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 1, 0], [0, 0, 2, 0], [0, 0, 4, 0]],
             warp_bases=[[1, 0, 0, 0], [2, 0, 0, 0]], block_bases=[], shape=[4, 2, 8, 4])  # key 16 a + 8 b + c, word d
-        ka = gl.arange(0, 4, layout=gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, LK4))))[:, None, None, None]
-        kb_ = gl.arange(0, 2, layout=gl.SliceLayout(0, gl.SliceLayout(2, gl.SliceLayout(3, LK4))))[None, :, None, None]
-        kc_ = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, LK4))))[None, None, :, None]
-        kd = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, LK4))))[None, None, None, :]
+        ka, kb_, kc_, kd = _aranges4(4, 2, 8, 4, LK4)
         # (each offset = a per-thread part + a per-register constant, added as two pointer steps so that LLVM
         # folds the constants into the loads' immediate offsets instead of keeping one pointer per element)
         key4 = 16 * ka + 8 * kb_ + kc_
@@ -390,10 +395,7 @@ def _build_kernel():
             reg_bases=[[1, 0, 0, 0], [2, 0, 0, 0], [0, 0, 1, 0]],
             lane_bases=[[0, 1, 0, 0], [0, 2, 0, 0], [0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 0, 4]],
             warp_bases=[[0, 0, 0, 8], [0, 0, 0, 16]], block_bases=[], shape=[4, 4, 2, 32])  # key 8 a + 2 b + c, qv d
-        va = gl.arange(0, 4, layout=gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, LV4))))[:, None, None, None]
-        vb_ = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, gl.SliceLayout(3, LV4))))[None, :, None, None]
-        vc_ = gl.arange(0, 2, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, LV4))))[None, None, :, None]
-        vd = gl.arange(0, 32, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, LV4))))[None, None, None, :]
+        va, vb_, vc_, vd = _aranges4(4, 4, 2, 32, LV4)
         vkey4 = 8 * va + 2 * vb_ + vc_
         vr = gl.reshape(vkey4 + 0 * vd, [BN // 2, 32])
         voff = gl.reshape(2 * vb_ * SVL + (vd >> 1) + 0 * (va + vc_), [BN // 2, 32])
