@@ -55,8 +55,9 @@ def test_kv_attn_decode(benchmark, gpu_bench, case, impl):
             from hlwq_kernels.kv_quant_attn import kv_quant_attn_triton_splits
             from hlwq_kernels.quantize_kv import default_codebook
             cb = default_codebook(bits, "cuda")
-            fn = lambda: kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, None, bits, D ** -0.5, True, cb,  # noqa: E731
-                                                     variant="dsplit4-rep-lacc-pf")
+            def fn():
+                return kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, None, bits, D ** -0.5, True, cb,
+                                                   variant="dsplit4-rep-lacc-pf")
         else:
             fn = lambda: kv_quant_attn(q, kp, kn, vp, vn, bits=bits, kv_lens=lens)  # noqa: E731
         per_token = HKV * 2 * (D * bits // 8 + 2)

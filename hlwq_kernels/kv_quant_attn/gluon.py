@@ -206,7 +206,8 @@ def _build_kernel():
         return x, y
 
     @gluon.jit
-    def _tile(n0, hi, pos, m_i, l_acc, o0, o1, o2, o3, qs0, qs1, qs2, qs3, p_smem, k_base, v_base, koff, kcst, hoff, voff, yoff, vcst,
+    def _tile(n0, hi, pos, m_i, l_acc, o0, o1, o2, o3, qs0, qs1, qs2, qs3, p_smem, k_base, v_base, koff, kcst, hoff,
+              voff, yoff, vcst,
               kn_base, vn_base, kr, vr, lut, wsh0, wsh1, hsh0, hsh1,
               SKL: gl.constexpr, SVL: gl.constexpr, SNKL: gl.constexpr, SNVL: gl.constexpr,
               w0, h0, BITS: gl.constexpr, CAUSAL: gl.constexpr, MASKED: gl.constexpr):
@@ -226,7 +227,8 @@ def _build_kernel():
             reg_bases=[[0, 0, 1], [8, 0, 0]], lane_bases=[[0, 1, 0], [0, 2, 0], [1, 0, 0], [2, 0, 0], [4, 0, 0]],
             warp_bases=[[16, 0, 0], [32, 0, 0]], block_bases=[], shape=[BN, 4, 2])
         VJ: gl.constexpr = gl.DistributedLinearLayout(
-            reg_bases=[[0, 0, 1], [4, 0, 0], [8, 0, 0]], lane_bases=[[1, 0, 0], [2, 0, 0], [0, 1, 0], [0, 2, 0], [0, 4, 0]],
+            reg_bases=[[0, 0, 1], [4, 0, 0], [8, 0, 0]],
+            lane_bases=[[1, 0, 0], [2, 0, 0], [0, 1, 0], [0, 2, 0], [0, 4, 0]],
             warp_bases=[[0, 8, 0], [0, 16, 0]], block_bases=[], shape=[BN // 4, 32, 2])
         # ---- loads: the tile's value words and norms now, key parts one ahead
         okk = n0 + kr < hi
@@ -402,7 +404,8 @@ def _build_kernel():
         yoff = gl.reshape(2 * vb_ * (2 * SVL) + (2 * NW2 + (vd >> 1)) + 0 * (va + vc_), [BN // 2, 32])
         vcst = gl.reshape((8 * va + vc_) * SVL + 0 * (vb_ + vd), [BN // 2, 32])
         lut = (gl.load(lut_ptr), gl.load(lut_ptr + 1), gl.load(lut_ptr + 2), gl.load(lut_ptr + 3))
-        # value word shifts (nibble half s = qv & 1): key 2j: >> 4 s, key 2j + 1: << 4 (1 - s); high bits 2 s / 2 (1 - s)
+        # value word shifts (nibble half s = qv & 1): key 2j: >> 4 s, key 2j + 1: << 4 (1 - s);
+        # high bits: >> 2 s, << 2 (1 - s)
         # (built as [32, 32] and split like the words, so they get the split words' layout)
         vs = gl.reshape((vd & 1) + 0 * vkey4, [BN // 2, 32]).to(gl.uint32)
         vs, _ = gl.split(gl.permute(gl.reshape(vs, [BN // 4, 2, 32]), [0, 2, 1]))
@@ -445,7 +448,8 @@ def _build_kernel():
         col_ok = cols < n_rows
         gl.store(lse_ptr + prow, lse, mask=col_ok)
         # [64 rows, 8 cols] x 4 m-tiles -> [8 cols, 256 kernel coordinates 64 mt + row]
-        oa = gl.join(gl.join(o0 / l_safe[None, :], o1 / l_safe[None, :]), gl.join(o2 / l_safe[None, :], o3 / l_safe[None, :]))
+        oa = gl.join(gl.join(o0 / l_safe[None, :], o1 / l_safe[None, :]),
+                     gl.join(o2 / l_safe[None, :], o3 / l_safe[None, :]))
         o = gl.reshape(gl.permute(oa, [1, 3, 2, 0]), [NQ, D])
         o = gl.convert_layout(_fwht8x256(o) * oscale, LQ)
         rc = gl.arange(0, NQ, layout=gl.SliceLayout(1, LQ))
