@@ -480,7 +480,8 @@ def splits_for(B: int, Hkv: int, lmax: int, sms: int, per_sm: int = 4) -> tuple[
 
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
-    """Whether this Triton has Gluon (``triton.experimental.gluon``, Triton >= 3.5); asked once."""
+    """Whether this Triton has Gluon (``triton.experimental.gluon``; the kernel is written against Triton 3.6);
+    asked once. A Gluon whose API differs fails at compile time, and the caller falls back to Triton."""
     import importlib.util
 
     try:
