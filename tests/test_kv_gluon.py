@@ -16,13 +16,21 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from hlwq_kernels import hadamard_matrix, kv_quant_attn
+from hlwq_kernels import hadamard_matrix, kv_quant_attn, pack_bits
 from hlwq_kernels.kv_quant_attn import kv_quant_attn_triton_splits, lut
 from hlwq_kernels.quantize_kv import default_codebook
 from hlwq_kernels.quantize_kv.codebooks import tables
 
 G = importlib.import_module("hlwq_kernels.kv_quant_attn.gluon")
 ON_GPU = torch.cuda.is_available()
+
+
+def _is_bit_permutation(f) -> bool:
+    """f maps each of the 8 index bits to one bit: f(c) = OR of f(2^b) over the set bits b of c."""
+    img = [f(1 << b) for b in range(8)]
+    if sorted(img) != [1 << b for b in range(8)]:
+        return False
+    return all(f(c) == sum(img[b] for b in range(8) if c >> b & 1) for c in range(256))
 
 
 def test_coordinate_maps_are_index_bit_permutations():
@@ -35,24 +43,14 @@ def test_coordinate_maps_are_index_bit_permutations():
     h = hadamard_matrix(256, dtype=torch.float64)
     for f, t in ((G.k_coord, kc), (G.v_coord, vc)):
         assert sorted(t.tolist()) == list(range(256))
-        assert G._is_bit_permutation(f)
+        assert _is_bit_permutation(f)
         p = torch.eye(256, dtype=torch.float64)[t.long()]  # (P x)[c] = x[f(c)]
         assert torch.allclose(h @ p, p @ h)
-    assert not G._is_bit_permutation(lambda c: (c + 1) % 256)  # the check can fail
+    assert not _is_bit_permutation(lambda c: (c + 1) % 256)  # the check can fail
 
 
 def _levels(codes, cb16):
     return torch.tensor(cb16.float().numpy()[codes])
-
-
-def _pack(codes, bits):
-    """One vector's words in the cache layout (docs/FORMAT.md): 2-bit plane, then 1-bit plane."""
-    w = np.zeros(8 * bits, np.uint64)
-    for i, c in enumerate(codes):
-        w[i // 16] |= np.uint64((int(c) & 3) << (2 * (i % 16)))
-        if bits == 3:
-            w[16 + i // 32] |= np.uint64(((int(c) >> 2) & 1) << (i % 32))
-    return w.astype(np.uint32)
 
 
 def _lookup(w, h, words):
@@ -79,7 +77,7 @@ def test_tile_algebra_matches_the_coordinate_maps(bits, seed, random_cb):
     _, _, cb16, words = tables(cb)
     words = words.tolist()
     codes = rng.integers(0, 1 << bits, (64, 256))
-    words_k = np.stack([_pack(c, bits) for c in codes])  # [64 keys, 8 bits words]
+    words_k = pack_bits(torch.tensor(codes), bits).numpy().view(np.uint32)  # [64 keys, 8 bits words]
     halves = words_k.view(np.uint16).reshape(64, -1)  # the 1-bit plane as 16-bit halves: index 32 + word
     levels = _levels(codes, cb16)
     kc, vc = (t.long() for t in G.perms("cpu"))
@@ -111,11 +109,15 @@ def test_tile_algebra_matches_the_coordinate_maps(bits, seed, random_cb):
             assert torch.equal(a, want), (half, mt)
 
 
-def test_splits_for_one_wave_of_whole_tiles():
+def test_split_plan_one_wave_of_whole_tiles():
+    """The split rule both launchers share (the Gluon one with 64-key tiles, 4 programs per SM)."""
+    from hlwq_kernels.kv_quant_attn.triton import split_plan
     for b, hkv, lmax in ((1, 4, 32768), (8, 4, 8192), (1, 4, 2048), (1, 4, 1), (3, 2, 1000)):
-        splits, chunk = G.splits_for(b, hkv, lmax, 132)
+        splits, chunk = split_plan(b * hkv, lmax, 64, 4, 132)
         assert chunk % 64 == 0 and splits * chunk >= lmax > (splits - 1) * chunk
         assert b * hkv * splits <= 4 * 132 or splits == 1
+    assert split_plan(4, 32768, 64, 4, 132) == (128, 256)  # 32k decode, 4 KV heads: 128 splits of 256 keys
+    assert split_plan(4, 1000, 64, 4, 132, num_splits=3) == (3, 384)
     assert G.supported(256, 3, 4) and not G.supported(128, 3, 4) and not G.supported(256, 4, 4)
     assert not G.supported(256, 2, 8)
 

@@ -53,9 +53,11 @@ import functools
 
 import torch
 
-# Lookup-output pairs (fields of one fp16x2 output register), ``lut.PACKED_PAIRS``: register i holds
+from .lut import PACKED_PAIRS
+
+# Lookup-output pairs (the fields of each fp16x2 output register of the packed lookup): register i holds
 # fields (4 (i & 1) + ((i >> 1) & 1) + 8 (i >> 2)) + {0, 2}
-PAIRS = ((0, 2), (4, 6), (1, 3), (5, 7), (8, 10), (12, 14), (9, 11), (13, 15))
+PAIRS = PACKED_PAIRS
 
 
 def k_coord(c: int) -> int:
@@ -100,14 +102,6 @@ def perms(device) -> tuple[torch.Tensor, torch.Tensor]:
     return _PERMS[key]
 
 
-def _is_bit_permutation(f) -> bool:
-    """f maps each of the 8 index bits to one bit: f(c) = OR of f(2^b) over the set bits b of c."""
-    img = [f(1 << b) for b in range(8)]
-    if sorted(img) != [1 << b for b in range(8)]:
-        return False
-    return all(f(c) == sum(img[b] for b in range(8) if c >> b & 1) for c in range(256))
-
-
 def _build_kernel():
     """Define the Gluon kernel (on first use: importing Gluon needs a GPU build of Triton)."""
     from triton.experimental import gluon
@@ -118,6 +112,8 @@ def _build_kernel():
 
     @gluon.jit
     def _fwht_stage(x, s: gl.constexpr, ROWS: gl.constexpr, D: gl.constexpr):
+        """Butterfly stage s of ``quantize_kv.triton.fwht_tile``, written again because a Gluon kernel cannot
+        call ``triton.jit`` functions; Gluon's ``split`` also needs the paired bit in registers (``_fwht8x256``)."""
         x = gl.reshape(x, [ROWS, D // (2 << s), 2, 1 << s])
         a, b = gl.split(gl.permute(x, [0, 1, 3, 2]))
         x = gl.permute(gl.join(a + b, a - b), [0, 1, 3, 2])
@@ -470,14 +466,6 @@ def split_kernel():
     return _KERNEL
 
 
-def splits_for(B: int, Hkv: int, lmax: int, sms: int, per_sm: int = 4) -> tuple[int, int]:
-    """(splits, chunk): one full wave of ``per_sm`` programs per SM (4 at 128 registers), chunks of whole
-    64-key tiles, never more splits than tiles."""
-    n = max(1, min((per_sm * sms) // (B * Hkv), -(-lmax // 64)))
-    chunk = -(-(-(-lmax // n)) // 64) * 64
-    return -(-lmax // chunk), chunk
-
-
 @functools.lru_cache(maxsize=None)
 def available() -> bool:
     """Whether this Triton has Gluon (``triton.experimental.gluon``; the kernel is written against Triton 3.6);
@@ -497,15 +485,15 @@ def supported(d: int, bits: int, n_rows: int) -> bool:
 
 
 def kv_attn_decode_gluon(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_start, bits, scale, causal, codebook,
-                         num_splits: int | None = None, *, per_sm: int = 4, maxnreg: int | None = 128):
+                         num_splits: int | None = None, *, per_sm: int = 4, maxnreg: int | None = 128, out=None):
     """``kv_quant_attn`` (same arguments as the Triton launcher) through the Gluon split kernel, then
     ``_merge_kernel`` (column chunks of the partials, already rotated back here). 128 registers: 4
     programs per SM, and ptxas then keeps the lookup tables in vector registers (sm_90 SASS,
-    ``.notes/gluon_compile.py``)."""
+    ``.notes/gluon_compile.py``). ``out``: the ``[B, Hq, Tq, D]`` output buffer (allocated if None)."""
     import math
 
     from ..quantize_kv.codebooks import tables
-    from .triton import LOG2E, _merge_kernel, _num_sms
+    from .triton import LOG2E, _num_sms, launch_merge, split_plan
 
     B, Hq, Tq, D = q.shape
     Hkv, lmax = k_packed.shape[1], k_packed.shape[2]
@@ -516,17 +504,14 @@ def kv_attn_decode_gluon(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_st
                          f"D = {D}, bits = {bits}, {n_rows} rows")
     if q.stride(-1) != 1:
         q = q.contiguous()
-    out = torch.empty(B, Hq, Tq, D, dtype=q.dtype, device=q.device)
+    if out is None:
+        out = torch.empty(B, Hq, Tq, D, dtype=q.dtype, device=q.device)
     if out.numel() == 0:
         return out
     _, _, _, lut = tables(codebook)
     kperm, vperm = perms(q.device)
     sms = _num_sms(q.device.index or 0)
-    if num_splits is None:
-        splits, chunk = splits_for(B, Hkv, lmax, sms, per_sm)
-    else:
-        chunk = -(-(-(-lmax // max(1, num_splits))) // 64) * 64
-        splits = -(-lmax // chunk)
+    splits, chunk = split_plan(B * Hkv, lmax, 64, per_sm, sms, num_splits)
     op = torch.empty(splits, B * Hkv, n_rows, D, dtype=torch.float32, device=q.device)
     lse = torch.empty(splits, B * Hkv, n_rows, dtype=torch.float32, device=q.device)
     oscale = 1.0 / math.sqrt(D)
@@ -540,9 +525,5 @@ def kv_attn_decode_gluon(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_st
         v_norms.stride(0), v_norms.stride(1),
         SKL=k_packed.stride(2), SVL=v_packed.stride(2), SNKL=k_norms.stride(2), SNVL=v_norms.stride(2),
         BITS=bits, CAUSAL=causal, HAS_START=kv_start is not None, num_warps=4, **opts)
-    total = B * Hkv * n_rows
-    dc = 32 if total * (D // 32) <= 4 * sms else 64  # as the Triton launcher's merge
-    sb = max(2, min(128, 1 << (splits - 1).bit_length(), 4096 // dc))
-    _merge_kernel[(total, D // dc)](op, lse, out, splits, total, n_rows, Hkv, G, out.stride(0), out.stride(1),
-                                    out.stride(2), D=D, DC=dc, SB=sb, num_warps=4)
+    launch_merge(op, lse, out, splits, n_rows, Hkv, G, sms)
     return out

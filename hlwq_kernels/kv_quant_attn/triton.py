@@ -938,6 +938,30 @@ VARIANTS = {
 DEFAULT_VARIANT = {256: "dsplit4-rep-lacc-pf"}
 
 
+def split_plan(programs: int, lmax: int, block_n: int, per_sm: int, sms: int,
+               num_splits: int | None = None) -> tuple[int, int]:
+    """(splits, chunk) for ``programs`` programs per split (m tiles x sequences x KV heads): by default one
+    full wave of ``per_sm`` resident programs per SM (no ragged tail wave), never more splits than
+    ``block_n``-key tiles; each split covers ``chunk`` keys, a whole number of tiles. Shared by the Triton
+    launcher (``plan``) and the Gluon one."""
+    if num_splits is None:
+        num_splits = max(1, (per_sm * sms) // programs)
+    num_splits = max(1, min(num_splits, max(1, cdiv(lmax, block_n))))
+    chunk = cdiv(cdiv(lmax, num_splits), block_n) * block_n
+    return max(1, cdiv(lmax, chunk)), chunk
+
+
+def launch_merge(op, lse, out, splits: int, n_rows: int, Hkv: int, G: int, sms: int) -> None:
+    """``_merge_kernel`` over partials ``op [splits, B * Hkv, n_rows, D]`` that are already rotated back:
+    column chunks of 32 (64 once rows x D / 32 exceed 4 programs per SM, i.e. larger batches), at most 32
+    fp32 partials per thread. Shared by the Triton launcher (REP decode tiles) and the Gluon one."""
+    total, D = op.shape[1] * n_rows, op.shape[-1]
+    dc = 32 if total * (D // 32) <= 4 * sms else 64
+    sb = max(2, min(128, next_pow2(splits), 4096 // dc))
+    _merge_kernel[(total, D // dc)](op, lse, out, splits, total, n_rows, Hkv, G, out.stride(0), out.stride(1),
+                                    out.stride(2), D=D, DC=dc, SB=sb, num_warps=4)
+
+
 def plan(B: int, Hkv: int, n_rows: int, lmax: int, d: int, sms: int, num_splits: int | None = None,
          lut: bool = True, variant: str | None = None) -> dict:
     """Tiles, MMA orientation and split count, from shapes only (no host sync on kv_lens).
@@ -983,13 +1007,7 @@ def plan(B: int, Hkv: int, n_rows: int, lmax: int, d: int, sms: int, num_splits:
         extra["lacc"] = bool(v.get("lacc", False) and extra["rep"])  # so does LACC
         extra["pf"] = bool(v.get("pf", False) and extra["lacc"])  # PF: with LACC only
     m_tiles = cdiv(n_rows, block_m)
-    base = m_tiles * B * Hkv
-    if num_splits is None:  # at most per_sm resident programs per SM (default: ~240 registers x 128 threads -> 2):
-        num_splits = max(1, (per_sm * sms) // base)  # one full wave, no ragged tail wave
-    max_splits = max(1, cdiv(lmax, block_n))
-    num_splits = max(1, min(num_splits, max_splits))
-    chunk = cdiv(cdiv(lmax, num_splits), block_n) * block_n
-    num_splits = max(1, cdiv(lmax, chunk))
+    num_splits, chunk = split_plan(m_tiles * B * Hkv, lmax, block_n, per_sm, sms, num_splits)
     if extra["maxnreg"] and (d != 256 or num_splits == 1):
         extra["maxnreg"] = None  # the cap spills at D = 128 and in the one-split (DIRECT) epilogue
     return dict(block_n=block_n, block_m=block_m, m_tiles=m_tiles, splits=num_splits, chunk=chunk,
@@ -1026,7 +1044,6 @@ def kv_quant_attn_triton_splits(q, k_packed, k_norms, v_packed, v_norms, kv_lens
         return out
     on_gpu = q.is_cuda and not interpreting()
     sms = _num_sms(q.device.index or 0) if on_gpu else 4
-    _, _, cb16, lut = tables(codebook)
     auto = decode is None
     if (on_gpu and auto and variant is None and block_n is None and num_warps is None and num_stages is None
             and trans is None and maxnreg is None and _gluon.supported(D, bits, n_rows)
@@ -1035,11 +1052,12 @@ def kv_quant_attn_triton_splits(q, k_packed, k_norms, v_packed, v_norms, kv_lens
         # registers; gluon.py), measured faster than every configuration here (perf/RESULTS.md, session 5)
         try:
             return _gluon.kv_attn_decode_gluon(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_start, bits,
-                                               scale, causal, codebook, num_splits)
+                                               scale, causal, codebook, num_splits, out=out)
         except Exception as e:  # noqa: BLE001  a Triton without Gluon, or a compile failure: the kernels below
             _GLUON_BROKEN.add((q.device, bits))
             warnings.warn(f"kv_quant_attn: the Gluon decode kernel failed ({type(e).__name__}: {e}); using the "
                           "Triton kernel", RuntimeWarning, stacklevel=3)
+    _, _, cb16, lut = tables(codebook)
     if auto:
         decode = "lut" if bits in (2, 3) and (q.device, D, bits) not in _LUT_BROKEN else "gather"
     if decode == "lut" and bits not in (2, 3):
@@ -1089,12 +1107,7 @@ def kv_quant_attn_triton_splits(q, k_packed, k_norms, v_packed, v_norms, kv_lens
             PF=cfg["pf"] and cfg["tail"] and lut_decode,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **opts)
         if not direct and cfg["rep"]:  # partials rotated back in the split kernel: merge column chunks
-            total = B * Hkv * n_rows
-            dc = 32 if total * (D // 32) <= 4 * sms else 64  # ~1-4 programs per SM at B = 1 / larger batches
-            sb = max(2, min(128, next_pow2(cfg["splits"]), 4096 // dc))  # <= 32 fp32 partials per thread
-            _merge_kernel[(total, D // dc)](
-                op, lse, out, cfg["splits"], total, n_rows, Hkv, G, out.stride(0), out.stride(1), out.stride(2),
-                D=D, DC=dc, SB=sb, num_warps=4)
+            launch_merge(op, lse, out, cfg["splits"], n_rows, Hkv, G, sms)
         elif not direct:
             total = B * Hkv * n_rows
             sb = max(2, min(64, next_pow2(cfg["splits"]), 16384 // D))  # <= 64 fp32 partials per thread
