@@ -15,6 +15,8 @@ import torch.nn.functional as F  # noqa: E402
 
 from hlwq_kernels import kv_quant_attn, quantize_kv  # noqa: E402
 from hlwq_kernels.kv_quant_attn import gluon as G  # noqa: E402
+from hlwq_kernels.kv_quant_attn import kv_quant_attn_triton_splits  # noqa: E402
+from hlwq_kernels.kv_quant_attn.triton import DEFAULT_VARIANT  # noqa: E402
 from hlwq_kernels.kv_quant_attn.reference import kv_quant_attn_reference  # noqa: E402
 from hlwq_kernels.quantize_kv import default_codebook  # noqa: E402
 
@@ -48,14 +50,17 @@ def check():
             kl = torch.tensor(lens, device=DEV, dtype=torch.int32)
             ks = None if start is None else torch.tensor(start, device=DEV, dtype=torch.int32)
             ref = kv_quant_attn_reference(q, kp, kn, vp, vn, kl, ks, bits, D ** -0.5, True, cb).float()
-            tri = kv_quant_attn(q, kp, kn, vp, vn, bits=bits, kv_lens=kl, kv_start=ks).float()
-            out = G.kv_attn_decode_gluon(q, kp, kn, vp, vn, kl, ks, bits, D ** -0.5, True, cb, splits=splits).float()
-            e_ref = ((out - ref).norm() / ref.norm()).item()
-            e_tri = ((tri - ref).norm() / ref.norm()).item()
-            worst = max(worst, e_ref / max(e_tri, 1e-6))
-            print(f"check bits={bits} case={i} B={B} Hq={Hq} Tq={Tq} lens={lens} start={start} splits={splits}: "
-                  f"gluon rel err {e_ref:.2e} (triton {e_tri:.2e}) maxabs {(out - ref).abs().max().item():.2e}",
-                  flush=True)
+            tri = kv_quant_attn_triton_splits(q, kp, kn, vp, vn, kl, ks, bits, D ** -0.5, True, cb,
+                                              variant=DEFAULT_VARIANT[D]).float()
+            for int8 in (False, True):
+                out = G.kv_attn_decode_gluon(q, kp, kn, vp, vn, kl, ks, bits, D ** -0.5, True, cb, splits,
+                                             int8=int8).float()
+                e_ref = ((out - ref).norm() / ref.norm()).item()
+                e_tri = ((tri - ref).norm() / ref.norm()).item()
+                worst = max(worst, e_ref / max(e_tri, 1e-6))
+                print(f"check bits={bits} case={i} B={B} Hq={Hq} Tq={Tq} lens={lens} start={start} splits={splits} "
+                      f"int8={int8}: gluon rel err {e_ref:.2e} (triton {e_tri:.2e}) maxabs "
+                      f"{(out - ref).abs().max().item():.2e}", flush=True)
     print("worst gluon/triton error ratio", worst)
 
 
@@ -72,6 +77,7 @@ def timing():
         del kvs
         lens = torch.full((b,), lmax, device=DEV, dtype=torch.int32)
         for bits in (3, 2):
+            cb = default_codebook(bits, DEV)
             qb = b * lmax * 4 * 2 * (D * bits // 8 + 2)
             g = torch.Generator(device=DEV).manual_seed(0)
             caches = []
@@ -81,13 +87,15 @@ def timing():
                                (torch.rand(b, 4, lmax, device=DEV, generator=g) + 0.5).half(),
                                torch.randint(-2**31, 2**31 - 1, (b, 4, lmax, w), device=DEV, dtype=torch.int32, generator=g),
                                (torch.rand(b, 4, lmax, device=DEV, generator=g) + 0.5).half()))
-            cb = default_codebook(bits, DEV)
-            tri = graph_us([lambda c=c: kv_quant_attn(q, *c, bits=bits, kv_lens=lens) for c in caches])
+            tri = graph_us([lambda c=c: kv_quant_attn_triton_splits(q, *c, lens, None, bits, D ** -0.5, True, cb,
+                                                                    variant=DEFAULT_VARIANT[D]) for c in caches])
             res = [f"{name} {bits}b: sdpa {sd:.2f} us, triton {tri:.2f} ({sd / tri:.2f}x)"]
-            for per_sm, mr in ((4, 128),):
+            for int8, per_sm, mr in ((False, 4, 128), (True, 4, 128), (True, 5, 96)):
                 full = graph_us([lambda c=c: G.kv_attn_decode_gluon(q, *c, lens, None, bits, D ** -0.5, True, cb,
-                                                                   per_sm=per_sm, maxnreg=mr) for c in caches])
-                res.append(f"gluon ps{per_sm} r{mr}: {full:.2f} ({sd / full:.2f}x, {qb / full / 1e3:.0f} GB/s)")
+                                                                   int8=int8, per_sm=per_sm, maxnreg=mr)
+                                 for c in caches])
+                res.append(f"gluon {'int8' if int8 else 'fp16'} ps{per_sm} r{mr}: {full:.2f} ({sd / full:.2f}x, "
+                           f"{qb / full / 1e3:.0f} GB/s)")
             print(" | ".join(res), flush=True)
             del caches
 

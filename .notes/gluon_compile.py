@@ -1,7 +1,7 @@
 """Compile the Gluon decode kernel (hlwq_kernels/kv_quant_attn/gluon.py) for sm_90 without a GPU
 (Triton 3.6 at /tmp/tri36) and print registers, spills, barriers and main-loop instruction counts.
 
-    PYTHONPATH=/tmp/tri36 python .notes/gluon_compile.py [bits] [maxnreg]
+    PYTHONPATH=/tmp/tri36 python .notes/gluon_compile.py [bits] [maxnreg] [int8]
 """
 import os
 import re
@@ -22,8 +22,8 @@ TARGET = GPUTarget("cuda", 90, 32)
 NVDISASM = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
 
 
-def compile_g(bits=3, maxnreg=None, causal=True, has_start=False):
-    fn = G.split_kernel()
+def compile_g(bits=3, maxnreg=None, causal=True, has_start=False, int8=False):
+    fn = G.split_kernel(int8)
     ptrs = {"q_ptr": "*bf16", "kp_ptr": "*i32", "kn_ptr": "*fp16", "vp_ptr": "*i32", "vn_ptr": "*fp16",
             "lut_ptr": "*i32", "lens_ptr": "*i32", "start_ptr": "*i32", "kperm_ptr": "*i32", "vperm_ptr": "*i32",
             "op_ptr": "*fp32", "lse_ptr": "*fp32"}
@@ -53,7 +53,8 @@ def sass(k):
 if __name__ == "__main__":
     bits = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     maxnreg = int(sys.argv[2]) if len(sys.argv) > 2 else None
-    k = compile_g(bits, maxnreg)
+    int8 = len(sys.argv) > 3 and sys.argv[3] == "int8"
+    k = compile_g(bits, maxnreg, int8=int8)
     cuobjdump = NVDISASM.replace("nvdisasm", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(k.asm["cubin"])
@@ -67,5 +68,5 @@ if __name__ == "__main__":
     import collections
     c = collections.Counter(o.split(".")[0] if not o.startswith("@") else "pred" for o in ops)
     print(c.most_common(30))
-    open(f"/tmp/gluon_kv_{bits}.sass", "w").write(s)
-    open(f"/tmp/gluon_kv_{bits}.ttgir", "w").write(k.asm["ttgir"])
+    open(f"/tmp/gluon_kv_{bits}{'_8' if int8 else ''}.sass", "w").write(s)
+    open(f"/tmp/gluon_kv_{bits}{'_8' if int8 else ''}.ttgir", "w").write(k.asm["ttgir"])

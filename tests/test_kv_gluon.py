@@ -9,6 +9,7 @@ the reference, including that the auto dispatch takes it.
 from __future__ import annotations
 
 import importlib
+import math
 
 import numpy as np
 import pytest
@@ -18,8 +19,12 @@ from hypothesis import strategies as st
 
 from hlwq_kernels import hadamard_matrix, kv_quant_attn, pack_bits
 from hlwq_kernels.kv_quant_attn import kv_quant_attn_triton_splits, lut
+from hlwq_kernels.kv_quant_attn.reference import kv_quant_attn_reference
+from hlwq_kernels.lloyd_max import gaussian_codebook, gaussian_mse
 from hlwq_kernels.quantize_kv import default_codebook
-from hlwq_kernels.quantize_kv.codebooks import tables
+from hlwq_kernels.quantize_kv.codebooks import GRID_BITS, int8_table, tables
+
+from test_kv_quant_attn import check_attention
 
 G = importlib.import_module("hlwq_kernels.kv_quant_attn.gluon")
 ON_GPU = torch.cuda.is_available()
@@ -109,6 +114,156 @@ def test_tile_algebra_matches_the_coordinate_maps(bits, seed, random_cb):
             assert torch.equal(a, want), (half, mt)
 
 
+def test_default_kv_codebooks_on_their_int8_grid():
+    """At 2 and 3 bits the default KV codebook is the Lloyd-Max one snapped to round(alpha c) / alpha: the
+    int8 table's bytes times 1 / alpha are the codebook (to fp32 rounding), every level moved by less
+    than 0.002, and the N(0,1) quantization MSE within 0.01% of the Lloyd-Max optimum."""
+    for bits in GRID_BITS:
+        cb = default_codebook(bits, "cpu").double()
+        t = int8_table(bits, "cpu")
+        alpha = float(t[2:3].view(torch.float32))
+        lv = torch.tensor(np.frombuffer(t[:2].numpy().tobytes(), dtype=np.int8)[:1 << bits].astype(np.float64))
+        assert lv.abs().max() <= 127 and torch.allclose(lv / alpha, cb, rtol=0, atol=1e-6)
+        lm = gaussian_codebook(bits).double()
+        assert float((cb - lm).abs().max()) < 0.002
+        assert gaussian_mse(cb) / gaussian_mse(lm) - 1 < 1e-4
+        assert G.int8_ok(default_codebook(bits, "cpu"), bits)
+        assert not G.int8_ok(default_codebook(bits, "cpu").clone(), bits)  # another codebook: the fp16 kernel
+    assert not G.int8_ok(default_codebook(4, "cpu"), 4)
+    with pytest.raises(ValueError, match="int8 level table"):
+        int8_table(4, "cpu")
+
+
+def _cache(lmax, bits, seed):
+    """A 1 x 2-KV-head cache of Gaussian vectors with per-token scales (as test_kv_quant_attn.make_cache)."""
+    from hlwq_kernels.quantize_kv import quantize_kv_reference
+
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randn(1, 2, lmax, 256, generator=g) * torch.rand(1, 2, lmax, 1, generator=g).add(0.25) * 3
+    v = torch.randn(1, 2, lmax, 256, generator=g) * torch.rand(1, 2, lmax, 1, generator=g).add(0.25)
+    cb = default_codebook(bits, "cpu")
+    return [*quantize_kv_reference(k, bits, cb), *quantize_kv_reference(v, bits, cb)]
+
+
+def _s8(regs: np.ndarray) -> torch.Tensor:
+    """uint32 registers [...] -> their int8 bytes [..., 4] (byte 0 first) as float."""
+    return torch.tensor(regs.astype(np.uint32).view(np.int8).reshape(*regs.shape, 4).astype(np.float32))
+
+
+def _replay_int8(q, kp, kn, vp, vn, kv_lens, bits, scale, causal):
+    """``_split_kernel_g8`` with one split per (batch, KV head), step by step in torch: the same reshape /
+    permute / join as the kernel, the lookups by ``lut.run`` (the asm's program), matmuls for the MMAs
+    (exact: integer products below 2^24), and the kernel's fp32 softmax, quantization and epilogue."""
+    B, Hq, Tq, D = q.shape
+    Hkv, L = kp.shape[1], kp.shape[2]
+    grp = Hq // Hkv
+    n_rows = grp * Tq
+    t = int8_table(bits, "cpu")
+    lt0, lt1 = int(t[0]) & 0xFFFFFFFF, int(t[1]) & 0xFFFFFFFF
+    alpha = float(t[2:3].view(torch.float32))
+    kperm, vperm = (x.long() for x in G.perms8("cpu"))
+    h16 = hadamard_matrix(256, dtype=torch.float32) * 16  # the kernel's unnormalized FWHT
+    qscale, oscale = scale * 1.4426950408889634 / 16, 1 / 16
+    kw, kh = kp.numpy().view(np.uint32), kp.numpy().view(np.uint16)
+    vw, vh = vp.numpy().view(np.uint32), vp.numpy().view(np.uint16)
+    out = torch.zeros(B, Hq, Tq, D)
+    rq = torch.arange(8)
+    qv = np.arange(32)
+    sv = (qv & 1).astype(np.uint32)[None, :]
+    for b in range(B):
+        for hk in range(Hkv):
+            kv_len = int(kv_lens[b])
+            hi = min(kv_len, L)
+            qq = torch.zeros(8, D)
+            for r in range(2 * min(n_rows, 4)):  # MMA column r: query row r // 2
+                j = r // 2
+                qq[r] = q[b, hk * grp + j % grp, j // grp, kperm].float()
+            qf = qq @ h16 * qscale
+            amax = qf.abs().amax(1)
+            sq = torch.where(amax > 0, amax / 127, torch.ones(8))
+            qn = qf / sq[:, None]
+            qh = torch.floor(qn + 0.5)
+            q8 = torch.where((rq % 2 == 0)[:, None], qh, torch.floor((qn - qh) * 254 + 0.5))
+            assert q8.abs().max() <= 127
+            fq = torch.where(rq % 2 == 0, sq, sq / 254) / alpha
+            m_i = torch.full((4,), -math.inf)
+            l_acc = torch.zeros(64, 4)
+            o = [torch.zeros(64, 4) for _ in range(4)]
+            pos4 = kv_len - Tq + torch.arange(4) // grp
+            for n0 in range(0, hi, 64):
+                keys = n0 + torch.arange(64)
+                ok = keys < hi
+                kk = keys.clamp_max(L - 1).numpy()
+                okn = ok.numpy()[:, None]
+                s = torch.zeros(64, 8)
+                for part in range(4):
+                    w = kw[b, hk][kk][:, 4 * part:4 * part + 4] * okn
+                    h = kh[b, hk][kk][:, 32 + 4 * part:36 + 4 * part].astype(np.uint32) * okn if bits == 3 else w
+                    r = lut.run(lut.K8_PROGRAMS[bits], {"W": w, "H": h, "LT0": lt0, "LT1": lt1})
+                    # byte e = b + 2 a of output g, as the kernel's [key, t, b, a] tensor
+                    gs = [_s8(r[f"$o{g}"]).reshape(64, 4, 2, 2).transpose(-1, -2) for g in range(4)]
+                    jt = torch.stack([torch.stack([gs[0], gs[1]], -1), torch.stack([gs[2], gs[3]], -1)], -1)
+                    s = s + jt.permute(0, 5, 4, 1, 3, 2).reshape(64, 64) @ q8[:, 64 * part:64 * part + 64].T
+                sf = (s * fq[None, :]).reshape(64, 4, 2)
+                s4 = (sf[..., 0] + sf[..., 1]) * kn[b, hk][kk].float()[:, None]
+                vnc = (vn[b, hk][kk].float() * ok).clamp_min(2.0**-64)
+                valid = ok[:, None] & ((keys[:, None] <= pos4[None, :]) if causal else True)
+                s4 = torch.where(valid, s4, -math.inf)
+                sp = s4 + torch.log2(vnc)[:, None]
+                tmax = sp.amax(0)
+                m_new = torch.maximum(m_i, tmax)
+                m_safe = torch.where(m_new == -math.inf, 0.0, m_new)
+                al = torch.exp2(m_i - m_safe)
+                pv = torch.exp2(sp - m_safe[None, :])
+                l_acc = l_acc * al[None, :] + torch.exp2(s4 - m_safe[None, :])
+                pm = torch.exp2(tmax - m_safe).clamp_min(2.0**-100)
+                x = pv * (127 / pm)[None, :]
+                xh = torch.floor(x + 0.5)
+                p8 = torch.stack([xh, torch.floor((x - xh) * 254 + 0.5)], -1).reshape(64, 8)
+                assert p8.abs().max() <= 127
+                xv = vw[b, hk][kk][:, qv >> 1] * okn
+                yv = vh[b, hk][kk][:, 32 + (qv >> 1)].astype(np.uint32) * okn if bits == 3 else xv
+                xg, yg = xv.reshape(16, 4, 32), yv.reshape(16, 4, 32)  # keys 4 j + e
+                inp = {f"X{e}": xg[:, e] for e in range(4)} | {f"Y{e}": yg[:, e] for e in range(4)}
+                inp |= {"SW0": 4 * sv, "SW1": 4 - 4 * sv, "SY0": 2 * sv, "SY1": 2 - 2 * sv, "LT0": lt0, "LT1": lt1}
+                r = lut.run(lut.V8_PROGRAMS[bits], inp)
+                outs = [_s8(r[f"$o{k}"]).permute(0, 2, 1).reshape(64, 32) for k in range(8)]  # [key, qv]
+                for mt in range(4):  # _vtile8
+                    a = torch.stack([outs[2 * mt], outs[2 * mt + 1]], -1).reshape(64, 4, 8, 2).permute(1, 3, 2, 0)
+                    acc = (a.reshape(64, 64) @ p8).reshape(64, 4, 2)
+                    o[mt] = o[mt] * al[None, :] + (acc[..., 0] + acc[..., 1] / 254) * (pm / 127)[None, :]
+                m_i = m_new
+            l_i = l_acc.sum(0)
+            f = (1 / alpha) / torch.where(l_i > 0, l_i, 1.0)
+            orot = torch.cat([om * f[None, :] for om in o], 0).T @ h16 * oscale  # [4 rows, kernel coordinates]
+            for j in range(min(n_rows, 4)):
+                full = torch.zeros(D)
+                full[vperm] = orot[j]
+                out[b, hk * grp + j % grp, j // grp] = full
+    return out
+
+
+@given(bits=st.sampled_from([2, 3]), rows=st.sampled_from([(4, 1), (2, 2), (1, 1), (3, 1)]), lmax=st.integers(1, 200),
+       causal=st.booleans(), dtype=st.sampled_from([torch.float16, torch.bfloat16]), seed=st.integers(0, 2**31 - 1))
+@example(bits=3, rows=(4, 1), lmax=150, causal=True, dtype=torch.float16, seed=0)
+@settings(max_examples=6, deadline=None)
+def test_int8_kernel_replay_matches_reference(bits, rows, lmax, causal, dtype, seed):
+    """The int8 kernel's algebra (lookups, operand layouts, int8 q / p planes, the norm folded into the
+    exponent, the per-tile scales, the epilogue's coordinate order) against the fp32 reference, by the
+    GPU tests' rule (check_attention: 2x the error of plain attention at the query dtype)."""
+    group, tq = rows
+    kp, kn, vp, vn = _cache(lmax, bits, seed)
+    g = torch.Generator().manual_seed(seed)
+    q = (torch.randn(1, 2 * group, tq, 256, generator=g) * 2).to(dtype)
+    lens = torch.tensor([max(1, lmax - seed % 5)])
+    out = _replay_int8(q, kp, kn, vp, vn, lens, bits, 256 ** -0.5, causal)
+    check_attention(out.to(dtype), q, kp, kn, vp, vn, lens, bits, causal, "int8 replay")
+    ref = kv_quant_attn_reference(q.float(), kp, kn, vp, vn, lens, None, bits, 256 ** -0.5, causal,
+                                  default_codebook(bits, "cpu"))
+    # and in fp32, before the output rounding: ~1e-4 of the largest output (measured 0.5-2.1e-4)
+    assert float((out - ref).abs().max()) <= 5e-4 * float(ref.abs().max())
+
+
 def test_split_plan_one_wave_of_whole_tiles():
     """The split rule both launchers share (the Gluon one with 64-key tiles, 4 programs per SM)."""
     from hlwq_kernels.kv_quant_attn.triton import split_plan
@@ -129,16 +284,19 @@ needs_gpu = pytest.mark.skipif(not ON_GPU or not G.available(), reason="needs CU
 @given(b=st.integers(1, 3), hkv=st.integers(1, 4), rows=st.sampled_from([(4, 1), (2, 2), (1, 4), (1, 1), (3, 1)]),
        lmax=st.integers(1, 700), bits=st.sampled_from([2, 3]), causal=st.booleans(),
        dtype=st.sampled_from([torch.float16, torch.bfloat16]), splits=st.sampled_from([None, 1, 3, 7]),
-       left_pad=st.booleans(), seed=st.integers(0, 2**31 - 1))
+       left_pad=st.booleans(), int8=st.booleans(), seed=st.integers(0, 2**31 - 1))
 @example(b=1, hkv=4, rows=(4, 1), lmax=1, bits=3, causal=True, dtype=torch.bfloat16, splits=None, left_pad=False,
-         seed=0)
+         int8=True, seed=0)
 @example(b=2, hkv=2, rows=(1, 4), lmax=333, bits=2, causal=True, dtype=torch.float16, splits=3, left_pad=True,
-         seed=1)
-@settings(max_examples=20, deadline=None)
-def test_gluon_matches_reference_gpu(b, hkv, rows, lmax, bits, causal, dtype, splits, left_pad, seed):
-    """Decode and short causal chunks (group x tokens <= 4 rows per KV head), ragged lengths off the
-    64-key tile grid (0 included), left padding, one split and several; the auto dispatch of
-    kv_quant_attn takes this kernel (same output, bit for bit)."""
+         int8=True, seed=1)
+@example(b=1, hkv=4, rows=(4, 1), lmax=700, bits=3, causal=True, dtype=torch.bfloat16, splits=3, left_pad=False,
+         int8=False, seed=2)
+@settings(max_examples=24, deadline=None)
+def test_gluon_matches_reference_gpu(b, hkv, rows, lmax, bits, causal, dtype, splits, left_pad, int8, seed):
+    """Both Gluon kernels (int8 and fp16): decode and short causal chunks (group x tokens <= 4 rows per KV
+    head), ragged lengths off the 64-key tile grid (0 included), left padding, one split and several; the
+    auto dispatch of kv_quant_attn takes the int8 kernel for the default codebook (same output, bit for
+    bit) and the fp16 one for another codebook."""
     from test_kv_quant_attn import _gen, check_attention, make_cache
 
     group, tq = rows
@@ -150,9 +308,11 @@ def test_gluon_matches_reference_gpu(b, hkv, rows, lmax, bits, causal, dtype, sp
     start = (torch.rand(b, generator=g) * (lens + 1)).long().clamp_max(lens).cuda() if left_pad else None
     lens = lens.cuda()
     cb = default_codebook(bits, "cuda")
-    out = G.kv_attn_decode_gluon(q, kp, kn, vp, vn, lens, start, bits, 256 ** -0.5, causal, cb, splits)
+    out = G.kv_attn_decode_gluon(q, kp, kn, vp, vn, lens, start, bits, 256 ** -0.5, causal, cb, splits, int8=int8)
     check_attention(out, q, kp, kn, vp, vn, lens, bits, causal, start=start)
-    auto = kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, start, bits, 256 ** -0.5, causal, cb, splits)
+    # auto: the int8 kernel for the default codebook, the fp16 one for an equal but other codebook tensor
+    auto = kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, start, bits, 256 ** -0.5, causal,
+                                       cb if int8 else cb.clone(), splits)
     assert torch.equal(auto, out)
 
 

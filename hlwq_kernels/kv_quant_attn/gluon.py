@@ -40,6 +40,19 @@ constants, so each thread keeps one base pointer and the loads take immediate of
 registers, 4 programs per SM; sm_90 SASS of the mask-free loop: 826 instructions per 64-key tile
 at 3 bits, 615 at 2 bits (the Triton default tile: 911 / 767), 4 barriers (19).
 
+The int8 kernel (``split_kernel(int8=True)``, the default for the default 2/3-bit codebooks): the
+same structure on s8 wgmma (m64n8k32), where one ``prmt`` turns 4 codes into 4 int8 levels (one
+A-fragment register), since those codebooks lie on an integer grid (``codebooks.int8_table``: levels
+``k / alpha``, |k| <= 127). q and the softmax weights p are split into two int8 planes each, hi and
+lo / 254 (~15 bits), which occupy the MMA's column pairs (2 j, 2 j + 1) for query row j: with <= 4 rows
+the 8 columns were half empty anyway. The value norm is folded into the exponent (weights
+``p * n_v = exp2(s + log2 n_v - m)`` <= 1 with m the running maximum of that sum), so the tile's largest
+weight per row comes from the max reduction already done, and p is quantized against it; each value
+m-tile's int32 MMA result is scaled into an fp32 accumulator per tile. The values' A operand needs 4
+keys per register: ``lut.V8_PROGRAMS`` transposes 4 keys' words into selectors with byte gathers.
+sm_90 SASS of the mask-free loop: 605 instructions per tile at 3 bits, 414 at 2 (fp16: 826 / 615).
+Measured against the fp32 reference it is also more accurate than the fp16 kernels (q in fp16 there).
+
 This module imports Gluon lazily (``split_kernel()``); Triton's interpreter cannot run Gluon, so
 this is the GPU path only: the interpreter and the CPU tests run ``triton.py``. The CPU tests
 (``tests/test_kv_gluon.py``) check the coordinate maps and replay the kernel's tensor algebra with
@@ -102,13 +115,49 @@ def perms(device) -> tuple[torch.Tensor, torch.Tensor]:
     return _PERMS[key]
 
 
+def k_coord8(c: int) -> int:
+    """The int8 kernel's keys: stored coordinate of kernel coordinate c = 64 p + 32 g1 + 16 g0 + 4 t + e
+    (A-fragment column of s8 wgmma: byte e of register (g0, g1), lane t): word 4 p + t, field
+    lut.KEY_GROUPS[g0 + 2 g1][e] = 2 e + g0 + 8 g1."""
+    p, r = c >> 6, c & 63
+    e, t, g0, g1 = r & 3, (r >> 2) & 3, (r >> 4) & 1, (r >> 5) & 1
+    return 64 * p + 16 * t + 2 * e + g0 + 8 * g1
+
+
+def v_coord8(c: int) -> int:
+    """The int8 kernel's values: stored coordinate of kernel coordinate c = 64 mt + 16 w + 8 a + g (m-tile
+    mt, A-fragment row): word-half qv = 8 w + g (word qv >> 1, nibble half s = g & 1), lookup output
+    2 mt + a = field 4 mt + 2 s + a."""
+    mt, w, a, g = c >> 6, (c >> 4) & 3, (c >> 3) & 1, c & 7
+    return 16 * (4 * w + (g >> 1)) + 4 * mt + 2 * (g & 1) + a
+
+
+def perms8(device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k_coord8, v_coord8) as int32 tensors [256] on ``device``, computed there; cached per device."""
+    key = ("int8", str(device))
+    if key not in _PERMS:
+        c = torch.arange(256, device=device, dtype=torch.int32)
+        kc = 64 * (c >> 6) + 16 * ((c >> 2) & 3) + 2 * (c & 3) + ((c >> 4) & 1) + 8 * ((c >> 5) & 1)
+        vc = 16 * (4 * ((c >> 4) & 3) + ((c & 7) >> 1)) + 4 * (c >> 6) + 2 * (c & 1) + ((c >> 3) & 1)
+        _PERMS[key] = (kc.contiguous(), vc.contiguous())
+    return _PERMS[key]
+
+
 def _build_kernel():
     """Define the Gluon kernel (on first use: importing Gluon needs a GPU build of Triton)."""
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma
 
+    from . import lut
     from .triton import LUT_CONSTRAINTS_PACKED, LUT_PTX_RAW
+
+    K8_PTX2 = gl.constexpr(lut.K8_PTX[2])
+    K8_PTX3 = gl.constexpr(lut.K8_PTX[3])
+    V8_PTX2 = gl.constexpr(lut.V8_PTX[2])
+    V8_PTX3 = gl.constexpr(lut.V8_PTX[3])
+    K8_CONSTRAINTS = gl.constexpr(lut.K8_CONSTRAINTS)
+    V8_CONSTRAINTS = gl.constexpr(lut.V8_CONSTRAINTS)
 
     @gluon.jit
     def _fwht_stage(x, s: gl.constexpr, ROWS: gl.constexpr, D: gl.constexpr):
@@ -453,17 +502,312 @@ def _build_kernel():
         prq = (split * gl.num_programs(1) + bh) * n_rows + rc
         gl.store(op_ptr + prq[:, None] * D + vcol[None, :], o, mask=(rc < n_rows)[:, None])
 
-    return _split_kernel_g
+    # ------------------------------------------------------------------------------------------------
+    # The int8 kernel (s8 wgmma, m64n8k32): levels as int8 on the codebook's grid (codebooks.int8_table),
+    # q and p each split into two int8 planes (hi + lo / 254) in the MMA's column pairs (2 j, 2 j + 1).
+    # ------------------------------------------------------------------------------------------------
+    @gluon.jit
+    def _klookup8(w, h, lt0, lt1, BITS: gl.constexpr):
+        """Keys: words w [64 keys, 4] with raw high halves h -> 4 int8 tensors [64, 4, 2, 2] (key, word t,
+        byte bits b, a): output g, byte e = b + 2 a holds the level of field lut.KEY_GROUPS[g][e]."""
+        KJ8: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 0, 1, 0], [0, 0, 0, 1], [8, 0, 0, 0]],
+            lane_bases=[[0, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 0], [2, 0, 0, 0], [4, 0, 0, 0]],
+            warp_bases=[[16, 0, 0, 0], [32, 0, 0, 0]], block_bases=[], shape=[64, 4, 2, 2])
+        wh = gl.join(w, h)
+        wh = gl.convert_layout(gl.join(wh, wh), KJ8, assert_trivial=True)
+        if BITS == 3:
+            ptx: gl.constexpr = K8_PTX3
+        else:
+            ptx: gl.constexpr = K8_PTX2
+        o0, o1, o2, o3 = gl.inline_asm_elementwise(
+            ptx, K8_CONSTRAINTS, [wh, lt0, lt1], dtype=(gl.int8, gl.int8, gl.int8, gl.int8), is_pure=True, pack=4)
+        return o0, o1, o2, o3
+
+    @gluon.jit
+    def _vtile8(lo, hi, DOT_A8: gl.constexpr):
+        """m-tile A operand [64 coordinates, 64 keys] from its two lookup outputs [64 keys, 32 qv]:
+        rows 16 w + 8 a + g (qv = 8 w + g, a = lo / hi), keys in natural order. A register renaming."""
+        t = gl.permute(gl.reshape(gl.join(lo, hi), [64, 4, 8, 2]), [1, 3, 2, 0])
+        return gl.convert_layout(gl.reshape(t, [64, 64]), DOT_A8, assert_trivial=True)
+
+    @gluon.jit
+    def _tile8(n0, hi, pos4, m_i, l_acc, o0, o1, o2, o3, qs0, qs1, qs2, qs3, p_smem, k_base, v_base, koff, kcst,
+               hoff, voff, yoff, vcst, kn_base, vn_base, kr, vr, lt0, lt1, vsh, fq,
+               SKL: gl.constexpr, SVL: gl.constexpr, SNKL: gl.constexpr, SNVL: gl.constexpr,
+               w0, h0, BITS: gl.constexpr, CAUSAL: gl.constexpr, MASKED: gl.constexpr):
+        """One 64-key tile of the int8 kernel: scores (int32, 2 x 4 MMAs of k32), online softmax in the
+        log2 domain with the value norm folded into the exponent (so p' = p * n_v <= 1 and its tile
+        maximum is known from the max reduction), p' as hi + lo / 254 int8 planes of 127 / max p', values
+        (4 m-tiles x 2 MMAs), each m-tile's int32 result scaled into the fp32 accumulator."""
+        BN: gl.constexpr = 64
+        NQ: gl.constexpr = 8
+        MMA8: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, NQ, 32])
+        DOT_A8: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA8, k_width=4)
+        L4: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[8, 0]], lane_bases=[[0, 1], [0, 2], [1, 0], [2, 0], [4, 0]],
+            warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[BN, 4])
+        okk = n0 + kr < hi
+        kb = k_base + n0 * SKL
+        hb = k_base.to(gl.pointer_type(gl.int16)) + n0 * (2 * SKL)
+        vb = v_base + n0 * SVL
+        yb = v_base.to(gl.pointer_type(gl.int16)) + n0 * (2 * SVL)
+        okv = n0 + vr < hi
+        if MASKED:
+            xv = gl.load((vb + voff) + vcst, mask=okv, other=0)
+        else:
+            xv = gl.load((vb + voff) + vcst)
+        if BITS == 3:
+            if MASKED:
+                yv = gl.load((yb + yoff) + 2 * vcst, mask=okv, other=0)
+            else:
+                yv = gl.load((yb + yoff) + 2 * vcst)
+        ts = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, L4))
+        oks = ts < hi
+        if MASKED:
+            kn = gl.load(kn_base + ts * SNKL, mask=oks, other=0.0).to(gl.float32)
+            vn = gl.load(vn_base + ts * SNVL, mask=oks, other=0.0).to(gl.float32)
+        else:
+            kn = gl.load(kn_base + ts * SNKL).to(gl.float32)
+            vn = gl.load(vn_base + ts * SNVL).to(gl.float32)
+        # ---- scores: 4 parts of 64 coordinates, int32 [64 keys, 8 columns]
+        s = gl.zeros([BN, NQ], gl.int32, layout=MMA8)
+        w = w0
+        h = h0
+        for part in gl.static_range(4):
+            if part < 3:
+                wn, hn = _kwords(kb, hb, koff, kcst, hoff, okk, part + 1, BITS, MASKED)
+            else:
+                wn, hn = _kwords(kb + BN * SKL, hb + 2 * BN * SKL, koff, kcst, hoff, n0 + BN + kr < hi, 0, BITS,
+                                 True)
+            w = w.to(gl.uint32, bitcast=True)
+            if BITS == 3:
+                h = h.to(gl.uint16, bitcast=True).to(gl.uint32)
+            else:
+                h = w
+            g0, g1, g2, g3 = _klookup8(w, h, lt0, lt1, BITS)
+            jt = gl.join(gl.join(g0, g1), gl.join(g2, g3))  # [key, t, b, a, g0, g1]
+            kc = gl.reshape(gl.permute(jt, [0, 5, 4, 1, 3, 2]), [BN, 64])
+            kc = gl.convert_layout(kc, DOT_A8, assert_trivial=True)
+            if part == 0:
+                s = warpgroup_mma(kc, qs0.permute((1, 0)), s, use_acc=False)
+            elif part == 1:
+                s = warpgroup_mma(kc, qs1.permute((1, 0)), s)
+            elif part == 2:
+                s = warpgroup_mma(kc, qs2.permute((1, 0)), s)
+            else:
+                s = warpgroup_mma(kc, qs3.permute((1, 0)), s)
+            w = wn
+            h = hn
+        # ---- softmax: s4 [64 keys, 4 rows] = (hi column + lo column / 254) * sq / alpha (in fq) * key norm
+        sh, sl = gl.split(gl.reshape(s.to(gl.float32) * fq[None, :], [BN, 4, 2]))
+        s4 = gl.convert_layout(sh + sl, L4, assert_trivial=True) * kn[:, None]
+        vnc = gl.maximum(vn, 5.421010862427522e-20)  # 2^-64: a zero norm weighs ~0 instead of -inf
+        # (lg2.approx: one MUFU; gl.log2 is the precise libdevice polynomial, ~30 FFMA per key)
+        lvn = gl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [vnc], dtype=gl.float32,
+                                        is_pure=True, pack=1)
+        if MASKED:
+            valid = oks[:, None]
+            if CAUSAL:
+                valid = valid & (ts[:, None] <= pos4[None, :])
+            s4 = gl.where(valid, s4, float("-inf"))  # (both exponents below: the weights and p for l)
+            sp = s4 + lvn[:, None]
+            tmax = gl.max(sp, axis=0)
+            m_new = gl.maximum(m_i, tmax)
+            m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            sp = s4 + lvn[:, None]
+            tmax = gl.max(sp, axis=0)
+            m_new = gl.maximum(m_i, tmax)
+            m_safe = m_new
+        alpha = gl.exp2(m_i - m_safe)
+        pv = gl.exp2(sp - m_safe[None, :])  # p * n_v <= 1
+        l_acc = l_acc * alpha[None, :] + gl.exp2(s4 - m_safe[None, :])  # p itself (<= 2^64 / n_v)
+        # the tile's largest p * n_v per row, at least 2^-100 (0: no key of the row here; below, the tile's
+        # weights are < 2^-100 of the row's largest so far and may round to 0 without changing the output)
+        pm = gl.maximum(gl.exp2(tmax - m_safe), 7.888609052210118e-31)
+        x = pv * (127.0 / pm)[None, :]
+        xh = gl.floor(x + 0.5)
+        xl = gl.floor((x - xh) * 254.0 + 0.5)
+        p8 = gl.reshape(gl.join(xh, xl), [BN, NQ]).to(gl.int8)
+        p_smem.store(gl.permute(p8, [1, 0]))
+        fence_async_shared()
+        sc = pm * (1.0 / 127.0)
+        # ---- values: one lookup per 4 keys feeds all 4 m-tiles
+        xv = xv.to(gl.uint32, bitcast=True)
+        if BITS == 3:
+            yv = yv.to(gl.uint16, bitcast=True).to(gl.uint32)
+            vptx: gl.constexpr = V8_PTX3
+        else:
+            yv = xv
+            vptx: gl.constexpr = V8_PTX2
+        v0, v1, v2, v3, v4, v5, v6, v7 = gl.inline_asm_elementwise(
+            vptx, V8_CONSTRAINTS, [xv, yv, vsh, lt0, lt1],
+            dtype=(gl.int8, gl.int8, gl.int8, gl.int8, gl.int8, gl.int8, gl.int8, gl.int8), is_pure=True, pack=4)
+        pb = p_smem.permute((1, 0))
+        zero = gl.zeros([64, NQ], gl.int32, layout=MMA8)
+        a0 = warpgroup_mma(_vtile8(v0, v1, DOT_A8), pb, zero, use_acc=False).to(gl.float32)
+        a1 = warpgroup_mma(_vtile8(v2, v3, DOT_A8), pb, zero, use_acc=False).to(gl.float32)
+        a2 = warpgroup_mma(_vtile8(v4, v5, DOT_A8), pb, zero, use_acc=False).to(gl.float32)
+        a3 = warpgroup_mma(_vtile8(v6, v7, DOT_A8), pb, zero, use_acc=False).to(gl.float32)
+        ah, al = gl.split(gl.reshape(a0, [64, 4, 2]))
+        o0 = o0 * alpha[None, :] + gl.convert_layout(ah + al * (1.0 / 254.0), L4, assert_trivial=True) * sc[None, :]
+        ah, al = gl.split(gl.reshape(a1, [64, 4, 2]))
+        o1 = o1 * alpha[None, :] + gl.convert_layout(ah + al * (1.0 / 254.0), L4, assert_trivial=True) * sc[None, :]
+        ah, al = gl.split(gl.reshape(a2, [64, 4, 2]))
+        o2 = o2 * alpha[None, :] + gl.convert_layout(ah + al * (1.0 / 254.0), L4, assert_trivial=True) * sc[None, :]
+        ah, al = gl.split(gl.reshape(a3, [64, 4, 2]))
+        o3 = o3 * alpha[None, :] + gl.convert_layout(ah + al * (1.0 / 254.0), L4, assert_trivial=True) * sc[None, :]
+        return m_new, l_acc, o0, o1, o2, o3, w, h
+
+    @gluon.jit
+    def _split_kernel_g8(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, lut_ptr, lens_ptr, start_ptr, kperm_ptr, vperm_ptr,
+                         op_ptr, lse_ptr, s_lens, s_start, Hkv, G, Tq, n_rows, L, chunk, qscale, oscale,
+                         sqb, sqh, sqt, skb, skh, snkb, snkh, svb, svh, snvb, snvh,
+                         SKL: gl.constexpr, SVL: gl.constexpr, SNKL: gl.constexpr, SNVL: gl.constexpr,
+                         BITS: gl.constexpr, CAUSAL: gl.constexpr, HAS_START: gl.constexpr):
+        D: gl.constexpr = 256
+        BN: gl.constexpr = 64
+        NQ: gl.constexpr = 8
+        NW2: gl.constexpr = D // 16
+        LQ: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[2, 16], warps_per_cta=[4, 1],
+                                            order=[1, 0])
+        L4: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[8, 0]], lane_bases=[[0, 1], [0, 2], [1, 0], [2, 0], [4, 0]],
+            warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[BN, 4])
+        MMA8: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, NQ, 32])
+        S_SMEM: gl.constexpr = gl.NVMMASharedLayout.get_default_for([NQ, 64], gl.int8)
+
+        bh = gl.program_id(1).to(gl.int64)
+        split = gl.program_id(2)
+        b = bh // Hkv
+        hk = bh % Hkv
+        kv_len = gl.load(lens_ptr + b * s_lens).to(gl.int32)
+        lo = split * chunk
+        hi = gl.minimum(gl.minimum(lo + chunk, kv_len), L)
+        if HAS_START:
+            lo = gl.maximum(lo, gl.load(start_ptr + b * s_start).to(gl.int32))
+        lt0 = gl.load(lut_ptr)
+        lt1 = gl.load(lut_ptr + 1)
+        inv_alpha = 1.0 / gl.load(lut_ptr + 2).to(gl.float32, bitcast=True)
+
+        # q: MMA column c = query row c >> 1 (r = t * G + g), its hi (c even) or lo (c odd) int8 plane, in the
+        # keys' kernel coordinate order, rotated and scaled first
+        rq = gl.arange(0, NQ, layout=gl.SliceLayout(1, LQ))
+        jq = rq // 2
+        cq = gl.load(kperm_ptr + gl.arange(0, D, layout=gl.SliceLayout(0, LQ)))
+        q = gl.load(q_ptr + b * sqb + (hk * G + jq % G)[:, None] * sqh + (jq // G)[:, None] * sqt + cq[None, :],
+                    mask=(jq < n_rows)[:, None], other=0.0).to(gl.float32)
+        # (in _fwht8x256's output layout, whose column bits 6-7 are in registers for the split into parts)
+        LB: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 16], [0, 32], [0, 64], [0, 128]], lane_bases=[[0, 1], [0, 2], [0, 4], [0, 8], [1, 0]],
+            warp_bases=[[2, 0], [4, 0]], block_bases=[], shape=[8, 256])
+        q = gl.convert_layout(_fwht8x256(q) * qscale, LB, assert_trivial=True)
+        rb = gl.arange(0, NQ, layout=gl.SliceLayout(1, LB))
+        amax = gl.max(gl.abs(q), axis=1)
+        sq = gl.where(amax > 0.0, amax * (1.0 / 127.0), 1.0)
+        qn = q / sq[:, None]
+        qh = gl.floor(qn + 0.5)
+        ql = gl.floor((qn - qh) * 254.0 + 0.5)
+        q8 = gl.where((rb % 2 == 0)[:, None], qh, ql).to(gl.int8)
+        fq = gl.where(rb % 2 == 0, sq, sq * (1.0 / 254.0)) * inv_alpha
+        fq = gl.convert_layout(fq, gl.SliceLayout(0, MMA8))
+        q4 = gl.permute(gl.reshape(q8, [NQ, 4, 64]), [0, 2, 1])
+        qa, qb = gl.split(gl.reshape(q4, [NQ, 64, 2, 2]))
+        q0, q2 = gl.split(qa)
+        q1, q3 = gl.split(qb)
+        qs0 = gl.allocate_shared_memory(gl.int8, [NQ, 64], S_SMEM, q0)
+        qs1 = gl.allocate_shared_memory(gl.int8, [NQ, 64], S_SMEM, q1)
+        qs2 = gl.allocate_shared_memory(gl.int8, [NQ, 64], S_SMEM, q2)
+        qs3 = gl.allocate_shared_memory(gl.int8, [NQ, 64], S_SMEM, q3)
+        p_smem = gl.allocate_shared_memory(gl.int8, [NQ, BN], S_SMEM)
+        fence_async_shared()
+
+        k_base = kp_ptr + b * skb + hk * skh
+        v_base = vp_ptr + b * svb + hk * svh
+        kn_base = kn_ptr + b * snkb + hk * snkh
+        vn_base = vn_ptr + b * snvb + hk * snvh
+        # key words: as in the fp16 kernel ([64 keys, 4 words], key 16 a + 8 b + c, word d)
+        LK4: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 1, 0, 0]], lane_bases=[[0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 1, 0], [0, 0, 2, 0], [0, 0, 4, 0]],
+            warp_bases=[[1, 0, 0, 0], [2, 0, 0, 0]], block_bases=[], shape=[4, 2, 8, 4])
+        ka, kb_, kc_, kd = _aranges4(4, 2, 8, 4, LK4)
+        key4 = 16 * ka + 8 * kb_ + kc_
+        kr = gl.reshape(key4 + 0 * kd, [BN, 4])
+        koff = gl.reshape((16 * ka + kc_) * SKL + kd + 0 * kb_, [BN, 4])
+        kcst = gl.reshape(8 * kb_ * SKL + 0 * (ka + kc_ + kd), [BN, 4])
+        hoff = gl.reshape((16 * ka + kc_) * (2 * SKL) + (2 * NW2 + kd) + 0 * kb_, [BN, 4])
+        # value words [64 keys, 32 qv] (word qv >> 1 of every key): key 16 a + 4 b + c with c (2 register bits:
+        # the 4 keys of one lookup), a (registers), b (lanes, t); qv: lanes (g) and warps (w)
+        LV4: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 0, 1, 0], [0, 0, 2, 0], [1, 0, 0, 0], [2, 0, 0, 0]],
+            lane_bases=[[0, 1, 0, 0], [0, 2, 0, 0], [0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 0, 4]],
+            warp_bases=[[0, 0, 0, 8], [0, 0, 0, 16]], block_bases=[], shape=[4, 4, 4, 32])
+        va, vb_, vc_, vd = _aranges4(4, 4, 4, 32, LV4)
+        vr = gl.reshape(16 * va + 4 * vb_ + vc_ + 0 * vd, [BN, 32])
+        voff = gl.reshape(4 * vb_ * SVL + (vd >> 1) + 0 * (va + vc_), [BN, 32])
+        yoff = gl.reshape(4 * vb_ * (2 * SVL) + (2 * NW2 + (vd >> 1)) + 0 * (va + vc_), [BN, 32])
+        vcst = gl.reshape((16 * va + vc_) * SVL + 0 * (vb_ + vd), [BN, 32])
+        # per lookup: key c's operand is a shift of the thread's nibble half s = qv & 1: 4 s, 4 - 4 s, 2 s, 2 - 2 s
+        sv = vd & 1
+        vsh = gl.where(vc_ == 0, 4 * sv, gl.where(vc_ == 1, 4 - 4 * sv, gl.where(vc_ == 2, 2 * sv, 2 - 2 * sv)))
+        vsh = gl.reshape(vsh + 0 * (va + vb_), [BN, 32]).to(gl.uint32)
+
+        rows = gl.arange(0, 4, layout=gl.SliceLayout(0, L4))
+        pos4 = kv_len - Tq + rows // G
+        m_i = gl.full([4], float("-inf"), gl.float32, layout=gl.SliceLayout(0, L4))
+        l_acc = gl.zeros([BN, 4], gl.float32, layout=L4)
+        o0 = gl.zeros([64, 4], gl.float32, layout=L4)
+        o1 = gl.zeros([64, 4], gl.float32, layout=L4)
+        o2 = gl.zeros([64, 4], gl.float32, layout=L4)
+        o3 = gl.zeros([64, 4], gl.float32, layout=L4)
+
+        hi_free = gl.minimum(hi, kv_len - Tq + 1) if CAUSAL else hi
+        n_free = lo + gl.maximum(hi_free - lo, 0) // BN * BN
+        w0, h0 = _kwords(k_base + lo * SKL, k_base.to(gl.pointer_type(gl.int16)) + lo * (2 * SKL), koff, kcst, hoff,
+                         lo + kr < hi, 0, BITS, True)
+        for n0 in range(lo, n_free, BN):
+            m_i, l_acc, o0, o1, o2, o3, w0, h0 = _tile8(
+                n0, hi, pos4, m_i, l_acc, o0, o1, o2, o3, qs0, qs1, qs2, qs3, p_smem, k_base, v_base, koff, kcst,
+                hoff, voff, yoff, vcst, kn_base, vn_base, kr, vr, lt0, lt1, vsh, fq, SKL, SVL, SNKL, SNVL,
+                w0, h0, BITS, CAUSAL, False)
+        for n0 in range(n_free, hi, BN):
+            m_i, l_acc, o0, o1, o2, o3, w0, h0 = _tile8(
+                n0, hi, pos4, m_i, l_acc, o0, o1, o2, o3, qs0, qs1, qs2, qs3, p_smem, k_base, v_base, koff, kcst,
+                hoff, voff, yoff, vcst, kn_base, vn_base, kr, vr, lt0, lt1, vsh, fq, SKL, SVL, SNKL, SNVL,
+                w0, h0, BITS, CAUSAL, True)
+
+        # ---- epilogue (as the fp16 kernel): normalized, 1 / alpha (the value levels' grid), rotated back
+        l_i = gl.sum(l_acc, axis=0)
+        l_safe = gl.where(l_i > 0.0, l_i, 1.0)
+        lse = gl.where(l_i > 0.0, m_i + gl.log2(l_safe), float("-inf"))
+        prow = (split * gl.num_programs(1) + bh) * n_rows + rows
+        gl.store(lse_ptr + prow, lse, mask=rows < n_rows)
+        f = inv_alpha / l_safe
+        # [64 coordinates, 4 rows] x 4 m-tiles -> [8 (row, duplicate), 256 kernel coordinates 64 mt + coordinate]
+        oa = gl.join(gl.join(o0 * f[None, :], o1 * f[None, :]), gl.join(o2 * f[None, :], o3 * f[None, :]))
+        oa = gl.join(oa, oa)  # [64, 4, 2, 2, 2 (duplicate)]
+        o = gl.reshape(gl.permute(oa, [1, 4, 3, 2, 0]), [NQ, D])
+        o = gl.convert_layout(_fwht8x256(o) * oscale, LQ)
+        rc = gl.arange(0, NQ, layout=gl.SliceLayout(1, LQ))
+        vcol = gl.load(vperm_ptr + gl.arange(0, D, layout=gl.SliceLayout(0, LQ)))
+        prq = (split * gl.num_programs(1) + bh) * n_rows + rc // 2
+        gl.store(op_ptr + prq[:, None] * D + vcol[None, :], o, mask=((rc // 2 < n_rows) & (rc % 2 == 0))[:, None])
+
+    return _split_kernel_g, _split_kernel_g8
 
 
-_KERNEL = None
+_KERNELS = None
 
 
-def split_kernel():
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = _build_kernel()
-    return _KERNEL
+def split_kernel(int8: bool = False):
+    """The fp16 (``int8=False``) or the int8 split kernel (built together on first use)."""
+    global _KERNELS
+    if _KERNELS is None:
+        _KERNELS = _build_kernel()
+    return _KERNELS[1 if int8 else 0]
 
 
 @functools.lru_cache(maxsize=None)
@@ -484,15 +828,24 @@ def supported(d: int, bits: int, n_rows: int) -> bool:
     return d == 256 and bits in (2, 3) and n_rows <= 4
 
 
+def int8_ok(codebook, bits: int) -> bool:
+    """Whether the int8 kernel applies: the default 2/3-bit KV codebook (snapped to its int8 grid, so the
+    kernel's integer levels are exactly the codebook's); other codebooks take the fp16 kernel."""
+    from ..quantize_kv.codebooks import GRID_BITS, default_codebook
+
+    return bits in GRID_BITS and codebook is default_codebook(bits, codebook.device)
+
+
 def kv_attn_decode_gluon(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_start, bits, scale, causal, codebook,
-                         num_splits: int | None = None, *, per_sm: int = 4, maxnreg: int | None = 128, out=None):
+                         num_splits: int | None = None, *, per_sm: int = 4, maxnreg: int | None = 128, out=None,
+                         int8: bool | None = None):
     """``kv_quant_attn`` (same arguments as the Triton launcher) through the Gluon split kernel, then
     ``_merge_kernel`` (column chunks of the partials, already rotated back here). 128 registers: 4
     programs per SM, and ptxas then keeps the lookup tables in vector registers (sm_90 SASS,
     ``.notes/gluon_compile.py``). ``out``: the ``[B, Hq, Tq, D]`` output buffer (allocated if None)."""
     import math
 
-    from ..quantize_kv.codebooks import tables
+    from ..quantize_kv.codebooks import int8_table, tables
     from .triton import LOG2E, _num_sms, launch_merge, split_plan
 
     B, Hq, Tq, D = q.shape
@@ -508,15 +861,23 @@ def kv_attn_decode_gluon(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_st
         out = torch.empty(B, Hq, Tq, D, dtype=q.dtype, device=q.device)
     if out.numel() == 0:
         return out
-    _, _, _, lut = tables(codebook)
-    kperm, vperm = perms(q.device)
+    if int8 is None:
+        int8 = int8_ok(codebook, bits)
+    elif int8 and not int8_ok(codebook, bits):
+        raise ValueError("the int8 kernel needs the default 2/3-bit KV codebook (its levels on an int8 grid)")
+    if int8:
+        lut = int8_table(bits, q.device)
+        kperm, vperm = perms8(q.device)
+    else:
+        _, _, _, lut = tables(codebook)
+        kperm, vperm = perms(q.device)
     sms = _num_sms(q.device.index or 0)
     splits, chunk = split_plan(B * Hkv, lmax, 64, per_sm, sms, num_splits)
     op = torch.empty(splits, B * Hkv, n_rows, D, dtype=torch.float32, device=q.device)
     lse = torch.empty(splits, B * Hkv, n_rows, dtype=torch.float32, device=q.device)
     oscale = 1.0 / math.sqrt(D)
     opts = {"maxnreg": maxnreg} if maxnreg else {}
-    split_kernel()[(1, B * Hkv, splits)](
+    split_kernel(int8)[(1, B * Hkv, splits)](
         q, k_packed, k_norms, v_packed, v_norms, lut, kv_lens, kv_lens if kv_start is None else kv_start,
         kperm, vperm, op, lse, kv_lens.stride(0), 0 if kv_start is None else kv_start.stride(0),
         Hkv, G, Tq, n_rows, lmax, chunk, scale * LOG2E * oscale, oscale,

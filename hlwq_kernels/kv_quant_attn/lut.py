@@ -189,3 +189,132 @@ def emulate(w: np.ndarray, h: np.ndarray, lut_words, packed: bool = False, raw: 
     if packed:
         return np.stack([packs[k] for k in range(len(PACKED_PAIRS))], -1).astype(np.uint32)
     return np.stack([regs[f"${i}"] for i in range(N_OUT)], -1).astype(np.uint16)
+
+
+# ---------------------------------------------------------------------------------------------------
+# int8 lookups (the Gluon kernel's s8 tensor-core path): one ``prmt`` turns 4 codes into 4 int8 levels
+# (bytes of one register), so no lo/hi byte interleave is needed. The level table is the codebook on an
+# integer grid, ``round(alpha * level)`` (``codebooks.int8_table``): 8 int8 in two words LT0 (codes 0-3),
+# LT1 (codes 4-7). A selector nibble is the code: bits 0-1 from the 2-bit plane, bit 2 the 1-bit plane.
+# Programs are lists of (op, dst, src...) over named registers; ``render`` writes the PTX and ``run``
+# executes the same list with numpy, so the CPU tests check the logic (the interpreter cannot run PTX).
+# ---------------------------------------------------------------------------------------------------
+
+def _spread16(dst: str, src: str, t: str) -> list:
+    """dst = the 16 bits of src (bits 16-31 zero) spread to the even bit positions (bit k -> 2k)."""
+    return [("prmt", dst, src, src, 0x2120),  # bytes [s0, 0, s1, 0]
+            ("shl", t, dst, 4), ("or", dst, dst, t), ("and", dst, dst, 0x0F0F0F0F),
+            ("shl", t, dst, 2), ("or", dst, dst, t), ("and", dst, dst, 0x33333333),
+            ("shl", t, dst, 1), ("or", dst, dst, t), ("and", dst, dst, 0x55555555)]
+
+
+def _k8_program(bits: int) -> tuple:
+    """Keys: one 2-bit-plane word ``W`` (16 codes; fields f at bits 2f) and its 16 raw high bits ``H``
+    (bit f) -> 4 registers of int8x4: register g holds the levels of fields KEY_GROUPS[g] (bytes 0..3).
+    Selector of fields {0,2,4,6}: (W & 0x33333333) | (spread(H) << 2 & 0x44444444) (one bsel, as the
+    spread leaves the odd bits zero); the odd fields one nibble-half up; fields 8..15 from W >> 16."""
+    if bits == 2:
+        prog = [("and", "s0", "W", 0x33333333), ("shr", "s1", "W", 2), ("and", "s1", "s1", 0x33333333),
+                ("shr", "s2", "W", 16), ("and", "s2", "s2", 0x3333), ("shr", "s3", "W", 18),
+                ("and", "s3", "s3", 0x3333)]
+    else:
+        prog = _spread16("hs", "H", "t")
+        prog += [("shl", "hl", "hs", 2), ("shr", "hh", "hs", 14), ("shr", "wh", "W", 16),
+                 ("bsel", "s0", "W", "hl", 0x33333333),
+                 ("bsel", "s1", "W", "hl", 0xCCCCCCCC), ("shr", "s1", "s1", 2),
+                 ("bsel", "s2", "wh", "hh", 0x33333333),
+                 ("bsel", "s3", "wh", "hh", 0xCCCCCCCC), ("shr", "s3", "s3", 2)]
+    prog += [("prmt", f"$o{g}", "LT0", "LT1", f"s{g}") for g in range(4)]
+    return tuple(prog)
+
+
+KEY_GROUPS = ((0, 2, 4, 6), (1, 3, 5, 7), (8, 10, 12, 14), (9, 11, 13, 15))
+
+
+def _v8_program(bits: int) -> tuple:
+    """Values: 4 keys' 2-bit-plane words X0..X3 (the same word of each key) and raw high halves
+    Y0..Y3, the nibble half s of this thread (shift amounts SW0 = 4 s, SW1 = 4 - 4 s, SY0 = 2 s,
+    SY1 = 2 - 2 s) -> 8 registers of int8x4: register 2 i + h holds, in byte e, key e's level at field
+    4 i + 2 s + h (i = 0..3: nibble 2 i + s of the word; h = 0/1: its low/high field).
+    Per key pair (0, 1) [and (2, 3)]: X = bytes i [X0 nibble, X1 nibble] (one bsel of two shifts);
+    Y = nibbles i [Y0 lo, Y0 hi, Y1 lo, Y1 hi]; HS = spread(Y) puts each high bit just below... at the
+    low bit of its 2-bit slot; U_lo = bsel(X, HS << 2, 0x33333333) has nibbles [X0 lo | hb << 2],
+    [X1 lo | hb << 2] in byte i (complete selectors), U_hi the same from X >> 2 and HS. Then per
+    (i, h): one prmt gathers byte i of U (keys 0, 1) and of V (keys 2, 3) into a 4-nibble selector,
+    one prmt looks the 4 levels up."""
+    prog = []
+    for pair, (a, b) in enumerate(((0, 1), (2, 3))):
+        u = "U" if pair == 0 else "V"
+        prog += [("shr", "ta", f"X{a}", "SW0"), ("shl", "tb", f"X{b}", "SW1"),
+                 ("bsel", "x", "tb", "ta", 0xF0F0F0F0)]
+        if bits == 2:
+            prog += [("and", f"{u}l", "x", 0x33333333), ("shr", f"{u}h", "x", 2),
+                     ("and", f"{u}h", f"{u}h", 0x33333333)]
+        else:
+            prog += [("shr", "ta", f"Y{a}", "SY0"), ("shl", "tb", f"Y{b}", "SY1"),
+                     ("bsel", "y", "tb", "ta", 0x0000CCCC)]
+            prog += _spread16("hs", "y", "t")
+            prog += [("shl", "t", "hs", 2), ("bsel", f"{u}l", "x", "t", 0x33333333),
+                     ("shr", "t", "x", 2), ("bsel", f"{u}h", "t", "hs", 0x33333333)]
+    for i in range(4):
+        gather = i | (4 + i) << 4
+        for h, (u, v) in enumerate((("Ul", "Vl"), ("Uh", "Vh"))):
+            prog += [("prmt", "sel", u, v, gather), ("prmt", f"$o{2 * i + h}", "LT0", "LT1", "sel")]
+    return tuple(prog)
+
+
+K8_PROGRAMS = {b: _k8_program(b) for b in (2, 3)}
+V8_PROGRAMS = {b: _v8_program(b) for b in (2, 3)}
+# operands of the inline asm (pack = 4: every input tensor gives 4 registers, one per element)
+K8_OPERANDS = {**{f"$o{g}": f"${g}" for g in range(4)}, "W": "$4", "H": "$5", "LT0": "$8", "LT1": "$12"}
+K8_CONSTRAINTS = ",".join(["=r"] * 4 + ["r"] * 12)
+V8_OPERANDS = {**{f"$o{k}": f"${k}" for k in range(8)}, **{f"X{e}": f"${8 + e}" for e in range(4)},
+               **{f"Y{e}": f"${12 + e}" for e in range(4)}, "SW0": "$16", "SW1": "$17", "SY0": "$18",
+               "SY1": "$19", "LT0": "$20", "LT1": "$24"}
+V8_CONSTRAINTS = ",".join(["=r"] * 8 + ["r"] * 20)
+
+
+def render(program, operands: dict) -> str:
+    """PTX of a program; ``operands`` maps its input / output names to asm operands ($k)."""
+    regs = sorted({d for _, d, *_ in program if d not in operands})
+    lines = ["{", f".reg .b32 {', '.join(regs)};"]
+    for op, dst, *src in program:
+        dst = operands.get(dst, dst)
+        src = [operands.get(x, x) if isinstance(x, str) else f"{x:#x}" for x in src]
+        if op == "bsel":  # (a & c) | (b & ~c)
+            lines.append(f"lop3.b32 {dst}, {src[0]}, {src[1]}, {src[2]}, 0xE4;")
+        else:
+            lines.append(f"{op}.b32 {dst}, " + ", ".join(src) + ";")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+K8_PTX = {b: render(p, K8_OPERANDS) for b, p in K8_PROGRAMS.items()}
+V8_PTX = {b: render(p, V8_OPERANDS) for b, p in V8_PROGRAMS.items()}
+
+
+def run(program, inputs: dict) -> dict:
+    """Execute a program on uint32 numpy arrays (broadcast together); returns every register."""
+    regs = {k: np.asarray(v).astype(np.uint32) for k, v in inputs.items()}
+
+    def val(x):
+        return regs[x] if isinstance(x, str) else np.uint32(x)
+
+    m = np.uint64(0xFFFFFFFF)
+    for op, dst, *src in program:
+        a = val(src[0])
+        if op == "shr":
+            regs[dst] = (a.astype(np.uint64) >> val(src[1]).astype(np.uint64)).astype(np.uint32)
+        elif op == "shl":
+            regs[dst] = ((a.astype(np.uint64) << val(src[1]).astype(np.uint64)) & m).astype(np.uint32)
+        elif op == "and":
+            regs[dst] = a & val(src[1])
+        elif op == "or":
+            regs[dst] = a | val(src[1])
+        elif op == "bsel":
+            regs[dst] = (a & val(src[2])) | (val(src[1]) & ~val(src[2]))
+        elif op == "prmt":
+            regs[dst] = _prmt(a, val(src[1]), val(src[2]))
+        else:
+            raise ValueError(op)
+    return regs

@@ -1,5 +1,13 @@
 """Cached per-device tables of the default (N(0,1) Lloyd-Max) codebooks.
 
+At 2 and 3 bits the default KV codebook is the Lloyd-Max one *snapped to an integer grid*:
+``round(alpha * c) / alpha``, with alpha in (0.5, 1] x 127 / max|c| chosen to move the levels least
+(``GRID_ALPHAS`` candidates). The levels then are exact int8 multiples of 1 / alpha, which the Gluon
+int8 kernel (``kv_quant_attn/gluon.py``) uses as its tensor-core operands, so that kernel computes
+attention over exactly these levels. The cost is nil: the largest level moves by 0.00027 (2 bits) and
+0.0016 (3 bits), and the N(0,1) quantization MSE grows by 0.00006% and 0.0024% (measured with
+numeric integration when this was chosen; ``tests/test_kv_quant_attn.py`` checks the MSE).
+
 ``gaussian_codebook`` builds a new tensor (a host-to-device copy) on every call; a decode step
 must not pay that, so the default codebook, its midpoints and its fp16 copy are built once per
 (bits, device). These are constants, not configuration. A caller-supplied codebook gets its
@@ -32,15 +40,62 @@ def _build(codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return cb, ((cb[1:] + cb[:-1]) * 0.5).contiguous(), cb16, byte_lut(cb16)
 
 
+GRID_BITS = (2, 3)  # the default KV codebooks snapped to an int8 grid
+GRID_ALPHAS = 4096  # candidate grid scales
+
+
+def grid_alpha(c: torch.Tensor) -> float:
+    """The scale alpha in (0.5, 1] x 127 / max|c| whose integer grid ``round(alpha c) / alpha`` moves the
+    levels ``c`` least (largest move), over ``GRID_ALPHAS`` candidates; on the CPU in float64."""
+    c = c.detach().to("cpu", torch.float64)
+    alphas = 127.0 / float(c.abs().max()) * torch.linspace(0.5, 1.0, GRID_ALPHAS + 1, dtype=torch.float64)[1:]
+    err = (torch.round(alphas[:, None] * c) - alphas[:, None] * c).abs().amax(1) / alphas
+    return float(alphas[torch.argmin(err)])
+
+
+def _default_levels(bits: int, device) -> tuple[torch.Tensor, float | None]:
+    c = gaussian_codebook(bits).to(torch.float64)
+    if bits not in GRID_BITS:
+        return c.to(device=device, dtype=torch.float32), None
+    alpha = grid_alpha(c)
+    return (torch.round(alpha * c) / alpha).to(device=device, dtype=torch.float32), alpha
+
+
+_ALPHA: dict = {}
+_INT8: dict = {}
+
+
 def default_codebook(bits: int, device) -> torch.Tensor:
-    """The shared fp32 ``[2**bits]`` N(0,1) Lloyd-Max codebook on ``device`` (do not modify)."""
+    """The shared fp32 ``[2**bits]`` N(0,1) Lloyd-Max codebook on ``device`` (do not modify); at 2 and 3
+    bits snapped to its int8 grid (module docstring)."""
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     key = (bits, device)
     if key not in _TABLES:
-        _TABLES[key] = _build(gaussian_codebook(bits, device=device))
+        levels, _ALPHA[bits] = _default_levels(bits, device)
+        _TABLES[key] = _build(levels)
     return _TABLES[key][0]
+
+
+def int8_table(bits: int, device) -> torch.Tensor:
+    """int32 ``[4]`` for the int8 kernel, from the default ``bits``-bit codebook (2 or 3 bits): words
+    0-1 the int8 levels ``alpha * c`` of codes 0-3 and 4-7 (byte k of word 0 = code k; zeros past
+    2**bits levels), word 2 the fp32 bits of alpha. Cached per (bits, device)."""
+    if bits not in GRID_BITS:
+        raise ValueError(f"the int8 level table exists for the {GRID_BITS}-bit default codebooks, not {bits} bits")
+    c = default_codebook(bits, device)
+    key = (bits, c.device)
+    if key not in _INT8:
+        alpha = _ALPHA[bits]
+        lv = torch.round(torch.tensor([alpha], dtype=torch.float64) * c.cpu().double()).to(torch.int64)
+        assert int(lv.abs().max()) <= 127
+        lv = torch.cat([lv & 0xFF, lv.new_zeros(8 - lv.numel())]).view(2, 4)
+        words = (lv << (torch.arange(4) * 8)).sum(-1)
+        words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+        a = torch.tensor([alpha], dtype=torch.float32).view(torch.int32)
+        _INT8[key] = torch.cat([words, a, torch.zeros(1, dtype=torch.int32)]).to(c.device)
+    return _INT8[key]
 
 
 def tables(codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -51,3 +106,4 @@ def tables(codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     if cached is not None and cached[0] is codebook:
         return cached
     return _build(codebook)
+
