@@ -90,12 +90,11 @@ def timing():
             tri = graph_us([lambda c=c: kv_quant_attn_triton_splits(q, *c, lens, None, bits, D ** -0.5, True, cb,
                                                                     variant=DEFAULT_VARIANT[D]) for c in caches])
             res = [f"{name} {bits}b: sdpa {sd:.2f} us, triton {tri:.2f} ({sd / tri:.2f}x)"]
-            for int8, per_sm, mr in ((False, 4, 128), (True, 4, 128), (True, 5, 96)):
+            for int8, ak in ((False, False), (True, False), (True, True)):
                 full = graph_us([lambda c=c: G.kv_attn_decode_gluon(q, *c, lens, None, bits, D ** -0.5, True, cb,
-                                                                   int8=int8, per_sm=per_sm, maxnreg=mr)
-                                 for c in caches])
-                res.append(f"gluon {'int8' if int8 else 'fp16'} ps{per_sm} r{mr}: {full:.2f} ({sd / full:.2f}x, "
-                           f"{qb / full / 1e3:.0f} GB/s)")
+                                                                   int8=int8, async_k=ak) for c in caches])
+                res.append(f"gluon {'int8' if int8 else 'fp16'}{' async_k' if ak else ''}: {full:.2f} "
+                           f"({sd / full:.2f}x, {qb / full / 1e3:.0f} GB/s)")
             print(" | ".join(res), flush=True)
             del caches
 

@@ -35,6 +35,8 @@ def compile_g(bits=3, maxnreg=None, causal=True, has_start=False, int8=False):
     sig["oscale"] = "fp32"
     sig.update({k: "i32" for k in strides})
     const = dict(SKL=8 * bits, SVL=8 * bits, SNKL=1, SNVL=1, BITS=bits, CAUSAL=causal, HAS_START=has_start)
+    if int8:
+        const["ASYNC_K"] = os.environ.get("ASYNC_K", "0") == "1"
     sig.update({k: "constexpr" for k in const})
     src = GluonASTSource(fn, sig, constexprs=const, attrs={(i,): [["tt.divisibility", 16]] for i in range(12)})
     opts = {"num_warps": 4}

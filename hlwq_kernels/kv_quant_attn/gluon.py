@@ -147,7 +147,7 @@ def _build_kernel():
     """Define the Gluon kernel (on first use: importing Gluon needs a GPU build of Triton)."""
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma
+    from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
     from . import lut
     from .triton import LUT_CONSTRAINTS_PACKED, LUT_PTX_RAW
@@ -535,7 +535,7 @@ def _build_kernel():
     def _tile8(n0, hi, pos4, m_i, l_acc, o0, o1, o2, o3, qs0, qs1, qs2, qs3, p_smem, k_base, v_base, koff, kcst,
                hoff, voff, yoff, vcst, kn_base, vn_base, kr, vr, lt0, lt1, vsh, fq,
                SKL: gl.constexpr, SVL: gl.constexpr, SNKL: gl.constexpr, SNVL: gl.constexpr,
-               w0, h0, BITS: gl.constexpr, CAUSAL: gl.constexpr, MASKED: gl.constexpr):
+               w0, h0, BITS: gl.constexpr, CAUSAL: gl.constexpr, MASKED: gl.constexpr, ASYNC_K: gl.constexpr):
         """One 64-key tile of the int8 kernel: scores (int32, 2 x 4 MMAs of k32), online softmax in the
         log2 domain with the value norm folded into the exponent (so p' = p * n_v <= 1 and its tile
         maximum is known from the max reduction), p' as hi + lo / 254 int8 planes of 127 / max p', values
@@ -590,14 +590,28 @@ def _build_kernel():
             jt = gl.join(gl.join(g0, g1), gl.join(g2, g3))  # [key, t, b, a, g0, g1]
             kc = gl.reshape(gl.permute(jt, [0, 5, 4, 1, 3, 2]), [BN, 64])
             kc = gl.convert_layout(kc, DOT_A8, assert_trivial=True)
-            if part == 0:
-                s = warpgroup_mma(kc, qs0.permute((1, 0)), s, use_acc=False)
-            elif part == 1:
-                s = warpgroup_mma(kc, qs1.permute((1, 0)), s)
-            elif part == 2:
-                s = warpgroup_mma(kc, qs2.permute((1, 0)), s)
+            if ASYNC_K:  # part p's MMA runs while part p + 1 decodes (at most one in flight)
+                if part == 0:
+                    s = warpgroup_mma(kc, qs0.permute((1, 0)), s, use_acc=False, is_async=True)
+                elif part == 1:
+                    s = warpgroup_mma(kc, qs1.permute((1, 0)), s, is_async=True)
+                elif part == 2:
+                    s = warpgroup_mma(kc, qs2.permute((1, 0)), s, is_async=True)
+                else:
+                    s = warpgroup_mma(kc, qs3.permute((1, 0)), s, is_async=True)
+                if part < 3:
+                    s = warpgroup_mma_wait(1, deps=[s])
+                else:
+                    s = warpgroup_mma_wait(0, deps=[s])
             else:
-                s = warpgroup_mma(kc, qs3.permute((1, 0)), s)
+                if part == 0:
+                    s = warpgroup_mma(kc, qs0.permute((1, 0)), s, use_acc=False)
+                elif part == 1:
+                    s = warpgroup_mma(kc, qs1.permute((1, 0)), s)
+                elif part == 2:
+                    s = warpgroup_mma(kc, qs2.permute((1, 0)), s)
+                else:
+                    s = warpgroup_mma(kc, qs3.permute((1, 0)), s)
             w = wn
             h = hn
         # ---- softmax: s4 [64 keys, 4 rows] = (hi column + lo column / 254) * sq / alpha (in fq) * key norm
@@ -647,10 +661,20 @@ def _build_kernel():
             dtype=(gl.int8, gl.int8, gl.int8, gl.int8, gl.int8, gl.int8, gl.int8, gl.int8), is_pure=True, pack=4)
         pb = p_smem.permute((1, 0))
         zero = gl.zeros([64, NQ], gl.int32, layout=MMA8)
-        a0 = warpgroup_mma(_vtile8(v0, v1, DOT_A8), pb, zero, use_acc=False).to(gl.float32)
-        a1 = warpgroup_mma(_vtile8(v2, v3, DOT_A8), pb, zero, use_acc=False).to(gl.float32)
-        a2 = warpgroup_mma(_vtile8(v4, v5, DOT_A8), pb, zero, use_acc=False).to(gl.float32)
-        a3 = warpgroup_mma(_vtile8(v6, v7, DOT_A8), pb, zero, use_acc=False).to(gl.float32)
+        A0 = _vtile8(v0, v1, DOT_A8)
+        A1 = _vtile8(v2, v3, DOT_A8)
+        A2 = _vtile8(v4, v5, DOT_A8)
+        A3 = _vtile8(v6, v7, DOT_A8)
+        # the 4 m-tiles' MMAs in flight together, one wait
+        t0 = warpgroup_mma(A0, pb, zero, use_acc=False, is_async=True)
+        t1 = warpgroup_mma(A1, pb, zero, use_acc=False, is_async=True)
+        t2 = warpgroup_mma(A2, pb, zero, use_acc=False, is_async=True)
+        t3 = warpgroup_mma(A3, pb, zero, use_acc=False, is_async=True)
+        a0, a1, a2, a3 = warpgroup_mma_wait(0, deps=[t0, t1, t2, t3])
+        a0 = a0.to(gl.float32)
+        a1 = a1.to(gl.float32)
+        a2 = a2.to(gl.float32)
+        a3 = a3.to(gl.float32)
         ah, al = gl.split(gl.reshape(a0, [64, 4, 2]))
         o0 = o0 * alpha[None, :] + gl.convert_layout(ah + al * (1.0 / 254.0), L4, assert_trivial=True) * sc[None, :]
         ah, al = gl.split(gl.reshape(a1, [64, 4, 2]))
@@ -666,7 +690,8 @@ def _build_kernel():
                          op_ptr, lse_ptr, s_lens, s_start, Hkv, G, Tq, n_rows, L, chunk, qscale, oscale,
                          sqb, sqh, sqt, skb, skh, snkb, snkh, svb, svh, snvb, snvh,
                          SKL: gl.constexpr, SVL: gl.constexpr, SNKL: gl.constexpr, SNVL: gl.constexpr,
-                         BITS: gl.constexpr, CAUSAL: gl.constexpr, HAS_START: gl.constexpr):
+                         BITS: gl.constexpr, CAUSAL: gl.constexpr, HAS_START: gl.constexpr,
+                         ASYNC_K: gl.constexpr = False):
         D: gl.constexpr = 256
         BN: gl.constexpr = 64
         NQ: gl.constexpr = 8
@@ -694,12 +719,33 @@ def _build_kernel():
         inv_alpha = 1.0 / gl.load(lut_ptr + 2).to(gl.float32, bitcast=True)
 
         # q: MMA column c = query row c >> 1 (r = t * G + g), its hi (c even) or lo (c odd) int8 plane, in the
-        # keys' kernel coordinate order, rotated and scaled first
+        # keys' kernel coordinate order, rotated and scaled below (the load first: it does not wait
+        # for kv_len)
         rq = gl.arange(0, NQ, layout=gl.SliceLayout(1, LQ))
         jq = rq // 2
-        cq = gl.load(kperm_ptr + gl.arange(0, D, layout=gl.SliceLayout(0, LQ)))
+        c = gl.arange(0, D, layout=gl.SliceLayout(0, LQ))  # k_coord8, computed (no dependent table load)
+        cq = 64 * (c >> 6) + 16 * ((c >> 2) & 3) + 2 * (c & 3) + ((c >> 4) & 1) + 8 * ((c >> 5) & 1)
         q = gl.load(q_ptr + b * sqb + (hk * G + jq % G)[:, None] * sqh + (jq // G)[:, None] * sqt + cq[None, :],
                     mask=(jq < n_rows)[:, None], other=0.0).to(gl.float32)
+
+        k_base = kp_ptr + b * skb + hk * skh
+        v_base = vp_ptr + b * svb + hk * svh
+        kn_base = kn_ptr + b * snkb + hk * snkh
+        vn_base = vn_ptr + b * snvb + hk * snvh
+        # key words: as in the fp16 kernel ([64 keys, 4 words], key 16 a + 8 b + c, word d)
+        LK4: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 1, 0, 0]], lane_bases=[[0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 1, 0], [0, 0, 2, 0], [0, 0, 4, 0]],
+            warp_bases=[[1, 0, 0, 0], [2, 0, 0, 0]], block_bases=[], shape=[4, 2, 8, 4])
+        ka, kb_, kc_, kd = _aranges4(4, 2, 8, 4, LK4)
+        key4 = 16 * ka + 8 * kb_ + kc_
+        kr = gl.reshape(key4 + 0 * kd, [BN, 4])
+        koff = gl.reshape((16 * ka + kc_) * SKL + kd + 0 * kb_, [BN, 4])
+        kcst = gl.reshape(8 * kb_ * SKL + 0 * (ka + kc_ + kd), [BN, 4])
+        hoff = gl.reshape((16 * ka + kc_) * (2 * SKL) + (2 * NW2 + kd) + 0 * kb_, [BN, 4])
+        # the first tile's part-0 key words now, so their latency overlaps q's rotation below
+        w0, h0 = _kwords(k_base + lo * SKL, k_base.to(gl.pointer_type(gl.int16)) + lo * (2 * SKL), koff, kcst, hoff,
+                         lo + kr < hi, 0, BITS, True)
+
         # (in _fwht8x256's output layout, whose column bits 6-7 are in registers for the split into parts)
         LB: gl.constexpr = gl.DistributedLinearLayout(
             reg_bases=[[0, 16], [0, 32], [0, 64], [0, 128]], lane_bases=[[0, 1], [0, 2], [0, 4], [0, 8], [1, 0]],
@@ -725,20 +771,6 @@ def _build_kernel():
         p_smem = gl.allocate_shared_memory(gl.int8, [NQ, BN], S_SMEM)
         fence_async_shared()
 
-        k_base = kp_ptr + b * skb + hk * skh
-        v_base = vp_ptr + b * svb + hk * svh
-        kn_base = kn_ptr + b * snkb + hk * snkh
-        vn_base = vn_ptr + b * snvb + hk * snvh
-        # key words: as in the fp16 kernel ([64 keys, 4 words], key 16 a + 8 b + c, word d)
-        LK4: gl.constexpr = gl.DistributedLinearLayout(
-            reg_bases=[[0, 1, 0, 0]], lane_bases=[[0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 1, 0], [0, 0, 2, 0], [0, 0, 4, 0]],
-            warp_bases=[[1, 0, 0, 0], [2, 0, 0, 0]], block_bases=[], shape=[4, 2, 8, 4])
-        ka, kb_, kc_, kd = _aranges4(4, 2, 8, 4, LK4)
-        key4 = 16 * ka + 8 * kb_ + kc_
-        kr = gl.reshape(key4 + 0 * kd, [BN, 4])
-        koff = gl.reshape((16 * ka + kc_) * SKL + kd + 0 * kb_, [BN, 4])
-        kcst = gl.reshape(8 * kb_ * SKL + 0 * (ka + kc_ + kd), [BN, 4])
-        hoff = gl.reshape((16 * ka + kc_) * (2 * SKL) + (2 * NW2 + kd) + 0 * kb_, [BN, 4])
         # value words [64 keys, 32 qv] (word qv >> 1 of every key): key 16 a + 4 b + c with c (2 register bits:
         # the 4 keys of one lookup), a (registers), b (lanes, t); qv: lanes (g) and warps (w)
         LV4: gl.constexpr = gl.DistributedLinearLayout(
@@ -766,18 +798,16 @@ def _build_kernel():
 
         hi_free = gl.minimum(hi, kv_len - Tq + 1) if CAUSAL else hi
         n_free = lo + gl.maximum(hi_free - lo, 0) // BN * BN
-        w0, h0 = _kwords(k_base + lo * SKL, k_base.to(gl.pointer_type(gl.int16)) + lo * (2 * SKL), koff, kcst, hoff,
-                         lo + kr < hi, 0, BITS, True)
         for n0 in range(lo, n_free, BN):
             m_i, l_acc, o0, o1, o2, o3, w0, h0 = _tile8(
                 n0, hi, pos4, m_i, l_acc, o0, o1, o2, o3, qs0, qs1, qs2, qs3, p_smem, k_base, v_base, koff, kcst,
                 hoff, voff, yoff, vcst, kn_base, vn_base, kr, vr, lt0, lt1, vsh, fq, SKL, SVL, SNKL, SNVL,
-                w0, h0, BITS, CAUSAL, False)
+                w0, h0, BITS, CAUSAL, False, ASYNC_K)
         for n0 in range(n_free, hi, BN):
             m_i, l_acc, o0, o1, o2, o3, w0, h0 = _tile8(
                 n0, hi, pos4, m_i, l_acc, o0, o1, o2, o3, qs0, qs1, qs2, qs3, p_smem, k_base, v_base, koff, kcst,
                 hoff, voff, yoff, vcst, kn_base, vn_base, kr, vr, lt0, lt1, vsh, fq, SKL, SVL, SNKL, SNVL,
-                w0, h0, BITS, CAUSAL, True)
+                w0, h0, BITS, CAUSAL, True, ASYNC_K)
 
         # ---- epilogue (as the fp16 kernel): normalized, 1 / alpha (the value levels' grid), rotated back
         l_i = gl.sum(l_acc, axis=0)
@@ -792,7 +822,8 @@ def _build_kernel():
         o = gl.reshape(gl.permute(oa, [1, 4, 3, 2, 0]), [NQ, D])
         o = gl.convert_layout(_fwht8x256(o) * oscale, LQ)
         rc = gl.arange(0, NQ, layout=gl.SliceLayout(1, LQ))
-        vcol = gl.load(vperm_ptr + gl.arange(0, D, layout=gl.SliceLayout(0, LQ)))
+        c = gl.arange(0, D, layout=gl.SliceLayout(0, LQ))  # v_coord8
+        vcol = 16 * (4 * ((c >> 4) & 3) + ((c & 7) >> 1)) + 4 * (c >> 6) + 2 * (c & 1) + ((c >> 3) & 1)
         prq = (split * gl.num_programs(1) + bh) * n_rows + rc // 2
         gl.store(op_ptr + prq[:, None] * D + vcol[None, :], o, mask=((rc // 2 < n_rows) & (rc % 2 == 0))[:, None])
 
@@ -838,7 +869,7 @@ def int8_ok(codebook, bits: int) -> bool:
 
 def kv_attn_decode_gluon(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_start, bits, scale, causal, codebook,
                          num_splits: int | None = None, *, per_sm: int = 4, maxnreg: int | None = 128, out=None,
-                         int8: bool | None = None):
+                         int8: bool | None = None, async_k: bool = False):
     """``kv_quant_attn`` (same arguments as the Triton launcher) through the Gluon split kernel, then
     ``_merge_kernel`` (column chunks of the partials, already rotated back here). 128 registers: 4
     programs per SM, and ptxas then keeps the lookup tables in vector registers (sm_90 SASS,
@@ -877,6 +908,8 @@ def kv_attn_decode_gluon(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_st
     lse = torch.empty(splits, B * Hkv, n_rows, dtype=torch.float32, device=q.device)
     oscale = 1.0 / math.sqrt(D)
     opts = {"maxnreg": maxnreg} if maxnreg else {}
+    if int8:  # async_k (int8 kernel, opt-in): key part p's MMA in flight while part p + 1 decodes
+        opts["ASYNC_K"] = async_k
     split_kernel(int8)[(1, B * Hkv, splits)](
         q, k_packed, k_norms, v_packed, v_norms, lut, kv_lens, kv_lens if kv_start is None else kv_start,
         kperm, vperm, op, lse, kv_lens.stride(0), 0 if kv_start is None else kv_start.stride(0),

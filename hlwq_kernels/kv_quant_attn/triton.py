@@ -765,26 +765,26 @@ def _split_kernel(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, cb_ptr, lut_ptr, lens_p
 @triton.jit
 def _merged_row(op_ptr, lse_ptr, R, cols, n_splits, total_rows, D: tl.constexpr, SB: tl.constexpr):
     """Columns ``cols`` of output row ``R``: the log2-sum-exp weighted mean of its ``n_splits`` partials,
-    ``SB`` splits at a time (all of a block's loads independent, in flight together). A first pass over
-    the log2-sum-exps finds the max, so every weight is final when its partial is loaded."""
+    ``SB`` splits at a time, merged online (running max, rescaled sums): a block's log2-sum-exps and
+    partials are loaded together, so with splits <= SB (the usual case) the row costs one round trip to
+    memory instead of two (max first, then the weighted partials)."""
     sb = tl.arange(0, SB)
-    m = tl.full([SB], float("-inf"), dtype=tl.float32)
-    for s0 in range(0, n_splits, SB):
-        sp = s0 + sb
-        m = tl.maximum(m, tl.load(lse_ptr + sp * total_rows + R, mask=sp < n_splits, other=float("-inf")))
-    m_max = tl.max(m, axis=0)
-    m_safe = tl.where(m_max == float("-inf"), 0.0, m_max)  # a row that saw no key: output 0
-    l = tl.zeros([SB], dtype=tl.float32)
-    acc = tl.zeros([SB, cols.shape[0]], dtype=tl.float32)
+    m = tl.max(tl.full([SB], float("-inf"), dtype=tl.float32), axis=0)
+    l = tl.sum(tl.zeros([SB], dtype=tl.float32), axis=0)
+    acc = tl.zeros([cols.shape[0]], dtype=tl.float32)
     for s0 in range(0, n_splits, SB):
         sp = s0 + sb
         ok = sp < n_splits
-        w = tl.exp2(tl.load(lse_ptr + sp * total_rows + R, mask=ok, other=float("-inf")) - m_safe)
+        lse = tl.load(lse_ptr + sp * total_rows + R, mask=ok, other=float("-inf"))
         o = tl.load(op_ptr + (sp * total_rows + R)[:, None] * D + cols[None, :], mask=ok[:, None], other=0.0)
-        l += w
-        acc += o * w[:, None]
-    l_sum = tl.sum(l, axis=0)
-    return tl.sum(acc, axis=0) / tl.where(l_sum > 0.0, l_sum, 1.0)
+        m_new = tl.maximum(m, tl.max(lse, axis=0))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key so far: weights 0
+        alpha = tl.exp2(m - m_safe)
+        w = tl.exp2(lse - m_safe)
+        l = l * alpha + tl.sum(w, axis=0)
+        acc = acc * alpha + tl.sum(o * w[:, None], axis=0)
+        m = m_new
+    return acc / tl.where(l > 0.0, l, 1.0)
 
 
 @triton.jit
