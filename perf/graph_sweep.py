@@ -397,7 +397,7 @@ KV_CASES = {"decode-32k": (1, 32768), "decode-128k": (1, 131072), "batch8x8k": (
 
 
 def sec_kv():
-    # default = the Gluon decode kernel at D = 256 (session 5); "triton" = the Triton kernel's default tile
+    # default = the int8 Gluon decode kernel at D = 256 (session 6); "triton" = the Triton kernel's default tile
     _kv_attn(KV_CASES, (3, 2), [("default", None), ("triton", dict(variant="dsplit4-rep-lacc-pf"))])
     sec_kv_append()
 

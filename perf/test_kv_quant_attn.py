@@ -19,9 +19,10 @@ CASES = {  # name: (batch, context)
     "decode-128k": (1, 131072),
     "batch8x8k": (8, 8192),
 }
-# hlwq-*: the default dispatch (D = 256 decode at 2/3 bits: the Gluon kernel, session 5);
-# hlwq-3bit-triton: the Triton kernel's default decode tile on the same shapes (the previous default)
-IMPLS = ["hlwq-2bit", "hlwq-3bit", "hlwq-3bit-triton", "hlwq-4bit", "sdpa-bf16"]
+# hlwq-*: the default dispatch (D = 256 decode at 2/3 bits: the int8 Gluon kernel, session 6);
+# hlwq-3bit-gluon-fp16: the fp16 Gluon kernel (session 5's default; other codebooks take it);
+# hlwq-3bit-triton: the Triton kernel's default decode tile on the same shapes
+IMPLS = ["hlwq-2bit", "hlwq-3bit", "hlwq-3bit-gluon-fp16", "hlwq-3bit-triton", "hlwq-4bit", "sdpa-bf16"]
 
 
 def packed_cache(b, lmax, bits):
@@ -58,6 +59,13 @@ def test_kv_attn_decode(benchmark, gpu_bench, case, impl):
             def fn():
                 return kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, None, bits, D ** -0.5, True, cb,
                                                    variant="dsplit4-rep-lacc-pf")
+        elif impl.endswith("-gluon-fp16"):
+            from hlwq_kernels.kv_quant_attn import gluon
+            from hlwq_kernels.quantize_kv import default_codebook
+            cb = default_codebook(bits, "cuda")
+            def fn():
+                return gluon.kv_attn_decode_gluon(q, kp, kn, vp, vn, lens, None, bits, D ** -0.5, True, cb,
+                                                  int8=False)
         else:
             fn = lambda: kv_quant_attn(q, kp, kn, vp, vn, bits=bits, kv_lens=lens)  # noqa: E731
         per_token = HKV * 2 * (D * bits // 8 + 2)
