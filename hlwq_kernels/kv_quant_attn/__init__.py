@@ -38,7 +38,8 @@ def kv_quant_attn(q: torch.Tensor, k_packed: torch.Tensor, k_norms: torch.Tensor
     power of two), W = D * bits / 32 words.
 
     Args:
-        q: ``[B, Hq, Tq, D]`` bfloat16/float16, any strides (the kernel's dot operands are fp16).
+        q: ``[B, Hq, Tq, D]`` bfloat16/float16, any strides (the fp16 kernels' dot operands are fp16; the
+            int8 kernel splits the rotated q into two int8 planes, ~15 bits).
         k_packed, v_packed: ``[B, Hkv, L, W]`` int32, words contiguous (other strides free).
         k_norms, v_norms: ``[B, Hkv, L]`` float16.
         bits: 2, 3, 4 or 8. kv_lens: ``[B]`` int32/int64, the valid cache length of each
@@ -48,7 +49,9 @@ def kv_quant_attn(q: torch.Tensor, k_packed: torch.Tensor, k_norms: torch.Tensor
         scale: softmax scale, default ``D ** -0.5``.
         causal: query i of the chunk sits at position ``kv_lens[b] - Tq + i`` and sees keys
             ``0..kv_lens[b] - Tq + i``; without it every query sees keys ``0..kv_lens[b] - 1``.
-        codebook: sorted float32 ``[2**bits]``, default the N(0,1) Lloyd-Max levels.
+        codebook: sorted float32 ``[2**bits]``, default the N(0,1) Lloyd-Max levels (``default_codebook``;
+            at 2/3 bits on their int8 grid). On the GPU, decode with the default codebook at D = 256 and
+            2/3 bits runs the int8 Gluon kernel; another codebook there runs the fp16 Gluon kernel.
     Returns:
         ``[B, Hq, Tq, D]`` in ``q.dtype``. A query that sees no key gets zeros.
     CPU tensors are checked for ``0 <= kv_lens <= L``; on CUDA (no host sync) lengths are

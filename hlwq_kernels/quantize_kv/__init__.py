@@ -50,7 +50,8 @@ class QuantizedKV(NamedTuple):
 
 
 def check_codebook(codebook, bits: int, device: torch.device) -> torch.Tensor:
-    """Resolve ``codebook=None`` to the cached N(0,1) Lloyd-Max levels; else check it."""
+    """Resolve ``codebook=None`` to the cached N(0,1) Lloyd-Max levels (at 2/3 bits on their int8 grid,
+    ``codebooks``); else check it."""
     if codebook is None:
         return default_codebook(bits, device)
     check_tensor(codebook, "codebook", shape=(1 << bits,), dtypes=(torch.float32,))
@@ -70,7 +71,8 @@ def quantize_kv(x: torch.Tensor, bits: int, *, codebook: torch.Tensor | None = N
     Args:
         x: ``[..., D]`` float32/bfloat16/float16, D a power of two in 64..256.
         bits: 1..8 (the attention kernel is tested at 2, 3, 4 and 8).
-        codebook: sorted float32 ``[2**bits]``; default: Lloyd-Max levels for N(0, 1).
+        codebook: sorted float32 ``[2**bits]``; default: Lloyd-Max levels for N(0, 1) (at 2 and 3 bits
+            snapped to an int8 grid, which the int8 GPU attention kernel needs; MSE +0.0024% at most).
     Returns:
         ``QuantizedKV(packed int32 [..., D*bits/32], norms fp16 [...])``.
     """
