@@ -642,3 +642,25 @@ def test_decode_step_is_cuda_graph_capturable(fused):
     got = out.clone()
     assert torch.equal(got, step())
     check_attention(got, q, kp, kn, vp, vn, lens, bits, True)
+
+
+@pytest.mark.parametrize("splits", [1, 5, 128, 200])
+def test_merge_kernel_online_matches_torch(splits):
+    """``_merge_kernel`` (online merge: each block of SB split partials and their log2-sum-exps loaded in one
+    round trip, blocks combined with a running max) against a plain torch merge: one block (splits <= SB)
+    and several (200 > SB = 128), rows with -inf partials (splits that saw no key) and a row with none."""
+    from hlwq_kernels.kv_quant_attn.triton import launch_merge
+
+    g = _gen(splits)
+    bhkv, n_rows, grp, d = 2, 3, 3, 256
+    op = torch.randn(splits, bhkv, n_rows, d, generator=g)
+    lse = torch.randn(splits, bhkv, n_rows, generator=g) * 20
+    lse[torch.rand(splits, bhkv, n_rows, generator=g) < 0.3] = float("-inf")
+    lse[:, 1, 2] = float("-inf")  # a row that saw no key anywhere: zeros
+    w = torch.exp2(lse - lse.amax(0).clamp_min(-1e30))
+    want = (op * w[..., None]).sum(0) / w.sum(0).clamp_min(1e-30)[..., None]
+    want[1, 2] = 0
+    out = torch.empty(1, bhkv * grp, 1, d, device=DEV)  # B = 1, Hkv = 2, G = 3, Tq = 1
+    launch_merge(op.to(DEV), lse.to(DEV), out, splits, n_rows, bhkv, grp, 4)
+    got = out.cpu().view(bhkv, grp, d)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), float((got - want).abs().max())
