@@ -251,6 +251,81 @@ def _build_kernel():
         return x, y
 
     @gluon.jit
+    def _program_range(lens_ptr, start_ptr, s_lens, s_start, Hkv, L, chunk, HAS_START: gl.constexpr):
+        """This program's (batch x KV head, split): bh, split, b, hk, kv_len and its key range [lo, hi)."""
+        bh = gl.program_id(1).to(gl.int64)
+        split = gl.program_id(2)
+        b = bh // Hkv
+        hk = bh % Hkv
+        kv_len = gl.load(lens_ptr + b * s_lens).to(gl.int32)
+        lo = split * chunk
+        hi = gl.minimum(gl.minimum(lo + chunk, kv_len), L)  # L: never read past the cache
+        if HAS_START:
+            lo = gl.maximum(lo, gl.load(start_ptr + b * s_start).to(gl.int32))
+        return bh, split, b, hk, kv_len, lo, hi
+
+    @gluon.jit
+    def _key_offsets(SKL: gl.constexpr, NW2: gl.constexpr):
+        """Word offsets (int32 words of the cache row / int16 halves) of a tile's keys [64 keys, 4 words] (key
+        16 a + 8 b + c, word d), built in 4-D layouts whose register dimensions only hold constants, so each
+        thread has one base and immediate offsets: (key index, per-thread word offset, per-register constant,
+        per-thread high-half offset)."""
+        LK4: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 1, 0, 0]], lane_bases=[[0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 1, 0], [0, 0, 2, 0], [0, 0, 4, 0]],
+            warp_bases=[[1, 0, 0, 0], [2, 0, 0, 0]], block_bases=[], shape=[4, 2, 8, 4])
+        ka, kb_, kc_, kd = _aranges4(4, 2, 8, 4, LK4)
+        # (each offset = a per-thread part + a per-register constant, added as two pointer steps so that LLVM
+        # folds the constants into the loads' immediate offsets instead of keeping one pointer per element)
+        kr = gl.reshape(16 * ka + 8 * kb_ + kc_ + 0 * kd, [64, 4])
+        koff = gl.reshape((16 * ka + kc_) * SKL + kd + 0 * kb_, [64, 4])
+        kcst = gl.reshape(8 * kb_ * SKL + 0 * (ka + kc_ + kd), [64, 4])
+        hoff = gl.reshape((16 * ka + kc_) * (2 * SKL) + (2 * NW2 + kd) + 0 * kb_, [64, 4])
+        return kr, koff, kcst, hoff
+
+    @gluon.jit
+    def _tile_bases(k_base, v_base, n0, SKL: gl.constexpr, SVL: gl.constexpr):
+        """Tile n0's key / value rows: as int32 words (kb, vb) and as int16 halves (hb, yb, for the 1-bit plane)."""
+        kb = k_base + n0 * SKL
+        hb = k_base.to(gl.pointer_type(gl.int16)) + n0 * (2 * SKL)
+        vb = v_base + n0 * SVL
+        yb = v_base.to(gl.pointer_type(gl.int16)) + n0 * (2 * SVL)
+        return kb, hb, vb, yb
+
+    @gluon.jit
+    def _qpart_mma(kc, qs0, qs1, qs2, qs3, s, part: gl.constexpr, USE_ACC: gl.constexpr, IS_ASYNC: gl.constexpr):
+        """The scores' MMA of key part ``part``: s (+)= kc @ q part^T (q's 4 parts in shared memory)."""
+        gl.static_assert(part < 4)  # (also puts gl in this closure, which the annotations need)
+        if part == 0:
+            qs = qs0
+        elif part == 1:
+            qs = qs1
+        elif part == 2:
+            qs = qs2
+        else:
+            qs = qs3
+        return warpgroup_mma(kc, qs.permute((1, 0)), s, use_acc=USE_ACC, is_async=IS_ASYNC)
+
+    @gluon.jit
+    def _norms(kn_base, vn_base, ts, oks, SNKL: gl.constexpr, SNVL: gl.constexpr, MASKED: gl.constexpr):
+        """The key and value norms of the tile's keys ``ts`` (fp32; 0 past ``oks`` when MASKED)."""
+        if MASKED:
+            kn = gl.load(kn_base + ts * SNKL, mask=oks, other=0.0).to(gl.float32)
+            vn = gl.load(vn_base + ts * SNVL, mask=oks, other=0.0).to(gl.float32)
+        else:
+            kn = gl.load(kn_base + ts * SNKL).to(gl.float32)
+            vn = gl.load(vn_base + ts * SNVL).to(gl.float32)
+        return kn, vn
+
+    @gluon.jit
+    def _q_parts(q, NQ: gl.constexpr):
+        """q [NQ, 256] (kernel coordinate order; column bits 6-7 in registers) -> its 4 parts of 64 columns."""
+        q4 = gl.permute(gl.reshape(q, [NQ, 4, 64]), [0, 2, 1])
+        qa, qb = gl.split(gl.reshape(q4, [NQ, 64, 2, 2]))
+        q0, q2 = gl.split(qa)
+        q1, q3 = gl.split(qb)
+        return q0, q1, q2, q3
+
+    @gluon.jit
     def _tile(n0, hi, pos, m_i, l_acc, o0, o1, o2, o3, qs0, qs1, qs2, qs3, p_smem, k_base, v_base, koff, kcst, hoff,
               voff, yoff, vcst,
               kn_base, vn_base, kr, vr, lut, wsh0, wsh1, hsh0, hsh1,
@@ -277,21 +352,13 @@ def _build_kernel():
             warp_bases=[[0, 8, 0], [0, 16, 0]], block_bases=[], shape=[BN // 4, 32, 2])
         # ---- loads: the tile's value words and norms now, key parts one ahead
         okk = n0 + kr < hi
-        kb = k_base + n0 * SKL
-        hb = k_base.to(gl.pointer_type(gl.int16)) + n0 * (2 * SKL)
-        vb = v_base + n0 * SVL
-        yb = v_base.to(gl.pointer_type(gl.int16)) + n0 * (2 * SVL)
+        kb, hb, vb, yb = _tile_bases(k_base, v_base, n0, SKL, SVL)
         okv0 = n0 + vr < hi
         okv1 = n0 + 32 + vr < hi
         x0w, y0w = _vwords(vb, yb, voff, yoff, vcst, okv0, BITS, MASKED)
         ts = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, MMA))
         oks = ts < hi
-        if MASKED:
-            kn = gl.load(kn_base + ts * SNKL, mask=oks, other=0.0).to(gl.float32)
-            vn = gl.load(vn_base + ts * SNVL, mask=oks, other=0.0).to(gl.float32)
-        else:
-            kn = gl.load(kn_base + ts * SNKL).to(gl.float32)
-            vn = gl.load(vn_base + ts * SNVL).to(gl.float32)
+        kn, vn = _norms(kn_base, vn_base, ts, oks, SNKL, SNVL, MASKED)
         # ---- scores: 4 parts of 64 coordinates
         s = gl.zeros([BN, NQ], gl.float32, layout=MMA)
         w = w0
@@ -313,14 +380,7 @@ def _build_kernel():
             jt = gl.join(gl.join(gl.join(p0, p1), gl.join(p2, p3)), gl.join(gl.join(p4, p5), gl.join(p6, p7)))
             kc = gl.reshape(gl.permute(jt, [0, 5, 4, 3, 1, 2]), [BN, 64])
             kc = gl.convert_layout(kc, DOT_A, assert_trivial=True)
-            if part == 0:
-                s = warpgroup_mma(kc, qs0.permute((1, 0)), s)
-            elif part == 1:
-                s = warpgroup_mma(kc, qs1.permute((1, 0)), s)
-            elif part == 2:
-                s = warpgroup_mma(kc, qs2.permute((1, 0)), s)
-            else:
-                s = warpgroup_mma(kc, qs3.permute((1, 0)), s)
+            s = _qpart_mma(kc, qs0, qs1, qs2, qs3, s, part, True, False)
             w = wn
             h = hn
         # ---- softmax (log2 domain; the denominator per key and column, summed after the loop)
@@ -394,15 +454,8 @@ def _build_kernel():
         Q_SMEM: gl.constexpr = gl.NVMMASharedLayout.get_default_for([NQ, 64], gl.float16)
         P_SMEM: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, NQ], gl.float16)
 
-        bh = gl.program_id(1).to(gl.int64)
-        split = gl.program_id(2)
-        b = bh // Hkv
-        hk = bh % Hkv
-        kv_len = gl.load(lens_ptr + b * s_lens).to(gl.int32)
-        lo = split * chunk
-        hi = gl.minimum(gl.minimum(lo + chunk, kv_len), L)  # L: never read past the cache
-        if HAS_START:
-            lo = gl.maximum(lo, gl.load(start_ptr + b * s_start).to(gl.int32))
+        bh, split, b, hk, kv_len, lo, hi = _program_range(lens_ptr, start_ptr, s_lens, s_start, Hkv, L, chunk,
+                                                          HAS_START)
 
         # q: rows r < n_rows (r = t * G + g), columns in the keys' kernel order, rotated, scaled, fp16
         rq = gl.arange(0, NQ, layout=gl.SliceLayout(1, LQ))
@@ -410,10 +463,7 @@ def _build_kernel():
         q = gl.load(q_ptr + b * sqb + (hk * G + rq % G)[:, None] * sqh + (rq // G)[:, None] * sqt + cq[None, :],
                     mask=(rq < n_rows)[:, None], other=0.0).to(gl.float32)
         q = (_fwht8x256(q) * qscale).to(gl.float16)
-        q4 = gl.permute(gl.reshape(q, [NQ, 4, 64]), [0, 2, 1])
-        qa, qb = gl.split(gl.reshape(q4, [NQ, 64, 2, 2]))
-        q0, q2 = gl.split(qa)
-        q1, q3 = gl.split(qb)
+        q0, q1, q2, q3 = _q_parts(q, NQ)
         qs0 = gl.allocate_shared_memory(gl.float16, [NQ, 64], Q_SMEM, q0)
         qs1 = gl.allocate_shared_memory(gl.float16, [NQ, 64], Q_SMEM, q1)
         qs2 = gl.allocate_shared_memory(gl.float16, [NQ, 64], Q_SMEM, q2)
@@ -425,19 +475,7 @@ def _build_kernel():
         v_base = vp_ptr + b * svb + hk * svh
         kn_base = kn_ptr + b * snkb + hk * snkh
         vn_base = vn_ptr + b * snvb + hk * snvh
-        # word offsets (int32, words of the cache row / int16 halves) of a tile's keys, built in 4-D layouts whose
-        # register dimensions only hold constants, so each thread has one base and immediate offsets
-        LK4: gl.constexpr = gl.DistributedLinearLayout(
-            reg_bases=[[0, 1, 0, 0]], lane_bases=[[0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 1, 0], [0, 0, 2, 0], [0, 0, 4, 0]],
-            warp_bases=[[1, 0, 0, 0], [2, 0, 0, 0]], block_bases=[], shape=[4, 2, 8, 4])  # key 16 a + 8 b + c, word d
-        ka, kb_, kc_, kd = _aranges4(4, 2, 8, 4, LK4)
-        # (each offset = a per-thread part + a per-register constant, added as two pointer steps so that LLVM
-        # folds the constants into the loads' immediate offsets instead of keeping one pointer per element)
-        key4 = 16 * ka + 8 * kb_ + kc_
-        kr = gl.reshape(key4 + 0 * kd, [BN, 4])
-        koff = gl.reshape((16 * ka + kc_) * SKL + kd + 0 * kb_, [BN, 4])
-        kcst = gl.reshape(8 * kb_ * SKL + 0 * (ka + kc_ + kd), [BN, 4])
-        hoff = gl.reshape((16 * ka + kc_) * (2 * SKL) + (2 * NW2 + kd) + 0 * kb_, [BN, 4])
+        kr, koff, kcst, hoff = _key_offsets(SKL, NW2)
         LV4: gl.constexpr = gl.DistributedLinearLayout(
             reg_bases=[[1, 0, 0, 0], [2, 0, 0, 0], [0, 0, 1, 0]],
             lane_bases=[[0, 1, 0, 0], [0, 2, 0, 0], [0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 0, 4]],
@@ -549,28 +587,11 @@ def _build_kernel():
             reg_bases=[[8, 0]], lane_bases=[[0, 1], [0, 2], [1, 0], [2, 0], [4, 0]],
             warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[BN, 4])
         okk = n0 + kr < hi
-        kb = k_base + n0 * SKL
-        hb = k_base.to(gl.pointer_type(gl.int16)) + n0 * (2 * SKL)
-        vb = v_base + n0 * SVL
-        yb = v_base.to(gl.pointer_type(gl.int16)) + n0 * (2 * SVL)
-        okv = n0 + vr < hi
-        if MASKED:
-            xv = gl.load((vb + voff) + vcst, mask=okv, other=0)
-        else:
-            xv = gl.load((vb + voff) + vcst)
-        if BITS == 3:
-            if MASKED:
-                yv = gl.load((yb + yoff) + 2 * vcst, mask=okv, other=0)
-            else:
-                yv = gl.load((yb + yoff) + 2 * vcst)
+        kb, hb, vb, yb = _tile_bases(k_base, v_base, n0, SKL, SVL)
+        xv, yv = _vwords(vb, yb, voff, yoff, vcst, n0 + vr < hi, BITS, MASKED)
         ts = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, L4))
         oks = ts < hi
-        if MASKED:
-            kn = gl.load(kn_base + ts * SNKL, mask=oks, other=0.0).to(gl.float32)
-            vn = gl.load(vn_base + ts * SNVL, mask=oks, other=0.0).to(gl.float32)
-        else:
-            kn = gl.load(kn_base + ts * SNKL).to(gl.float32)
-            vn = gl.load(vn_base + ts * SNVL).to(gl.float32)
+        kn, vn = _norms(kn_base, vn_base, ts, oks, SNKL, SNVL, MASKED)
         # ---- scores: 4 parts of 64 coordinates, int32 [64 keys, 8 columns]
         s = gl.zeros([BN, NQ], gl.int32, layout=MMA8)
         w = w0
@@ -590,28 +611,12 @@ def _build_kernel():
             jt = gl.join(gl.join(g0, g1), gl.join(g2, g3))  # [key, t, b, a, g0, g1]
             kc = gl.reshape(gl.permute(jt, [0, 5, 4, 1, 3, 2]), [BN, 64])
             kc = gl.convert_layout(kc, DOT_A8, assert_trivial=True)
+            s = _qpart_mma(kc, qs0, qs1, qs2, qs3, s, part, part > 0, ASYNC_K)
             if ASYNC_K:  # part p's MMA runs while part p + 1 decodes (at most one in flight)
-                if part == 0:
-                    s = warpgroup_mma(kc, qs0.permute((1, 0)), s, use_acc=False, is_async=True)
-                elif part == 1:
-                    s = warpgroup_mma(kc, qs1.permute((1, 0)), s, is_async=True)
-                elif part == 2:
-                    s = warpgroup_mma(kc, qs2.permute((1, 0)), s, is_async=True)
-                else:
-                    s = warpgroup_mma(kc, qs3.permute((1, 0)), s, is_async=True)
                 if part < 3:
                     s = warpgroup_mma_wait(1, deps=[s])
                 else:
                     s = warpgroup_mma_wait(0, deps=[s])
-            else:
-                if part == 0:
-                    s = warpgroup_mma(kc, qs0.permute((1, 0)), s, use_acc=False)
-                elif part == 1:
-                    s = warpgroup_mma(kc, qs1.permute((1, 0)), s)
-                elif part == 2:
-                    s = warpgroup_mma(kc, qs2.permute((1, 0)), s)
-                else:
-                    s = warpgroup_mma(kc, qs3.permute((1, 0)), s)
             w = wn
             h = hn
         # ---- softmax: s4 [64 keys, 4 rows] = (hi column + lo column / 254) * sq / alpha (in fq) * key norm
@@ -654,7 +659,7 @@ def _build_kernel():
             yv = yv.to(gl.uint16, bitcast=True).to(gl.uint32)
             vptx: gl.constexpr = V8_PTX3
         else:
-            yv = xv
+            yv = xv  # (unused by the 2-bit program)
             vptx: gl.constexpr = V8_PTX2
         v0, v1, v2, v3, v4, v5, v6, v7 = gl.inline_asm_elementwise(
             vptx, V8_CONSTRAINTS, [xv, yv, vsh, lt0, lt1],
@@ -705,15 +710,8 @@ def _build_kernel():
                                                        instr_shape=[16, NQ, 32])
         S_SMEM: gl.constexpr = gl.NVMMASharedLayout.get_default_for([NQ, 64], gl.int8)
 
-        bh = gl.program_id(1).to(gl.int64)
-        split = gl.program_id(2)
-        b = bh // Hkv
-        hk = bh % Hkv
-        kv_len = gl.load(lens_ptr + b * s_lens).to(gl.int32)
-        lo = split * chunk
-        hi = gl.minimum(gl.minimum(lo + chunk, kv_len), L)
-        if HAS_START:
-            lo = gl.maximum(lo, gl.load(start_ptr + b * s_start).to(gl.int32))
+        bh, split, b, hk, kv_len, lo, hi = _program_range(lens_ptr, start_ptr, s_lens, s_start, Hkv, L, chunk,
+                                                          HAS_START)
         lt0 = gl.load(lut_ptr)
         lt1 = gl.load(lut_ptr + 1)
         inv_alpha = 1.0 / gl.load(lut_ptr + 2).to(gl.float32, bitcast=True)
@@ -732,16 +730,7 @@ def _build_kernel():
         v_base = vp_ptr + b * svb + hk * svh
         kn_base = kn_ptr + b * snkb + hk * snkh
         vn_base = vn_ptr + b * snvb + hk * snvh
-        # key words: as in the fp16 kernel ([64 keys, 4 words], key 16 a + 8 b + c, word d)
-        LK4: gl.constexpr = gl.DistributedLinearLayout(
-            reg_bases=[[0, 1, 0, 0]], lane_bases=[[0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 1, 0], [0, 0, 2, 0], [0, 0, 4, 0]],
-            warp_bases=[[1, 0, 0, 0], [2, 0, 0, 0]], block_bases=[], shape=[4, 2, 8, 4])
-        ka, kb_, kc_, kd = _aranges4(4, 2, 8, 4, LK4)
-        key4 = 16 * ka + 8 * kb_ + kc_
-        kr = gl.reshape(key4 + 0 * kd, [BN, 4])
-        koff = gl.reshape((16 * ka + kc_) * SKL + kd + 0 * kb_, [BN, 4])
-        kcst = gl.reshape(8 * kb_ * SKL + 0 * (ka + kc_ + kd), [BN, 4])
-        hoff = gl.reshape((16 * ka + kc_) * (2 * SKL) + (2 * NW2 + kd) + 0 * kb_, [BN, 4])
+        kr, koff, kcst, hoff = _key_offsets(SKL, NW2)  # key words as in the fp16 kernel
         # the first tile's part-0 key words now, so their latency overlaps q's rotation below
         w0, h0 = _kwords(k_base + lo * SKL, k_base.to(gl.pointer_type(gl.int16)) + lo * (2 * SKL), koff, kcst, hoff,
                          lo + kr < hi, 0, BITS, True)
@@ -760,10 +749,7 @@ def _build_kernel():
         q8 = gl.where((rb % 2 == 0)[:, None], qh, ql).to(gl.int8)
         fq = gl.where(rb % 2 == 0, sq, sq * (1.0 / 254.0)) * inv_alpha
         fq = gl.convert_layout(fq, gl.SliceLayout(0, MMA8))
-        q4 = gl.permute(gl.reshape(q8, [NQ, 4, 64]), [0, 2, 1])
-        qa, qb = gl.split(gl.reshape(q4, [NQ, 64, 2, 2]))
-        q0, q2 = gl.split(qa)
-        q1, q3 = gl.split(qb)
+        q0, q1, q2, q3 = _q_parts(q8, NQ)
         qs0 = gl.allocate_shared_memory(gl.int8, [NQ, 64], S_SMEM, q0)
         qs1 = gl.allocate_shared_memory(gl.int8, [NQ, 64], S_SMEM, q1)
         qs2 = gl.allocate_shared_memory(gl.int8, [NQ, 64], S_SMEM, q2)
