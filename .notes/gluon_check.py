@@ -1,5 +1,6 @@
-"""GPU check of the Gluon decode kernel (hlwq_kernels/kv_quant_attn/gluon.py): correctness against the
-reference and the Triton kernel, then CUDA-graph timing against the Triton kernel and SDPA bf16.
+"""GPU check of the Gluon decode kernels (hlwq_kernels/kv_quant_attn/gluon.py, fp16 and int8): correctness
+against the reference and the Triton kernel, then CUDA-graph timing (caches rotated through DRAM) against the
+Triton kernel and SDPA bf16, with the int8 kernel's opt-in async_k.
 
     python .notes/gluon_check.py [check|time|all]
 """
