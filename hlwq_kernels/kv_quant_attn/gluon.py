@@ -697,6 +697,7 @@ def _build_kernel():
                          SKL: gl.constexpr, SVL: gl.constexpr, SNKL: gl.constexpr, SNVL: gl.constexpr,
                          BITS: gl.constexpr, CAUSAL: gl.constexpr, HAS_START: gl.constexpr,
                          ASYNC_K: gl.constexpr = False):
+        # (the same arguments as the fp16 kernel; kperm_ptr / vperm_ptr are unused: the maps are computed here)
         D: gl.constexpr = 256
         BN: gl.constexpr = 64
         NQ: gl.constexpr = 8
