@@ -29,6 +29,8 @@ def compile_g(bits=3, maxnreg=None, causal=True, has_start=False, int8=False):
             "op_ptr": "*fp32", "lse_ptr": "*fp32"}
     ints = ["s_lens", "s_start", "Hkv", "G", "Tq", "n_rows", "L", "chunk"]
     strides = ["sqb", "sqh", "sqt", "skb", "skh", "snkb", "snkh", "svb", "svh", "snvb", "snvh"]
+    if int8:  # the int8 kernel computes its coordinate maps
+        del ptrs["kperm_ptr"], ptrs["vperm_ptr"]
     sig = dict(ptrs)
     sig.update({k: "i32" for k in ints})
     sig["qscale"] = "fp32"
@@ -38,7 +40,7 @@ def compile_g(bits=3, maxnreg=None, causal=True, has_start=False, int8=False):
     if int8:
         const["ASYNC_K"] = os.environ.get("ASYNC_K", "0") == "1"
     sig.update({k: "constexpr" for k in const})
-    src = GluonASTSource(fn, sig, constexprs=const, attrs={(i,): [["tt.divisibility", 16]] for i in range(12)})
+    src = GluonASTSource(fn, sig, constexprs=const, attrs={(i,): [["tt.divisibility", 16]] for i in range(len(ptrs))})
     opts = {"num_warps": 4}
     if maxnreg:
         opts["maxnreg"] = maxnreg

@@ -24,7 +24,7 @@ from hlwq_kernels.lloyd_max import gaussian_codebook, gaussian_mse
 from hlwq_kernels.quantize_kv import default_codebook
 from hlwq_kernels.quantize_kv.codebooks import GRID_BITS, int8_table, tables
 
-from test_kv_quant_attn import check_attention
+from test_kv_quant_attn import _gen, check_attention, make_cache
 
 G = importlib.import_module("hlwq_kernels.kv_quant_attn.gluon")
 ON_GPU = torch.cuda.is_available()
@@ -39,9 +39,9 @@ def _is_bit_permutation(f) -> bool:
 
 
 def test_coordinate_maps_are_index_bit_permutations():
-    """k_coord / v_coord: bijections of 0..255 that permute the index bits (so the orthonormal
-    Hadamard matrix commutes with them: the kernel rotates q and the output in its own order), and
-    the device-side tables equal the Python definitions."""
+    """k_coord / v_coord (and the int8 kernel's k_coord8 / v_coord8): bijections of 0..255 that permute the
+    index bits (so the orthonormal Hadamard matrix commutes with them: the kernel rotates q and the output
+    in its own order), and the device-side tables equal the Python definitions."""
     kc, vc = G.perms("cpu")
     assert kc.tolist() == [G.k_coord(c) for c in range(256)]
     assert vc.tolist() == [G.v_coord(c) for c in range(256)]
@@ -51,6 +51,8 @@ def test_coordinate_maps_are_index_bit_permutations():
         assert _is_bit_permutation(f)
         p = torch.eye(256, dtype=torch.float64)[t.long()]  # (P x)[c] = x[f(c)]
         assert torch.allclose(h @ p, p @ h)
+    for f in (G.k_coord8, G.v_coord8):  # the int8 kernel's maps (computed in the kernel from the same formulas)
+        assert sorted(f(c) for c in range(256)) == list(range(256)) and _is_bit_permutation(f)
     assert not _is_bit_permutation(lambda c: (c + 1) % 256)  # the check can fail
 
 
@@ -134,17 +136,6 @@ def test_default_kv_codebooks_on_their_int8_grid():
         int8_table(4, "cpu")
 
 
-def _cache(lmax, bits, seed):
-    """A 1 x 2-KV-head cache of Gaussian vectors with per-token scales (as test_kv_quant_attn.make_cache)."""
-    from hlwq_kernels.quantize_kv import quantize_kv_reference
-
-    g = torch.Generator().manual_seed(seed)
-    k = torch.randn(1, 2, lmax, 256, generator=g) * torch.rand(1, 2, lmax, 1, generator=g).add(0.25) * 3
-    v = torch.randn(1, 2, lmax, 256, generator=g) * torch.rand(1, 2, lmax, 1, generator=g).add(0.25)
-    cb = default_codebook(bits, "cpu")
-    return [*quantize_kv_reference(k, bits, cb), *quantize_kv_reference(v, bits, cb)]
-
-
 def _s8(regs: np.ndarray) -> torch.Tensor:
     """uint32 registers [...] -> their int8 bytes [..., 4] (byte 0 first) as float."""
     return torch.tensor(regs.astype(np.uint32).view(np.int8).reshape(*regs.shape, 4).astype(np.float32))
@@ -161,7 +152,8 @@ def _replay_int8(q, kp, kn, vp, vn, kv_lens, bits, scale, causal):
     t = int8_table(bits, "cpu")
     lt0, lt1 = int(t[0]) & 0xFFFFFFFF, int(t[1]) & 0xFFFFFFFF
     alpha = float(t[2:3].view(torch.float32))
-    kperm, vperm = (x.long() for x in G.perms8("cpu"))
+    kperm = torch.tensor([G.k_coord8(c) for c in range(256)])
+    vperm = torch.tensor([G.v_coord8(c) for c in range(256)])
     h16 = hadamard_matrix(256, dtype=torch.float32) * 16  # the kernel's unnormalized FWHT
     qscale, oscale = scale * 1.4426950408889634 / 16, 1 / 16
     kw, kh = kp.numpy().view(np.uint32), kp.numpy().view(np.uint16)
@@ -252,7 +244,7 @@ def test_int8_kernel_replay_matches_reference(bits, rows, lmax, causal, dtype, s
     exponent, the per-tile scales, the epilogue's coordinate order) against the fp32 reference, by the
     GPU tests' rule (check_attention: 2x the error of plain attention at the query dtype)."""
     group, tq = rows
-    kp, kn, vp, vn = _cache(lmax, bits, seed)
+    kp, kn, vp, vn = make_cache(1, 2, lmax, 256, bits, seed, device="cpu")
     g = torch.Generator().manual_seed(seed)
     q = (torch.randn(1, 2 * group, tq, 256, generator=g) * 2).to(dtype)
     lens = torch.tensor([max(1, lmax - seed % 5)])
@@ -297,8 +289,6 @@ def test_gluon_matches_reference_gpu(b, hkv, rows, lmax, bits, causal, dtype, sp
     head), ragged lengths off the 64-key tile grid (0 included), left padding, one split and several; the
     auto dispatch of kv_quant_attn takes the int8 kernel for the default codebook (same output, bit for
     bit) and the fp16 one for another codebook."""
-    from test_kv_quant_attn import _gen, check_attention, make_cache
-
     group, tq = rows
     g = _gen(seed)
     kp, kn, vp, vn = make_cache(b, hkv, lmax, 256, bits, seed)
@@ -321,8 +311,6 @@ def test_gluon_matches_reference_gpu(b, hkv, rows, lmax, bits, causal, dtype, sp
 def test_gluon_long_context_gpu(bits):
     """Qwen3.5-9B decode (16 q / 4 KV heads) at 32k with ragged batch lengths, against the reference
     and within one bf16 ulp-ish of the Triton kernel."""
-    from test_kv_quant_attn import check_attention, make_cache
-
     kp, kn, vp, vn = make_cache(2, 4, 32768, 256, bits, 11)
     lens = torch.tensor([32768, 20001], device="cuda")
     q = torch.randn(2, 16, 1, 256, device="cuda").to(torch.bfloat16)

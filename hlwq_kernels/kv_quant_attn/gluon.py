@@ -132,17 +132,6 @@ def v_coord8(c: int) -> int:
     return 16 * (4 * w + (g >> 1)) + 4 * mt + 2 * (g & 1) + a
 
 
-def perms8(device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(k_coord8, v_coord8) as int32 tensors [256] on ``device``, computed there; cached per device."""
-    key = ("int8", str(device))
-    if key not in _PERMS:
-        c = torch.arange(256, device=device, dtype=torch.int32)
-        kc = 64 * (c >> 6) + 16 * ((c >> 2) & 3) + 2 * (c & 3) + ((c >> 4) & 1) + 8 * ((c >> 5) & 1)
-        vc = 16 * (4 * ((c >> 4) & 3) + ((c & 7) >> 1)) + 4 * (c >> 6) + 2 * (c & 1) + ((c >> 3) & 1)
-        _PERMS[key] = (kc.contiguous(), vc.contiguous())
-    return _PERMS[key]
-
-
 def _build_kernel():
     """Define the Gluon kernel (on first use: importing Gluon needs a GPU build of Triton)."""
     from triton.experimental import gluon
@@ -691,13 +680,13 @@ def _build_kernel():
         return m_new, l_acc, o0, o1, o2, o3, w, h
 
     @gluon.jit
-    def _split_kernel_g8(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, lut_ptr, lens_ptr, start_ptr, kperm_ptr, vperm_ptr,
+    def _split_kernel_g8(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, lut_ptr, lens_ptr, start_ptr,
                          op_ptr, lse_ptr, s_lens, s_start, Hkv, G, Tq, n_rows, L, chunk, qscale, oscale,
                          sqb, sqh, sqt, skb, skh, snkb, snkh, svb, svh, snvb, snvh,
                          SKL: gl.constexpr, SVL: gl.constexpr, SNKL: gl.constexpr, SNVL: gl.constexpr,
                          BITS: gl.constexpr, CAUSAL: gl.constexpr, HAS_START: gl.constexpr,
                          ASYNC_K: gl.constexpr = False):
-        # (the same arguments as the fp16 kernel; kperm_ptr / vperm_ptr are unused: the maps are computed here)
+        # (the fp16 kernel's arguments less its coordinate tables: the maps are computed here)
         D: gl.constexpr = 256
         BN: gl.constexpr = 64
         NQ: gl.constexpr = 8
@@ -849,9 +838,9 @@ def supported(d: int, bits: int, n_rows: int) -> bool:
 def int8_ok(codebook, bits: int) -> bool:
     """Whether the int8 kernel applies: the default 2/3-bit KV codebook (snapped to its int8 grid, so the
     kernel's integer levels are exactly the codebook's); other codebooks take the fp16 kernel."""
-    from ..quantize_kv.codebooks import GRID_BITS, default_codebook
+    from ..quantize_kv.codebooks import GRID_BITS, is_default
 
-    return bits in GRID_BITS and codebook is default_codebook(bits, codebook.device)
+    return bits in GRID_BITS and is_default(codebook, bits)
 
 
 def kv_attn_decode_gluon(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_start, bits, scale, causal, codebook,
@@ -883,12 +872,10 @@ def kv_attn_decode_gluon(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_st
         int8 = int8_ok(codebook, bits)
     elif int8 and not int8_ok(codebook, bits):
         raise ValueError("the int8 kernel needs the default 2/3-bit KV codebook (its levels on an int8 grid)")
-    if int8:
-        lut = int8_table(bits, q.device)
-        kperm, vperm = perms8(q.device)
+    if int8:  # (its coordinate maps are computed in the kernel)
+        lut, coord_tables = int8_table(bits, q.device), ()
     else:
-        _, _, _, lut = tables(codebook)
-        kperm, vperm = perms(q.device)
+        lut, coord_tables = tables(codebook)[3], perms(q.device)
     sms = _num_sms(q.device.index or 0)
     splits, chunk = split_plan(B * Hkv, lmax, 64, per_sm, sms, num_splits)
     op = torch.empty(splits, B * Hkv, n_rows, D, dtype=torch.float32, device=q.device)
@@ -899,7 +886,7 @@ def kv_attn_decode_gluon(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_st
         opts["ASYNC_K"] = async_k
     split_kernel(int8)[(1, B * Hkv, splits)](
         q, k_packed, k_norms, v_packed, v_norms, lut, kv_lens, kv_lens if kv_start is None else kv_start,
-        kperm, vperm, op, lse, kv_lens.stride(0), 0 if kv_start is None else kv_start.stride(0),
+        *coord_tables, op, lse, kv_lens.stride(0), 0 if kv_start is None else kv_start.stride(0),
         Hkv, G, Tq, n_rows, lmax, chunk, scale * LOG2E * oscale, oscale,
         q.stride(0), q.stride(1), q.stride(2), k_packed.stride(0), k_packed.stride(1),
         k_norms.stride(0), k_norms.stride(1), v_packed.stride(0), v_packed.stride(1),

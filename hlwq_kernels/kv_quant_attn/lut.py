@@ -64,63 +64,57 @@ def _lookup4(fields, hi: str, out2: str) -> list:
 PROGRAM = _program()
 
 
-def _program_raw():
-    """The same 16 levels from the *raw* 16 high bits (``IN_H`` = the 1-bit-plane half in bits 0..15,
-    bits 16..31 zero): the Morton spread runs here (its first step one ``prmt``), and each pair of
-    groups shares its shifted inputs: with ``hs`` the spread bits (field f at bit 2f),
+def _spread16(dst: str, src: str, t: str) -> list:
+    """dst = the 16 bits of src (bits 16-31 zero) spread to the even bit positions (bit k -> 2k)."""
+    return [("prmt", dst, src, src, 0x2120),  # bytes [s0, 0, s1, 0]
+            ("shl", t, dst, 4), ("or", dst, dst, t), ("and", dst, dst, 0x0F0F0F0F),
+            ("shl", t, dst, 2), ("or", dst, dst, t), ("and", dst, dst, 0x33333333),
+            ("shl", t, dst, 1), ("or", dst, dst, t), ("and", dst, dst, 0x55555555)]
+
+
+def _raw_selectors(w: str, h: str) -> tuple[list, list]:
+    """The 3-bit selectors of a word ``w`` from its *raw* 16 high bits ``h`` (the 1-bit-plane half in
+    bits 0..15, bits 16..31 zero): (shared ops, [(ops leaving the selector in ``ts``, fields)] per
+    group of ``GROUPS``). With ``hs`` the Morton-spread high bits (field f at bit 2f),
       sel_A = bsel(w, hs << 2, 0x33333333)            # (x & M) | (y & ~M): one lop3
       sel_B = bsel(w, hs << 2, 0xCCCCCCCC) >> 2       # the odd fields, one nibble-half up
       sel_C = bsel(w >> 16, hs >> 14, 0x33333333)
       sel_D = bsel(w >> 16, hs >> 14, 0xCCCCCCCC) >> 2
     (bits a selector nibble's 4 fields do not use are 0 in the spread, and ``prmt`` reads only the
-    selector's low 16 bits). 9 integer ops per word for the selectors + 7 for the spread, vs 14 + 8
-    (on the GPU, before ptxas) in ``PROGRAM`` with the spread done in Triton."""
-    prog = [("prmt", "ta", IN_H, IN_H, 0x2120),  # bytes [h0, 0, h1, 0] (h's upper half is 0)
-            ("shl", "tb", "ta", 4), ("or", "ta", "ta", "tb"), ("and", "ta", "ta", 0x0F0F0F0F),
-            ("shl", "tb", "ta", 2), ("or", "ta", "ta", "tb"), ("and", "ta", "ta", 0x33333333),
-            ("shl", "tb", "ta", 1), ("or", "ta", "ta", "tb"), ("and", "ta", "ta", 0x55555555),
-            ("shl", "tb", "ta", 2), ("shr", "ta", "ta", 14), ("shr", "th", IN_W, 16)]
-    # registers: tb = hs << 2, ta = hs >> 14, th = w >> 16
-    for lo, (src_w, src_h) in ((True, (IN_W, "tb")), (False, ("th", "ta"))):
-        groups = GROUPS[:2] if lo else GROUPS[2:]
-        for odd, (_, fields) in enumerate(groups):
-            if odd:
-                prog.append(("bsel", "ts", src_w, src_h, 0xCCCCCCCC))
-                prog.append(("shr", "ts", "ts", 2))
-            else:
-                prog.append(("bsel", "ts", src_w, src_h, 0x33333333))
-            prog += _lookup4(fields, "tq", "ts")  # th holds w >> 16 here
+    selector's low 16 bits). Scratch registers ta, tb, th."""
+    shared = _spread16("ta", h, "tb") + [("shl", "tb", "ta", 2), ("shr", "ta", "ta", 14), ("shr", "th", w, 16)]
+    groups = []
+    for src_w, src_h, pair in ((w, "tb", GROUPS[:2]), ("th", "ta", GROUPS[2:])):
+        groups.append(([("bsel", "ts", src_w, src_h, 0x33333333)], pair[0][1]))
+        groups.append(([("bsel", "ts", src_w, src_h, 0xCCCCCCCC), ("shr", "ts", "ts", 2)], pair[1][1]))
+    return shared, groups
+
+
+def _program_raw():
+    """The same 16 levels from the raw 16 high bits (``_raw_selectors``): 9 integer ops per word for the
+    selectors + 7 for the spread, vs 14 + 8 (on the GPU, before ptxas) in ``PROGRAM`` with the spread
+    done in Triton."""
+    shared, groups = _raw_selectors(IN_W, IN_H)
+    prog = list(shared)
+    for ops, fields in groups:
+        prog += ops + _lookup4(fields, "tq", "ts")  # th holds w >> 16 here
     return tuple(prog)
 
 
 PROGRAM_RAW = _program_raw()
 
 
-def _operand(x) -> str:
-    return f"{x:#x}" if isinstance(x, int) else x
-
-
 def ptx(packed: bool = False, raw: bool = False) -> str:
     """The PTX block for ``tl.inline_asm_elementwise``. ``packed``: for ``pack=2`` with 16-bit
-    outputs: each output register is an fp16x2 pair (``PACKED_PAIRS``), so the 16-bit splits go
-    away; the inputs are then operands of a pack of two 32-bit elements (see ``PACKED_IN``).
+    outputs: each output register is an fp16x2 pair (``PACKED_PAIRS``), so the 16-bit splits become
+    moves of whole words; the inputs are then operands of a pack of two 32-bit elements (see ``PACKED_IN``).
     ``raw``: ``PROGRAM_RAW`` (the high-bit input is the raw 16-bit half, spread here)."""
-    ren = PACKED_IN if packed else {}
-    lines = ["{", ".reg .b32 ta, tb, ts, tl, th, tp, tq;"]
-    for op, dst, *src in (PROGRAM_RAW if raw else PROGRAM):
-        src = [ren.get(x, x) if isinstance(x, str) else x for x in src]
-        if op == "split" and packed:  # fields dst, src[0] -> the fp16x2 output register of the pair
-            lines.append(f"mov.b32 ${PACKED_OUT[(int(dst[1:]), int(src[0][1:]))]}, {src[1]};")
-        elif op == "split":
-            lines.append(f"mov.b32 {{{dst}, {src[0]}}}, {src[1]};")
-        elif op == "mov":
-            lines.append(f"mov.b32 {dst}, {src[0]};")
-        elif op == "bsel":  # (a & c) | (b & ~c)
-            lines.append(f"lop3.b32 {dst}, {src[0]}, {src[1]}, {_operand(src[2])}, 0xE4;")
-        else:
-            lines.append(f"{op}.b32 {dst}, " + ", ".join(_operand(x) for x in src) + ";")
-    lines.append("}")
-    return "\n".join(lines)
+    prog = PROGRAM_RAW if raw else PROGRAM
+    if not packed:
+        return render(prog, {})
+    prog = [("mov", f"${PACKED_OUT[(int(dst[1:]), int(src[0][1:]))]}", src[1]) if op == "split" else (op, dst, *src)
+            for op, dst, *src in prog]
+    return render(prog, PACKED_IN)
 
 
 CONSTRAINTS = ",".join(["=h"] * N_OUT + ["r"] * 6)
@@ -152,42 +146,13 @@ def _prmt(a: np.ndarray, b: np.ndarray, c) -> np.ndarray:
 
 
 def emulate(w: np.ndarray, h: np.ndarray, lut_words, packed: bool = False, raw: bool = False) -> np.ndarray:
-    """Run ``PROGRAM`` on uint32 arrays ``w``, ``h`` (same shape) with the 4 ``byte_lut`` words;
-    returns uint16 fp16 bit patterns ``[..., 16]`` (field order), or with ``packed`` the 8 uint32
+    """Run ``PROGRAM`` (``PROGRAM_RAW``) on uint32 arrays ``w``, ``h`` (same shape) with the 4 ``byte_lut``
+    words; returns uint16 fp16 bit patterns ``[..., 16]`` (field order), or with ``packed`` the 8 uint32
     output registers ``[..., 8]`` of the packed form (what each ``mov.b32 $k, t`` stores)."""
-    m = np.uint32(0xFFFFFFFF)
-    regs = {IN_W: w.astype(np.uint32), IN_H: h.astype(np.uint32)}
-    for name, val in zip((IN_LA, IN_LB, IN_HA, IN_HB), lut_words):
-        regs[name] = np.full(w.shape, int(val) & 0xFFFFFFFF, dtype=np.uint32)
-
-    def val(x):
-        return regs[x] if isinstance(x, str) else np.uint32(x)
-
-    packs = {}
-    for op, dst, *src in (PROGRAM_RAW if raw else PROGRAM):
-        if op == "split":
-            v = val(src[1])
-            regs[dst], regs[src[0]] = v & np.uint32(0xFFFF), v >> np.uint32(16)
-            packs[PACKED_OUT[(int(dst[1:]), int(src[0][1:]))]] = v
-        elif op == "mov":
-            regs[dst] = val(src[0])
-        elif op == "shr":
-            regs[dst] = val(src[0]) >> np.uint32(src[1])
-        elif op == "shl":
-            regs[dst] = (val(src[0]).astype(np.uint64) << np.uint64(src[1])).astype(np.uint64) & np.uint64(m)
-            regs[dst] = regs[dst].astype(np.uint32)
-        elif op == "and":
-            regs[dst] = val(src[0]) & val(src[1])
-        elif op == "or":
-            regs[dst] = val(src[0]) | val(src[1])
-        elif op == "bsel":
-            regs[dst] = (val(src[0]) & val(src[2])) | (val(src[1]) & ~val(src[2]))
-        elif op == "prmt":
-            regs[dst] = _prmt(val(src[0]), val(src[1]), val(src[2]))
-        else:
-            raise ValueError(op)
+    inputs = {IN_W: w, IN_H: h, **{name: int(v) & 0xFFFFFFFF for name, v in zip((IN_LA, IN_LB, IN_HA, IN_HB), lut_words)}}
+    regs = run(PROGRAM_RAW if raw else PROGRAM, inputs)
     if packed:
-        return np.stack([packs[k] for k in range(len(PACKED_PAIRS))], -1).astype(np.uint32)
+        return np.stack([regs[f"${lo}"] | (regs[f"${hi}"] << np.uint32(16)) for lo, hi in PACKED_PAIRS], -1)
     return np.stack([regs[f"${i}"] for i in range(N_OUT)], -1).astype(np.uint16)
 
 
@@ -200,14 +165,6 @@ def emulate(w: np.ndarray, h: np.ndarray, lut_words, packed: bool = False, raw: 
 # executes the same list with numpy, so the CPU tests check the logic (the interpreter cannot run PTX).
 # ---------------------------------------------------------------------------------------------------
 
-def _spread16(dst: str, src: str, t: str) -> list:
-    """dst = the 16 bits of src (bits 16-31 zero) spread to the even bit positions (bit k -> 2k)."""
-    return [("prmt", dst, src, src, 0x2120),  # bytes [s0, 0, s1, 0]
-            ("shl", t, dst, 4), ("or", dst, dst, t), ("and", dst, dst, 0x0F0F0F0F),
-            ("shl", t, dst, 2), ("or", dst, dst, t), ("and", dst, dst, 0x33333333),
-            ("shl", t, dst, 1), ("or", dst, dst, t), ("and", dst, dst, 0x55555555)]
-
-
 def _k8_program(bits: int) -> tuple:
     """Keys: one 2-bit-plane word ``W`` (16 codes; fields f at bits 2f) and its 16 raw high bits ``H``
     (bit f) -> 4 registers of int8x4: register g holds the levels of fields KEY_GROUPS[g] (bytes 0..3).
@@ -217,18 +174,16 @@ def _k8_program(bits: int) -> tuple:
         prog = [("and", "s0", "W", 0x33333333), ("shr", "s1", "W", 2), ("and", "s1", "s1", 0x33333333),
                 ("shr", "s2", "W", 16), ("and", "s2", "s2", 0x3333), ("shr", "s3", "W", 18),
                 ("and", "s3", "s3", 0x3333)]
-    else:
-        prog = _spread16("hs", "H", "t")
-        prog += [("shl", "hl", "hs", 2), ("shr", "hh", "hs", 14), ("shr", "wh", "W", 16),
-                 ("bsel", "s0", "W", "hl", 0x33333333),
-                 ("bsel", "s1", "W", "hl", 0xCCCCCCCC), ("shr", "s1", "s1", 2),
-                 ("bsel", "s2", "wh", "hh", 0x33333333),
-                 ("bsel", "s3", "wh", "hh", 0xCCCCCCCC), ("shr", "s3", "s3", 2)]
-    prog += [("prmt", f"$o{g}", "LT0", "LT1", f"s{g}") for g in range(4)]
+        prog += [("prmt", f"$o{g}", "LT0", "LT1", f"s{g}") for g in range(4)]
+    else:  # PROGRAM_RAW's selectors (``_raw_selectors``), one prmt each
+        shared, groups = _raw_selectors("W", "H")
+        prog = list(shared)
+        for g, (ops, _) in enumerate(groups):
+            prog += ops + [("prmt", f"$o{g}", "LT0", "LT1", "ts")]
     return tuple(prog)
 
 
-KEY_GROUPS = ((0, 2, 4, 6), (1, 3, 5, 7), (8, 10, 12, 14), (9, 11, 13, 15))
+KEY_GROUPS = tuple(fields for _, fields in GROUPS)
 
 
 def _v8_program(bits: int) -> tuple:
@@ -275,14 +230,17 @@ V8_CONSTRAINTS = ",".join(["=r"] * 8 + ["r"] * 20)
 
 
 def render(program, operands: dict) -> str:
-    """PTX of a program; ``operands`` maps its input / output names to asm operands ($k)."""
-    regs = sorted({d for _, d, *_ in program if d not in operands})
+    """PTX of a program; ``operands`` maps its input / output names to asm operands ($k) (names that
+    already are ``$k`` stay)."""
+    regs = sorted({d for _, d, *_ in program if d not in operands and not d.startswith("$")})
     lines = ["{", f".reg .b32 {', '.join(regs)};"]
     for op, dst, *src in program:
         dst = operands.get(dst, dst)
         src = [operands.get(x, x) if isinstance(x, str) else f"{x:#x}" for x in src]
         if op == "bsel":  # (a & c) | (b & ~c)
             lines.append(f"lop3.b32 {dst}, {src[0]}, {src[1]}, {src[2]}, 0xE4;")
+        elif op == "split":  # dst, src[0] = the low and high 16-bit halves of src[1]
+            lines.append(f"mov.b32 {{{dst}, {src[0]}}}, {src[1]};")
         else:
             lines.append(f"{op}.b32 {dst}, " + ", ".join(src) + ";")
     lines.append("}")
@@ -302,8 +260,14 @@ def run(program, inputs: dict) -> dict:
 
     m = np.uint64(0xFFFFFFFF)
     for op, dst, *src in program:
+        if op == "split":  # dst, src[0] = the low and high 16-bit halves of src[1]
+            v = val(src[1])
+            regs[dst], regs[src[0]] = v & np.uint32(0xFFFF), v >> np.uint32(16)
+            continue
         a = val(src[0])
-        if op == "shr":
+        if op == "mov":
+            regs[dst] = a
+        elif op == "shr":
             regs[dst] = (a.astype(np.uint64) >> val(src[1]).astype(np.uint64)).astype(np.uint32)
         elif op == "shl":
             regs[dst] = ((a.astype(np.uint64) << val(src[1]).astype(np.uint64)) & m).astype(np.uint32)

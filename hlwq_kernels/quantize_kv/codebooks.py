@@ -6,7 +6,7 @@ At 2 and 3 bits the default KV codebook is the Lloyd-Max one *snapped to an inte
 int8 kernel (``kv_quant_attn/gluon.py``) uses as its tensor-core operands, so that kernel computes
 attention over exactly these levels. The cost is nil: the largest level moves by 0.00027 (2 bits) and
 0.0016 (3 bits), and the N(0,1) quantization MSE grows by 0.00006% and 0.0024% (measured with
-numeric integration when this was chosen; ``tests/test_kv_quant_attn.py`` checks the MSE).
+numeric integration when this was chosen; ``tests/test_kv_gluon.py`` checks the MSE).
 
 ``gaussian_codebook`` builds a new tensor (a host-to-device copy) on every call; a decode step
 must not pay that, so the default codebook, its midpoints and its fp16 copy are built once per
@@ -53,15 +53,6 @@ def grid_alpha(c: torch.Tensor) -> float:
     return float(alphas[torch.argmin(err)])
 
 
-def _default_levels(bits: int, device) -> tuple[torch.Tensor, float | None]:
-    c = gaussian_codebook(bits).to(torch.float64)
-    if bits not in GRID_BITS:
-        return c.to(device=device, dtype=torch.float32), None
-    alpha = grid_alpha(c)
-    return (torch.round(alpha * c) / alpha).to(device=device, dtype=torch.float32), alpha
-
-
-_ALPHA: dict = {}
 _INT8: dict = {}
 
 
@@ -73,37 +64,40 @@ def default_codebook(bits: int, device) -> torch.Tensor:
         device = torch.device("cuda", torch.cuda.current_device())
     key = (bits, device)
     if key not in _TABLES:
-        levels, _ALPHA[bits] = _default_levels(bits, device)
-        _TABLES[key] = _build(levels)
+        c = gaussian_codebook(bits).to(torch.float64)
+        if bits in GRID_BITS:
+            alpha = grid_alpha(c)
+            k = torch.round(alpha * c)  # the int8 levels (|k| <= 127 by alpha's range)
+            c = k / alpha
+            words = (torch.cat([k.to(torch.int64) & 0xFF, k.new_zeros(8 - k.numel(), dtype=torch.int64)])
+                     .view(2, 4) << (torch.arange(4) * 8)).sum(-1)
+            words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+            a = torch.tensor([alpha], dtype=torch.float32).view(torch.int32)
+            _INT8[key] = torch.cat([words, a, torch.zeros(1, dtype=torch.int32)]).to(device)
+        _TABLES[key] = _build(c.to(device=device, dtype=torch.float32))
     return _TABLES[key][0]
+
+
+def is_default(codebook: torch.Tensor, bits: int) -> bool:
+    """Whether ``codebook`` is the cached default one (``default_codebook(bits, codebook.device)``)."""
+    cached = _TABLES.get((bits, codebook.device))
+    return cached is not None and cached[0] is codebook
 
 
 def int8_table(bits: int, device) -> torch.Tensor:
     """int32 ``[4]`` for the int8 kernel, from the default ``bits``-bit codebook (2 or 3 bits): words
     0-1 the int8 levels ``alpha * c`` of codes 0-3 and 4-7 (byte k of word 0 = code k; zeros past
-    2**bits levels), word 2 the fp32 bits of alpha. Cached per (bits, device)."""
+    2**bits levels), word 2 the fp32 bits of alpha. Built with the codebook, on the host."""
     if bits not in GRID_BITS:
         raise ValueError(f"the int8 level table exists for the {GRID_BITS}-bit default codebooks, not {bits} bits")
     c = default_codebook(bits, device)
-    key = (bits, c.device)
-    if key not in _INT8:
-        alpha = _ALPHA[bits]
-        lv = torch.round(torch.tensor([alpha], dtype=torch.float64) * c.cpu().double()).to(torch.int64)
-        assert int(lv.abs().max()) <= 127
-        lv = torch.cat([lv & 0xFF, lv.new_zeros(8 - lv.numel())]).view(2, 4)
-        words = (lv << (torch.arange(4) * 8)).sum(-1)
-        words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
-        a = torch.tensor([alpha], dtype=torch.float32).view(torch.int32)
-        _INT8[key] = torch.cat([words, a, torch.zeros(1, dtype=torch.int32)]).to(c.device)
-    return _INT8[key]
+    return _INT8[(bits, c.device)]
 
 
 def tables(codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(fp32 codebook, fp32 midpoints ``[2**bits - 1]``, fp16 codebook, int32 ``byte_lut``),
     cached for the default codebook."""
     bits = codebook.numel().bit_length() - 1
-    cached = _TABLES.get((bits, codebook.device))
-    if cached is not None and cached[0] is codebook:
-        return cached
+    if is_default(codebook, bits):
+        return _TABLES[(bits, codebook.device)]
     return _build(codebook)
-
