@@ -295,24 +295,32 @@ def _build_kernel():
         return warpgroup_mma(kc, qs.permute((1, 0)), s, use_acc=USE_ACC, is_async=IS_ASYNC)
 
     @gluon.jit
-    def _norms(kn_base, vn_base, ts, oks, SNKL: gl.constexpr, SNVL: gl.constexpr, MASKED: gl.constexpr):
-        """The key and value norms of the tile's keys ``ts`` (fp32; 0 past ``oks`` when MASKED)."""
+    def _norms(kn_base, vn_base, n0, hi, LT: gl.constexpr, SNKL: gl.constexpr, SNVL: gl.constexpr,
+               MASKED: gl.constexpr):
+        """The tile's key positions ``ts`` (layout LT), which are < hi, and their key and value norms (fp32; 0
+        past hi when MASKED)."""
+        ts = n0 + gl.arange(0, 64, layout=LT)
+        oks = ts < hi
         if MASKED:
             kn = gl.load(kn_base + ts * SNKL, mask=oks, other=0.0).to(gl.float32)
             vn = gl.load(vn_base + ts * SNVL, mask=oks, other=0.0).to(gl.float32)
         else:
             kn = gl.load(kn_base + ts * SNKL).to(gl.float32)
             vn = gl.load(vn_base + ts * SNVL).to(gl.float32)
-        return kn, vn
+        return ts, oks, kn, vn
 
     @gluon.jit
-    def _q_parts(q, NQ: gl.constexpr):
-        """q [NQ, 256] (kernel coordinate order; column bits 6-7 in registers) -> its 4 parts of 64 columns."""
+    def _q_smem(q, NQ: gl.constexpr, LAYOUT: gl.constexpr):
+        """q [NQ, 256] (kernel coordinate order; column bits 6-7 in registers) -> its 4 parts of 64 columns in
+        shared memory (the MMAs' B operands), in q's dtype."""
         q4 = gl.permute(gl.reshape(q, [NQ, 4, 64]), [0, 2, 1])
         qa, qb = gl.split(gl.reshape(q4, [NQ, 64, 2, 2]))
         q0, q2 = gl.split(qa)
         q1, q3 = gl.split(qb)
-        return q0, q1, q2, q3
+        return (gl.allocate_shared_memory(q.dtype, [NQ, 64], LAYOUT, q0),
+                gl.allocate_shared_memory(q.dtype, [NQ, 64], LAYOUT, q1),
+                gl.allocate_shared_memory(q.dtype, [NQ, 64], LAYOUT, q2),
+                gl.allocate_shared_memory(q.dtype, [NQ, 64], LAYOUT, q3))
 
     @gluon.jit
     def _tile(n0, hi, pos, m_i, l_acc, o0, o1, o2, o3, qs0, qs1, qs2, qs3, p_smem, k_base, v_base, koff, kcst, hoff,
@@ -345,9 +353,7 @@ def _build_kernel():
         okv0 = n0 + vr < hi
         okv1 = n0 + 32 + vr < hi
         x0w, y0w = _vwords(vb, yb, voff, yoff, vcst, okv0, BITS, MASKED)
-        ts = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, MMA))
-        oks = ts < hi
-        kn, vn = _norms(kn_base, vn_base, ts, oks, SNKL, SNVL, MASKED)
+        ts, oks, kn, vn = _norms(kn_base, vn_base, n0, hi, gl.SliceLayout(1, MMA), SNKL, SNVL, MASKED)
         # ---- scores: 4 parts of 64 coordinates
         s = gl.zeros([BN, NQ], gl.float32, layout=MMA)
         w = w0
@@ -452,11 +458,7 @@ def _build_kernel():
         q = gl.load(q_ptr + b * sqb + (hk * G + rq % G)[:, None] * sqh + (rq // G)[:, None] * sqt + cq[None, :],
                     mask=(rq < n_rows)[:, None], other=0.0).to(gl.float32)
         q = (_fwht8x256(q) * qscale).to(gl.float16)
-        q0, q1, q2, q3 = _q_parts(q, NQ)
-        qs0 = gl.allocate_shared_memory(gl.float16, [NQ, 64], Q_SMEM, q0)
-        qs1 = gl.allocate_shared_memory(gl.float16, [NQ, 64], Q_SMEM, q1)
-        qs2 = gl.allocate_shared_memory(gl.float16, [NQ, 64], Q_SMEM, q2)
-        qs3 = gl.allocate_shared_memory(gl.float16, [NQ, 64], Q_SMEM, q3)
+        qs0, qs1, qs2, qs3 = _q_smem(q, NQ, Q_SMEM)
         p_smem = gl.allocate_shared_memory(gl.float16, [BN, NQ], P_SMEM)
         fence_async_shared()
 
@@ -578,9 +580,7 @@ def _build_kernel():
         okk = n0 + kr < hi
         kb, hb, vb, yb = _tile_bases(k_base, v_base, n0, SKL, SVL)
         xv, yv = _vwords(vb, yb, voff, yoff, vcst, n0 + vr < hi, BITS, MASKED)
-        ts = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, L4))
-        oks = ts < hi
-        kn, vn = _norms(kn_base, vn_base, ts, oks, SNKL, SNVL, MASKED)
+        ts, oks, kn, vn = _norms(kn_base, vn_base, n0, hi, gl.SliceLayout(1, L4), SNKL, SNVL, MASKED)
         # ---- scores: 4 parts of 64 coordinates, int32 [64 keys, 8 columns]
         s = gl.zeros([BN, NQ], gl.int32, layout=MMA8)
         w = w0
@@ -739,11 +739,7 @@ def _build_kernel():
         q8 = gl.where((rb % 2 == 0)[:, None], qh, ql).to(gl.int8)
         fq = gl.where(rb % 2 == 0, sq, sq * (1.0 / 254.0)) * inv_alpha
         fq = gl.convert_layout(fq, gl.SliceLayout(0, MMA8))
-        q0, q1, q2, q3 = _q_parts(q8, NQ)
-        qs0 = gl.allocate_shared_memory(gl.int8, [NQ, 64], S_SMEM, q0)
-        qs1 = gl.allocate_shared_memory(gl.int8, [NQ, 64], S_SMEM, q1)
-        qs2 = gl.allocate_shared_memory(gl.int8, [NQ, 64], S_SMEM, q2)
-        qs3 = gl.allocate_shared_memory(gl.int8, [NQ, 64], S_SMEM, q3)
+        qs0, qs1, qs2, qs3 = _q_smem(q8, NQ, S_SMEM)
         p_smem = gl.allocate_shared_memory(gl.int8, [NQ, BN], S_SMEM)
         fence_async_shared()
 
