@@ -98,17 +98,20 @@ def sec_fwhtcfg():
 
 
 # ---- dequant_matmul ------------------------------------------------------------------------------
-def _hlwq_weight(n, k, bits, seed):
+def _hlwq_weight(n, k, bits, seed, grid=False):
+    """Random codes and norms; the default codebook, or with ``grid`` the int8-grid one (what gemv8 needs)."""
     from hlwq_kernels.lloyd_max import gaussian_codebook
     from hlwq_kernels.quant import HLWQWeight
+    from hlwq_kernels.quant.grid import weight_codebook
 
     g = torch.Generator(device=DEV).manual_seed(seed)
     packed = torch.randint(-2**31, 2**31 - 1, (n, k * bits // 32), dtype=torch.int32, device=DEV, generator=g)
     norms = (torch.rand(n, k // HLWQ_BLOCK, device=DEV, generator=g) * 0.02 + 0.01).half()
-    return HLWQWeight(packed, norms, gaussian_codebook(bits, device=DEV), bits, HLWQ_BLOCK, (n, k))
+    cb = weight_codebook(bits, device=DEV) if grid else gaussian_codebook(bits, device=DEV)
+    return HLWQWeight(packed, norms, cb, bits, HLWQ_BLOCK, (n, k))
 
 
-def _dq_cases(m, bits_list, shapes, configs):
+def _dq_cases(m, bits_list, shapes, configs, grid=False):
     from hlwq_kernels import dequant_matmul
     from hlwq_kernels.dequant_matmul.triton import dequant_matmul_rotated
 
@@ -128,11 +131,22 @@ def _dq_cases(m, bits_list, shapes, configs):
             qbytes = n * k * bits // 8 + n * k // HLWQ_BLOCK * 2
             nbq = qbytes + (m * k + m * n) * 2
             nq = sets_for(qbytes)
-            qws = [_hlwq_weight(n, k, bits, s) for s in range(nq)]
+            qws = [_hlwq_weight(n, k, bits, s, grid) for s in range(nq)]
             xq = [xs[i % len(xs)] for i in range(nq)]
             for label, cfg in configs:
                 if cfg == "public":
                     make = lambda: [lambda x=x, w=w: dequant_matmul(x, w) for x, w in zip(xq, qws)]  # noqa: E731
+                elif isinstance(cfg, str):  # a method's default Config
+                    from hlwq_kernels.dequant_matmul.triton import _pick
+                    c = _pick(m, n, k, HLWQ_BLOCK, cfg, bits)
+                    make = lambda c=c: [lambda x=x, w=w: dequant_matmul_rotated(x, w, torch.bfloat16, config=c)  # noqa: E731
+                                        for x, w in zip(xq, qws)]
+                elif isinstance(cfg, dict):  # gemv8 with explicit plan options
+                    from hlwq_kernels.dequant_matmul.gluon import gemv8
+                    from hlwq_kernels.quant.grid import int8_tables
+                    tab = int8_tables(qws[0].codebook, bits)
+                    make = lambda kw=cfg, tab=tab: [lambda x=x, w=w: gemv8(x, w, torch.bfloat16, tab, **kw)  # noqa: E731
+                                                    for x, w in zip(xq, qws)]
                 else:
                     make = lambda cfg=cfg: [lambda x=x, w=w: dequant_matmul_rotated(x, w, torch.bfloat16, config=cfg)  # noqa: E731
                                             for x, w in zip(xq, qws)]
@@ -145,6 +159,17 @@ def sec_dq():
     gate_up = [s for s in LINEARS if s[0] == "gate_up"]
     _dq_cases(1, (4, 3), gate_up, [("rotated-default", None)])
     _dq_cases(16, (5,), LINEARS[:5], [("rotated-default", None)])
+
+
+def sec_dq8():
+    """The opt-in int8 GEMV (gemv8, int8-grid codebook) against the default gemv2 on the same weights: plan options
+    ks blocks per K slice, rt row tiles per program, pf steps of prefetch (S7-2: all slower than gemv2)."""
+    opts = [("gemv2-default", None), ("g8-default", {}), ("g8-rot", {"rot": True}), ("g8-ks8", {"ks": 8}),
+            ("g8-ks8-rot", {"ks": 8, "rot": True}), ("g8-ks8-rt1-rot", {"ks": 8, "rt": 1, "rot": True}),
+            ("g8-ks4-rt1-rot", {"ks": 4, "rt": 1, "rot": True})]
+    _dq_cases(1, (5,), LINEARS, opts, grid=True)
+    gate_up = [s for s in LINEARS if s[0] == "gate_up"]
+    _dq_cases(1, (4, 3), gate_up, opts, grid=True)
 
 
 def sec_dqg2x():
@@ -521,7 +546,7 @@ def sec_gdn():
         for s in sets], rec_b, base)
 
 
-SECTIONS = {"fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dqcfg": sec_dqcfg, "dqg2x": sec_dqg2x,
+SECTIONS = {"fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dq8": sec_dq8, "dqcfg": sec_dqcfg, "dqg2x": sec_dqg2x,
             "dqg3": sec_dqg3, "dq16cfg": sec_dq16cfg, "dq16split": sec_dq16split, "dqlowbit": sec_dqlowbit,
             "dq16pf": sec_dq16pf,
             "dqprefill": sec_dqprefill, "dqsmallm": sec_dqsmallm,

@@ -1,6 +1,7 @@
 """A few launches of one kernel for Nsight Compute (device.sh's ncu mode):
     ncu --clock-control none -k regex:_gemv_kernel -c 1 --section ... python3 perf/ncu_target.py gemv
-Targets: gemv (dequant_matmul M=1, 5 bits, gate_up 24576x4096), gemv-small (the same, 2048x4096),
+Targets: gemv (dequant_matmul M=1, 5 bits, gate_up 24576x4096), gemv-small (the same, 2048x4096), gemv8 (the
+opt-in int8 GEMV on gate_up),
 kv (kv_quant_attn 3 bits, 32k, batch 1), gdn (gated_delta_decode_step, batch 1)."""
 
 import sys
@@ -18,6 +19,17 @@ if what in ("gemv", "gemv-small"):
     x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
     for _ in range(3):
         dequant_matmul_rotated(x, w, torch.bfloat16)
+elif what == "gemv8":  # the opt-in int8 GEMV, 24576x4096 5 bits (GEMV8_BITS, GEMV8_KS, GEMV8_PF from the environment)
+    import os
+
+    from hlwq_kernels.dequant_matmul.gluon import gemv8
+    from hlwq_kernels.quant.grid import int8_tables
+    bits = int(os.environ.get("GEMV8_BITS", "5"))
+    w = gs._hlwq_weight(24576, 4096, bits, 0, grid=True)
+    x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
+    ks = int(os.environ["GEMV8_KS"]) if "GEMV8_KS" in os.environ else None
+    for _ in range(3):
+        gemv8(x, w, torch.bfloat16, int8_tables(w.codebook, bits), ks=ks, pf=int(os.environ.get("GEMV8_PF", "2")))
 elif what == "kv":
     from hlwq_kernels import kv_quant_attn
     c = gs._packed_cache(1, 32768, 3, 0)

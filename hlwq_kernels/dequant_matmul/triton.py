@@ -26,6 +26,8 @@ Kernels, chosen by M in ``_pick`` (explicit, documented there):
 * ``_dot2_kernel`` (GEMV_MAX_M < M <= 16, the default there; ``method="dot2"``): the dot kernel with the
   decode landing directly in the wgmma A fragment (k / row relabelling: no smem round trip for
   the weight tile), word/x/norm prefetch in registers (``pf``) and L2 (``l2pf``), clamped loads.
+* ``gluon.gemv8`` (``method="gemv8"``, opt-in; M <= 4, 3-5 bits, the int8-grid codebook of ``quant/grid.py``):
+  the decoded levels as int8 on the s8 tensor cores. Measured slower than gemv2 (``dequant_matmul/gluon.py``).
 * ``_slab_matmul`` (prefill, M > SLAB_MIN_M): ``_dequant_rows_kernel`` writes W_rot for ~16 MiB
   of rows at a time (bounded scratch) and cuBLAS multiplies it into those output columns: the
   fused kernel re-dequantizes every weight tile M/BM times (0.05-0.16x bf16 at M=2048 measured),
@@ -1175,6 +1177,19 @@ def _gemv2(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, cfg: Config)
     return out
 
 
+def _gemv8_table(xr: torch.Tensor, w: HLWQWeight) -> torch.Tensor | None:
+    """The int8 GEMV's lookup table if ``gluon.gemv8`` applies (GPU with Gluon, M <= 4, bf16/fp16 x, 3-5 bits, the
+    int8-grid codebook ``quant.grid.weight_codebook``; see ``dequant_matmul/gluon.py``), else None."""
+    from ..quant.grid import int8_tables
+    from . import gluon
+
+    m, kp = xr.shape
+    if not (xr.is_cuda and not interpreting() and gluon.available()
+            and gluon.supported(m, w.out_features, w.bits, w.block, kp, xr.dtype)):
+        return None
+    return int8_tables(w.codebook, w.bits)
+
+
 def dequant_matmul_rotated(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, method: str = "auto",
                            config: Config | None = None) -> torch.Tensor:
     """``xr [M, Kp]`` (already rotated and padded) @ W_rot.T -> ``[M, N]`` in ``out_dtype``."""
@@ -1186,6 +1201,14 @@ def dequant_matmul_rotated(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dty
         return torch.zeros(m, n, dtype=out_dtype, device=xr.device)
     groups = kp // 32
     nblk = kp // block
+    if config is None and method == "gemv8":  # opt-in (measured slower than gemv2: dequant_matmul/gluon.py)
+        table = _gemv8_table(xr, w)
+        if table is not None:
+            from .gluon import gemv8
+
+            return gemv8(xr, w, out_dtype, table)
+        raise ValueError("method='gemv8' needs a GPU with Gluon, M <= 4, N % 64 == 0, bf16/fp16 x, 3-5 bits, "
+                             "block 128 and the default (int8-grid) codebook")
     cfg = config or _pick(m, n, kp, block, method, bits)
     if cfg.method == "gemv2":
         return _gemv2(xr, w, out_dtype, cfg)
@@ -1236,7 +1259,7 @@ def dequant_matmul_rotated(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dty
                           MASKED=masked, MASK_M=bool(m % cfg.BM), UNROLL=unroll,
                           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     else:
-        raise ValueError(f"method must be 'auto', 'gemv', 'gemv2', 'dot', 'dot2' or 'slab', got {cfg.method!r}")
+        raise ValueError(f"method must be 'auto', 'gemv', 'gemv2', 'dot', 'dot2', 'slab' or 'gemv8', got {cfg.method!r}")
     if split > 1:
         rb = 1024
         _splitk_reduce_kernel[(cdiv(m * n, rb),)](dst, out, m * n, SPLIT_K=split, BLOCK=rb, num_warps=4)

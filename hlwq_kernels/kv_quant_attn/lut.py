@@ -241,6 +241,8 @@ def render(program, operands: dict) -> str:
             lines.append(f"lop3.b32 {dst}, {src[0]}, {src[1]}, {src[2]}, 0xE4;")
         elif op == "split":  # dst, src[0] = the low and high 16-bit halves of src[1]
             lines.append(f"mov.b32 {{{dst}, {src[0]}}}, {src[1]};")
+        elif op == "mul":  # the low 32 bits of the product
+            lines.append(f"mul.lo.u32 {dst}, {src[0]}, {src[1]};")
         else:
             lines.append(f"{op}.b32 {dst}, " + ", ".join(src) + ";")
     lines.append("}")
@@ -275,6 +277,10 @@ def run(program, inputs: dict) -> dict:
             regs[dst] = a & val(src[1])
         elif op == "or":
             regs[dst] = a | val(src[1])
+        elif op == "xor":
+            regs[dst] = a ^ val(src[1])
+        elif op == "mul":
+            regs[dst] = ((a.astype(np.uint64) * val(src[1]).astype(np.uint64)) & m).astype(np.uint32)
         elif op == "bsel":
             regs[dst] = (a & val(src[2])) | (val(src[1]) & ~val(src[2]))
         elif op == "prmt":

@@ -112,7 +112,8 @@ def quantize_weight(w: torch.Tensor, bits: int, *, block: int = 128, codebook: t
             padding is rotated with the block and costs codes, ``dequantize_weight`` drops it).
         bits: 1..8.
         block: power of two >= 32 (the Triton kernel takes <= 4096).
-        codebook: sorted float32 ``[2**bits]``; default ``gaussian_codebook(bits)``.
+        codebook: sorted float32 ``[2**bits]``; default ``gaussian_codebook(bits)``. (``grid.weight_codebook(bits)``,
+            the Lloyd-Max levels on an int8 grid at 3-5 bits, is what the opt-in int8 GEMV needs: ``quant/grid.py``.)
         impl: "auto" | "triton" | "reference".
     Returns:
         :class:`HLWQWeight`. Each block: ``y = fwht(w_block)``; for each candidate scale
