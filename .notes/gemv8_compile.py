@@ -29,7 +29,8 @@ def compile_k(bits=5, ks=32, pf=2, kp=4096, maxnreg=None, pair=os.environ.get('P
     ptrs = {"xq_ptr": "*i8", "f_ptr": "*fp32", "p_ptr": "*i32", "n_ptr": "*fp16", "lut_ptr": "*i32", "out_ptr": "*bf16"}
     sig = dict(ptrs)
     sig.update({k: "i32" for k in ["M", "N", "n_tiles", "rt", "stride_om", "stride_os", "RS", "NS", "HOFF"]})
-    const = dict(BITS=bits, KS=ks, PF=pf, PAIR=pair, QUAD=quad, ROT=os.environ.get('ROT') == '1')
+    const = dict(BITS=bits, KS=ks, PF=pf, PAIR=pair, QUAD=quad, ROT=os.environ.get('ROT') == '1',
+                 EARLY=os.environ.get('EARLY') == '1')
     sig.update({k: "constexpr" for k in const})
     src = GluonASTSource(fn, sig, constexprs=const, attrs={(i,): [["tt.divisibility", 16]] for i in list(range(len(ptrs))) + [12, 13, 14]})
     opts = {"num_warps": 4}

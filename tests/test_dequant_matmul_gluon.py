@@ -91,7 +91,8 @@ def _operand(qw) -> np.ndarray:
     rows = np.arange(n)[:, None, None, None]
 
     def byte(reg, e):
-        return ((reg >> np.uint32(8 * e)) & np.uint32(0xFF)).astype(np.int64) - 256 * ((reg >> np.uint32(8 * e + 7)) & 1)
+        b = ((reg >> np.uint32(8 * e)) & np.uint32(0xFF)).astype(np.int64)
+        return b - 256 * (b >> 7)  # int8 value of byte e
 
     if bits == 3:
         u = np.arange(2)[None, None, None, :]
@@ -169,7 +170,8 @@ def replay(x: torch.Tensor, qw) -> torch.Tensor:
 def test_x_planes_kernel(bits, m):
     """``_xq8_kernel`` (Triton; the interpreter on the CPU): column 2 j / 2 j + 1 = token j's hi / lo planes in
     k-slot order, zero past M, with scales s / alpha and s / (254 alpha); hi + lo / 254 recovers x to ~2^-15."""
-    x = torch.randn(m, 384, generator=torch.Generator().manual_seed(m)) * torch.tensor([1.0, 1e-3, 30.0]).repeat_interleave(128)
+    scales = torch.tensor([1.0, 1e-3, 30.0]).repeat_interleave(128)
+    x = torch.randn(m, 384, generator=torch.Generator().manual_seed(m)) * scales
     x[0, 128:256] = 0.0  # an all-zero block: scale 1, planes 0
     dev = "cuda" if ON_GPU else "cpu"
     xq, f = G.x_planes(x.to(dev), bits)
@@ -228,14 +230,16 @@ def test_gpu_gemv8_matches_reference(bits, m, n, k, dtype, out_dtype, seed):
 @pytest.mark.parametrize("ks,rt,pf,pair,quad,rot", [(1, 1, 1, False, False, False), (2, 3, 2, True, False, True),
                                                    (4, 2, 1, False, False, True), (8, 5, 2, True, False, False),
                                                    (8, 2, 2, False, False, False), (8, 2, 4, True, False, True),
-                                                   (4, 1, 4, True, False, False), (8, 3, 2, True, True, True)])
+                                                   (4, 1, 4, True, False, False), (8, 3, 2, True, True, True),
+                                                   (8, 2, 2, True, False, "early")])
 def test_gpu_gemv8_plans(ks, rt, pf, pair, quad, rot, bits):
     """K slices of 1-8 blocks, 1-5 row tiles per program (a ragged last program), prefetch 1, 2 and 4 steps, one,
     two or four blocks per trip, the block order rotated per program or not."""
     qw = make_grid_weight(640, 1024, bits, ks, "cuda")
     x = make_x((2,), 1024, torch.bfloat16, rt, "cuda")
+    early = rot == "early"  # (the last case: the early loads instead of a rotation)
     y = G.gemv8(x, qw, torch.bfloat16, grid.int8_tables(qw.codebook, bits), ks=ks, rt=rt, pf=pf, pair=pair,
-                quad=quad, rot=rot)
+                quad=quad, rot=rot is True, early=early)
     check(y, x, qw, True, torch.bfloat16, f"ks={ks} rt={rt} pf={pf} pair={pair} quad={quad} rot={rot}")
 
 

@@ -1,16 +1,23 @@
 """Decode GEMV on the s8 tensor cores (Gluon): ``y [M <= 4, N] = x_rot @ W_rot.T`` for 3/4/5-bit weights
 quantized with the int8-grid codebook (``quant/grid.py``).
 
-Status: OPT-IN, and SLOWER than the default Triton GEMV. ``dequant_matmul_triton_method(..., method="gemv8")``
-or ``gemv8`` itself. H100, M = 1, graph timing, gemv2 (the default) in the same run (perf/RESULTS.md, S7-8
-and S7-9): 24576 x 4096 at 5 / 4 / 3 bits 40.4 / 31.4 / 27.9 us against 30.5 / 26.4 / 28.1; 4096 x 12288
-26.9 vs 19.0; lm_head 319-365 vs 266; the small shapes ~2x slower (12 vs 6 us at 2048 x 4096: one more launch
-for the x planes, and short programs). ncu (S7-7): 43% issue, DRAM 47-52% of peak, and the first stall is
-long scoreboard (5-8.6 cycles per issue) although the code words are loaded two blocks ahead; removing
-register copies of in-flight loads (``quad``) and rotating each program's block order (``rot``) did not
-change it. What is known: far fewer instructions per code than gemv2 at 3-4 bits (sm_90 SASS per 64 codes per
-thread: 155-171 / 124-143 vs ~300 / ~250), a few fewer at 5 bits (262-279 vs ~315), yet the time does not follow
-the instruction count. Not known: which loads the warps wait on (a source-level ncu stall table is the next step).
+Status: OPT-IN, and SLOWER than the default Triton GEMV. ``dequant_matmul_triton_method(..., method="gemv8")`` or
+``gemv8`` itself. H100, M = 1, graph timing, gemv2 (the default) in the same run (perf/RESULTS.md, S7-8 and S7-9;
+the best gemv8 option of those runs): 24576 x 4096 at 5 / 4 / 3 bits 40.4 / 31.4 / 27.9 us against 30.5 / 26.4 /
+28.1; 4096 x 12288 26.9 vs 19.0; lm_head 319-365 vs 266; the small shapes ~2x slower (12 vs 6 us at 2048 x 4096: one
+more launch for the x planes, and short programs). ncu (S7-7): 43% issue, DRAM 47-52% of peak, and the first stall
+is long scoreboard (5-8.6 cycles per issue) although the code words are loaded two blocks ahead; removing register
+copies of in-flight loads (``quad``) and rotating each program's block order (``rot``) did not change it. What is
+known: far fewer instructions per code than gemv2 at 3-4 bits (sm_90 SASS per 64 codes per thread: 155-171 / 124-143
+vs ~300 / ~250), a few fewer at 5 bits (262-279 vs ~315), yet the time does not follow the instruction count. Likely
+cause, found after the last GPU run in the sm_90 SASS (offline compile, not yet measured): ptxas places every
+prefetch load of the loop *after* the preceding ``WARPGROUP.DEPBAR`` (the wait of the MMAs before it), i.e. right
+before the decode that consumes it, so the prefetch distance in the source (1-2 trips) becomes ~0. The KV kernel's
+int8 loop issues its tile's loads at the top, before its first ``WARPGROUP.ARRIVE``, and consumes them in the same
+trip. ``early=True`` (opt-in, NOT timed and not yet run on the GPU: the device budget was spent) puts the pair
+loop's prefetch loads in a basic block of their own (a branch that is always taken); in the SASS all 12 loads of a
+trip then come first, before the decode and the first ``WARPGROUP.ARRIVE``. Time it first (``perf/graph_sweep.py
+dq8e``); if ptxas still defeats it, stage the words through shared memory (cp.async / TMA).
 
 Why. The Triton GEMV (``_gemv2_kernel``) spends ~4.9 instructions per 5-bit code (a shift to extract the
 code, a warp shuffle to look its level up, an fp32 FMA, and the plane merges), and at 3-4 bits barely
@@ -283,7 +290,8 @@ def _build():
     @gluon.jit
     def _gemv8_kernel(xq_ptr, f_ptr, p_ptr, n_ptr, lut_ptr, out_ptr, M, N, n_tiles, rt, stride_om, stride_os,
                       RS, NS, HOFF, BITS: gl.constexpr, KS: gl.constexpr, PF: gl.constexpr,
-                      PAIR: gl.constexpr = False, QUAD: gl.constexpr = False, ROT: gl.constexpr = False):
+                      PAIR: gl.constexpr = False, QUAD: gl.constexpr = False, ROT: gl.constexpr = False,
+                      EARLY: gl.constexpr = False):
         # (RS = packed row stride in words, NS = norms' row stride, HOFF = the 1-bit plane's first word: runtime
         # arguments, so Triton's divisibility-by-16 specialization, not a recompile per K, lets the loads vectorize)
         XS: gl.constexpr = gl.NVMMASharedLayout.get_default_for([8, 128], gl.int8)
@@ -378,6 +386,16 @@ def _build():
                                 gl.minimum(i + 4, steps - 1), t0, s, rot, RS, NS, BITS, KS)
                         w7, s7, n7 = _words(p_ptr, n_ptr, woff, soff, noff,
                                 gl.minimum(i + 5, steps - 1), t0, s, rot, RS, NS, BITS, KS)
+                    elif EARLY:  # the loads in their own basic block (a branch that is always taken), so that
+                        # ptxas cannot sink them below the MMA wait (offline SASS only: not timed)
+                        if steps > 0:
+                            w2, s2, n2 = _words(p_ptr, n_ptr, woff, soff, noff,
+                                    gl.minimum(i + 2, steps - 1), t0, s, rot, RS, NS, BITS, KS)
+                            w3, s3, n3 = _words(p_ptr, n_ptr, woff, soff, noff,
+                                    gl.minimum(i + 3, steps - 1), t0, s, rot, RS, NS, BITS, KS)
+                        else:
+                            w2, s2, n2 = w0, s0, n0
+                            w3, s3, n3 = w1, s1, n1
                     else:
                         w2, s2, n2 = _words(p_ptr, n_ptr, woff, soff, noff,
                                 gl.minimum(i + 2, steps - 1), t0, s, rot, RS, NS, BITS, KS)
@@ -470,7 +488,7 @@ def plan(n: int, kp: int, sms: int, ks: int | None = None, rt: int | None = None
 
 def gemv8(xr: torch.Tensor, w, out_dtype: torch.dtype, table: torch.Tensor, *, ks: int | None = None,
           rt: int | None = None, pf: int = 2, pair: bool | None = None, quad: bool = False,
-          rot: bool = False) -> torch.Tensor:
+          rot: bool = False, early: bool = False) -> torch.Tensor:
     """``xr [M <= 4, Kp]`` (rotated, bf16/fp16, contiguous) @ W_rot.T -> ``[M, N]`` in ``out_dtype``; ``table`` =
     ``quant.grid.int8_tables(w.codebook, w.bits)``. K slices > 1: fp32 partials + ``_splitk_reduce_kernel``."""
     from .triton import _num_sms, _splitk_reduce_kernel
@@ -489,7 +507,7 @@ def gemv8(xr: torch.Tensor, w, out_dtype: torch.dtype, table: torch.Tensor, *, k
         xq, f, w.packed, w.norms, table, dst, m, n, n_tiles, rt, n, m * n,
         w.packed.stride(0), w.norms.stride(0), hoff, BITS=bits, KS=ks, PF=pf,
         PAIR=(ks % 2 == 0 and pf >= 2) if pair is None else pair,
-        QUAD=quad, ROT=rot, num_warps=4)
+        QUAD=quad, ROT=rot, EARLY=early, num_warps=4)
     if splits > 1:
         _splitk_reduce_kernel[(-(-(m * n) // 1024),)](dst, out, m * n, SPLIT_K=splits, BLOCK=1024, num_warps=4)
     return out

@@ -1,12 +1,14 @@
-"""The default weight codebooks at 3, 4 and 5 bits: Lloyd-Max levels snapped to an int8 grid.
+"""Optional weight codebooks at 3, 4 and 5 bits: the Lloyd-Max levels snapped to an int8 grid.
 
-Why: ``dequant_matmul``'s tensor-core GEMV (``dequant_matmul/gluon.py``) multiplies int8 levels on the
-s8 tensor cores, and a byte permute (``prmt``) turns 4 codes into 4 levels at once. That is exact only
-when every level is an integer ``k`` times ``1 / alpha``. So the default codebook at these widths is
+Why: the opt-in tensor-core GEMV (``dequant_matmul/gluon.py``, ``method="gemv8"``) multiplies int8 levels on
+the s8 tensor cores, and a byte permute (``prmt``) turns 4 codes into 4 levels at once. That is exact only
+when every level is an integer ``k`` times ``1 / alpha``. ``weight_codebook(bits)`` is
 ``round(alpha * c) / alpha`` (``c`` = ``gaussian_codebook(bits)``), with ``alpha`` the scale, up to
 ``126 / max|c|``, whose grid has the smallest N(0, 1) quantization MSE (2048 candidates, closed-form
-MSE per cell). Measured here (``tests/test_quant.py::test_grid_codebook``): the MSE grows by
-0.0024% (3 bits), 0.055% (4 bits) and 0.59% (5 bits).
+MSE per cell). Checked in ``tests/test_dequant_matmul_gluon.py::test_grid_codebook``: the MSE grows by
+0.0024% (3 bits), 0.055% (4 bits) and 0.59% (5 bits). ``quantize_weight``'s default stays
+``gaussian_codebook`` (gemv8 is slower than the default GEMV, perf/RESULTS.md session 7); pass
+``codebook=weight_codebook(bits)`` to use these.
 (126, not 127: the 4-bit kernel stores the positive levels plus one.)
 
 The kernel also needs, and ``int8_tables`` checks, that the levels are nonzero with the codes' halves
@@ -45,7 +47,7 @@ def _cell_mse(levels: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=None)
 def grid(bits: int) -> tuple[float, tuple[int, ...]]:
-    """(alpha, the int8 levels k) of the ``bits``-bit default weight codebook (levels ``k / alpha``)."""
+    """(alpha, the int8 levels k) of the ``bits``-bit int8-grid weight codebook (levels ``k / alpha``)."""
     if bits not in GRID_BITS:
         raise ValueError(f"the int8-grid weight codebooks exist for bits {GRID_BITS}, not {bits}")
     c = gaussian_codebook(bits).to(torch.float64)
@@ -65,7 +67,7 @@ def _levels_cpu(bits: int) -> torch.Tensor:
 
 
 def weight_codebook(bits: int, *, device=None) -> torch.Tensor:
-    """The default weight codebook (a new float32 ``[2**bits]`` tensor): at 3-5 bits the Lloyd-Max levels
+    """The int8-grid weight codebook (a new float32 ``[2**bits]`` tensor): at 3-5 bits the Lloyd-Max levels
     on their int8 grid (module docstring), otherwise ``gaussian_codebook(bits)``."""
     if bits in GRID_BITS:
         return _levels_cpu(bits).to(device if device is not None else "cpu", copy=True)
@@ -106,7 +108,7 @@ _TABLES: dict = {}  # id(codebook) -> (weak reference to it, its table or None)
 
 def int8_tables(codebook: torch.Tensor, bits: int) -> torch.Tensor | None:
     """The GEMV kernel's int32 table (``table_words``) on ``codebook``'s device if ``codebook`` is the
-    default grid codebook of ``bits``, else None. The comparison reads the codebook on the host once per
+    grid codebook of ``bits`` (``weight_codebook``), else None. The comparison reads the codebook on the host once per
     codebook tensor (cached weakly); during CUDA-graph capture an unchecked codebook gives None (the
     caller falls back) instead of a forbidden sync. The codebook must not be modified in place afterwards."""
     if bits not in GRID_BITS or codebook.numel() != 1 << bits:
