@@ -1,7 +1,7 @@
 """Compile the int8 GEMV (hlwq_kernels/dequant_matmul/gluon.py) for sm_90 without a GPU (Triton 3.6 at
 /tmp/tri36): registers, spills, main-loop SASS counts.
 
-    PYTHONPATH=/tmp/tri36 python .notes/gemv8_compile.py [bits] [ks] [pf] [--sass]
+    PYTHONPATH=/tmp/tri36:.notes python .notes/gemv8_compile.py [bits] [ks] [pf] [--sass]   (env PAIR=1, EARLY=1)
 """
 import collections
 import os
@@ -24,13 +24,12 @@ TARGET = GPUTarget("cuda", 90, 32)
 NVDISASM = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
 
 
-def compile_k(bits=5, ks=32, pf=2, kp=4096, maxnreg=None, pair=os.environ.get('PAIR') == '1', quad=os.environ.get('QUAD') == '1'):
+def compile_k(bits=5, ks=8, pf=2, kp=4096, maxnreg=None, pair=os.environ.get('PAIR') == '1'):
     fn = G.kernel()
     ptrs = {"xq_ptr": "*i8", "f_ptr": "*fp32", "p_ptr": "*i32", "n_ptr": "*fp16", "lut_ptr": "*i32", "out_ptr": "*bf16"}
     sig = dict(ptrs)
     sig.update({k: "i32" for k in ["M", "N", "n_tiles", "rt", "stride_om", "stride_os", "RS", "NS", "HOFF"]})
-    const = dict(BITS=bits, KS=ks, PF=pf, PAIR=pair, QUAD=quad, ROT=os.environ.get('ROT') == '1',
-                 EARLY=os.environ.get('EARLY') == '1')
+    const = dict(BITS=bits, KS=ks, PF=pf, PAIR=pair, EARLY=os.environ.get('EARLY') == '1')
     sig.update({k: "constexpr" for k in const})
     src = GluonASTSource(fn, sig, constexprs=const, attrs={(i,): [["tt.divisibility", 16]] for i in list(range(len(ptrs))) + [12, 13, 14]})
     opts = {"num_warps": 4}

@@ -161,19 +161,12 @@ def sec_dq():
     _dq_cases(16, (5,), LINEARS[:5], [("rotated-default", None)])
 
 
-def sec_dq8e():
-    """gemv8 with the prefetch loads in their own basic block (``early``) against pairs and gemv2 (gate_up)."""
-    gate_up = [s for s in LINEARS if s[0] == "gate_up"]
-    opts = [("gemv2-default", None), ("g8-ks8", {"ks": 8}), ("g8-ks8-early", {"ks": 8, "early": True})]
-    _dq_cases(1, (5, 3), gate_up, opts, grid=True)
-
-
 def sec_dq8():
     """The opt-in int8 GEMV (gemv8, int8-grid codebook) against the default gemv2 on the same weights: plan options
-    ks blocks per K slice, rt row tiles per program, pf steps of prefetch (S7-2: all slower than gemv2)."""
-    opts = [("gemv2-default", None), ("g8-default", {}), ("g8-rot", {"rot": True}), ("g8-ks8", {"ks": 8}),
-            ("g8-ks8-rot", {"ks": 8, "rot": True}), ("g8-ks8-rt1-rot", {"ks": 8, "rt": 1, "rot": True}),
-            ("g8-ks4-rt1-rot", {"ks": 4, "rt": 1, "rot": True})]
+    ks blocks per K slice, rt row tiles per program, one block per trip, and the untimed early loads (session 7:
+    every option slower than gemv2 but at 3 bits)."""
+    opts = [("gemv2-default", None), ("g8-default", {}), ("g8-early", {"early": True}), ("g8-ks16", {"ks": 16}),
+            ("g8-rt1", {"rt": 1}), ("g8-ks4-rt1", {"ks": 4, "rt": 1}), ("g8-nopair", {"pair": False})]
     _dq_cases(1, (5,), LINEARS, opts, grid=True)
     gate_up = [s for s in LINEARS if s[0] == "gate_up"]
     _dq_cases(1, (4, 3), gate_up, opts, grid=True)
@@ -553,7 +546,7 @@ def sec_gdn():
         for s in sets], rec_b, base)
 
 
-SECTIONS = {"fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dq8": sec_dq8, "dq8e": sec_dq8e, "dqcfg": sec_dqcfg, "dqg2x": sec_dqg2x,
+SECTIONS = {"fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dq8": sec_dq8, "dqcfg": sec_dqcfg, "dqg2x": sec_dqg2x,
             "dqg3": sec_dqg3, "dq16cfg": sec_dq16cfg, "dq16split": sec_dq16split, "dqlowbit": sec_dqlowbit,
             "dq16pf": sec_dq16pf,
             "dqprefill": sec_dqprefill, "dqsmallm": sec_dqsmallm,

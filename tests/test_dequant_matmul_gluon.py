@@ -227,20 +227,18 @@ def test_gpu_gemv8_matches_reference(bits, m, n, k, dtype, out_dtype, seed):
 
 @needs_gpu
 @pytest.mark.parametrize("bits", grid.GRID_BITS)
-@pytest.mark.parametrize("ks,rt,pf,pair,quad,rot", [(1, 1, 1, False, False, False), (2, 3, 2, True, False, True),
-                                                   (4, 2, 1, False, False, True), (8, 5, 2, True, False, False),
-                                                   (8, 2, 2, False, False, False), (8, 2, 4, True, False, True),
-                                                   (4, 1, 4, True, False, False), (8, 3, 2, True, True, True),
-                                                   (8, 2, 2, True, False, "early")])
-def test_gpu_gemv8_plans(ks, rt, pf, pair, quad, rot, bits):
-    """K slices of 1-8 blocks, 1-5 row tiles per program (a ragged last program), prefetch 1, 2 and 4 steps, one,
-    two or four blocks per trip, the block order rotated per program or not."""
+@pytest.mark.parametrize("ks,rt,pf,pair,early", [(1, 1, 1, False, False), (2, 3, 2, True, False),
+                                                 (4, 2, 1, False, False), (8, 5, 2, True, False),
+                                                 (8, 2, 2, False, False), (4, 1, 1, True, False),
+                                                 (8, 2, 2, True, True)])
+def test_gpu_gemv8_plans(ks, rt, pf, pair, early, bits):
+    """K slices of 1-8 blocks, 1-5 row tiles per program (a ragged last program), prefetch 1 and 2 steps, one or
+    two blocks per trip, the early loads."""
     qw = make_grid_weight(640, 1024, bits, ks, "cuda")
     x = make_x((2,), 1024, torch.bfloat16, rt, "cuda")
-    early = rot == "early"  # (the last case: the early loads instead of a rotation)
     y = G.gemv8(x, qw, torch.bfloat16, grid.int8_tables(qw.codebook, bits), ks=ks, rt=rt, pf=pf, pair=pair,
-                quad=quad, rot=rot is True, early=early)
-    check(y, x, qw, True, torch.bfloat16, f"ks={ks} rt={rt} pf={pf} pair={pair} quad={quad} rot={rot}")
+                early=early)
+    check(y, x, qw, True, torch.bfloat16, f"ks={ks} rt={rt} pf={pf} pair={pair} early={early}")
 
 
 @needs_gpu

@@ -7,17 +7,18 @@ the best gemv8 option of those runs): 24576 x 4096 at 5 / 4 / 3 bits 40.4 / 31.4
 28.1; 4096 x 12288 26.9 vs 19.0; lm_head 319-365 vs 266; the small shapes ~2x slower (12 vs 6 us at 2048 x 4096: one
 more launch for the x planes, and short programs). ncu (S7-7): 43% issue, DRAM 47-52% of peak, and the first stall
 is long scoreboard (5-8.6 cycles per issue) although the code words are loaded two blocks ahead; removing register
-copies of in-flight loads (``quad``) and rotating each program's block order (``rot``) did not change it. What is
-known: far fewer instructions per code than gemv2 at 3-4 bits (sm_90 SASS per 64 codes per thread: 155-171 / 124-143
-vs ~300 / ~250), a few fewer at 5 bits (262-279 vs ~315), yet the time does not follow the instruction count. Likely
-cause, found after the last GPU run in the sm_90 SASS (offline compile, not yet measured): ptxas places every
-prefetch load of the loop *after* the preceding ``WARPGROUP.DEPBAR`` (the wait of the MMAs before it), i.e. right
-before the decode that consumes it, so the prefetch distance in the source (1-2 trips) becomes ~0. The KV kernel's
-int8 loop issues its tile's loads at the top, before its first ``WARPGROUP.ARRIVE``, and consumes them in the same
-trip. ``early=True`` (opt-in, NOT timed and not yet run on the GPU: the device budget was spent) puts the pair
-loop's prefetch loads in a basic block of their own (a branch that is always taken); in the SASS all 12 loads of a
-trip then come first, before the decode and the first ``WARPGROUP.ARRIVE``. Time it first (``perf/graph_sweep.py
-dq8e``); if ptxas still defeats it, stage the words through shared memory (cp.async / TMA).
+copies of in-flight loads (four blocks per trip in two register slots) and rotating each program's block order did
+not change it (both removed after the session). What is known: far fewer instructions per code than gemv2 at 3-4
+bits (sm_90 SASS per 64 codes per thread: 155-171 / 124-143 vs ~300 / ~250), a few fewer at 5 bits (262-279 vs
+~315), yet the time does not follow the instruction count. Likely cause, found after the last GPU run in the sm_90
+SASS (offline compile, not yet measured): ptxas places every prefetch load of the loop *after* the preceding
+``WARPGROUP.DEPBAR`` (the wait of the MMAs before it), i.e. right before the decode that consumes it, so the
+prefetch distance in the source (1-2 trips) becomes ~0. The KV kernel's int8 loop issues its tile's loads at the
+top, before its first ``WARPGROUP.ARRIVE``, and consumes them in the same trip. ``early=True`` (opt-in, NOT timed
+and not yet run on the GPU: the device budget was spent) puts the pair loop's prefetch loads in a basic block of
+their own (a branch that is always taken); in the SASS all 12 loads of a trip then come first, before the decode and
+the first ``WARPGROUP.ARRIVE``. Time it first (``perf/graph_sweep.py dq8e``); if ptxas still defeats it, stage the
+words through shared memory (cp.async / TMA).
 
 Why. The Triton GEMV (``_gemv2_kernel``) spends ~4.9 instructions per 5-bit code (a shift to extract the
 code, a warp shuffle to look its level up, an fp32 FMA, and the plane merges), and at 3-4 bits barely
@@ -54,13 +55,12 @@ with the reference.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 from ..kv_quant_attn import lut
+from ..kv_quant_attn.gluon import available  # noqa: F401  (whether this Triton has Gluon)
 from ..quant import grid
 from ..quant.grid import GRID_BITS
 
@@ -214,12 +214,12 @@ def _build():
         return woff, soff, noff
 
     @gluon.jit
-    def _words(p_ptr, n_ptr, woff, soff, noff, step, t0, s, rot, RS, NS, BITS: gl.constexpr, KS: gl.constexpr):
+    def _words(p_ptr, n_ptr, woff, soff, noff, step, t0, s, RS, NS, BITS: gl.constexpr, KS: gl.constexpr):
         """Step ``step``'s code words (its row tile's rows, its 128-block): the widest plane's words, the 1-bit
         plane's (3 and 5 bits) and the rows' norms (fp32). Only scalars change per step."""
         NQ: gl.constexpr = 2 if BITS == 3 else 4
         row0 = (t0 + step // KS) * 64
-        blk = s * KS + (step + rot) % KS  # (rot: this program's rotation of the block order)
+        blk = s * KS + step % KS
         w = gl.load(p_ptr + (woff + (row0 * RS + blk * (4 * NQ))))
         if BITS == 4:
             sw = w
@@ -227,6 +227,13 @@ def _build():
             sw = gl.load(p_ptr + (soff + (row0 * RS + blk * 4)))
         nrm = gl.load(n_ptr + (noff + (row0 * NS + blk))).to(gl.float32)
         return w, sw, nrm
+
+    @gluon.jit
+    def _words2(p_ptr, n_ptr, woff, soff, noff, i, steps, t0, s, RS, NS, BITS: gl.constexpr, KS: gl.constexpr):
+        """``_words`` of steps i and i + 1 (clamped to the program's last step)."""
+        wa, sa, na = _words(p_ptr, n_ptr, woff, soff, noff, gl.minimum(i, steps - 1), t0, s, RS, NS, BITS, KS)
+        wb, sb, nb = _words(p_ptr, n_ptr, woff, soff, noff, gl.minimum(i + 1, steps - 1), t0, s, RS, NS, BITS, KS)
+        return wa, sa, na, wb, sb, nb
 
     @gluon.jit
     def _decode(w, sw, T0, T1, T2, T3, T4, T5, T6, T7, BITS: gl.constexpr):
@@ -290,8 +297,7 @@ def _build():
     @gluon.jit
     def _gemv8_kernel(xq_ptr, f_ptr, p_ptr, n_ptr, lut_ptr, out_ptr, M, N, n_tiles, rt, stride_om, stride_os,
                       RS, NS, HOFF, BITS: gl.constexpr, KS: gl.constexpr, PF: gl.constexpr,
-                      PAIR: gl.constexpr = False, QUAD: gl.constexpr = False, ROT: gl.constexpr = False,
-                      EARLY: gl.constexpr = False):
+                      PAIR: gl.constexpr = False, EARLY: gl.constexpr = False):
         # (RS = packed row stride in words, NS = norms' row stride, HOFF = the 1-bit plane's first word: runtime
         # arguments, so Triton's divisibility-by-16 specialization, not a recompile per K, lets the loads vectorize)
         XS: gl.constexpr = gl.NVMMASharedLayout.get_default_for([8, 128], gl.int8)
@@ -306,19 +312,10 @@ def _build():
         nt = gl.minimum(rt, n_tiles - t0)
         steps = nt * KS
         woff, soff, noff = _offsets(RS, NS, HOFF, BITS)
-        # ROT: each program walks its slice's blocks starting at block pid % KS, so that programs running together
-        # read different column ranges of their rows (all starting at block 0 may crowd a few DRAM channels)
-        rot = (pid % KS) if ROT else 0
         # the first steps' code words first: their latency overlaps the x prologue
-        w0, s0, n0 = _words(p_ptr, n_ptr, woff, soff, noff, 0, t0, s, rot, RS, NS, BITS, KS)
+        w0, s0, n0 = _words(p_ptr, n_ptr, woff, soff, noff, 0, t0, s, RS, NS, BITS, KS)
         if PF == 2 or PAIR:
-            w1, s1, n1 = _words(p_ptr, n_ptr, woff, soff, noff, gl.minimum(1, steps - 1), t0, s, rot, RS, NS, BITS,
-                                KS)
-        if PF == 4:
-            w2, s2, n2 = _words(p_ptr, n_ptr, woff, soff, noff, gl.minimum(2, steps - 1), t0, s, rot, RS, NS, BITS,
-                                KS)
-            w3, s3, n3 = _words(p_ptr, n_ptr, woff, soff, noff, gl.minimum(3, steps - 1), t0, s, rot, RS, NS, BITS,
-                                KS)
+            w1, s1, n1 = _words(p_ptr, n_ptr, woff, soff, noff, gl.minimum(1, steps - 1), t0, s, RS, NS, BITS, KS)
         # ---- x prologue: the slice's x planes (``_xq8_kernel``: [block, 8 MMA columns, 128 k-slots] int8 and the
         # columns' scales [block, 8]) into shared memory
         xs = gl.allocate_shared_memory(gl.int8, [KS, 8, 128], XS)
@@ -337,7 +334,7 @@ def _build():
         # prmt (~60 extra instructions per step at 5 bits). XOR-ing in (a loaded zero) & (a per-thread index) makes
         # them per-thread values, which stay in vector registers.
         NT: gl.constexpr = N_TABLE_C[BITS]
-        zero = gl.load(lut_ptr + (NT + 1))
+        zero_word = gl.load(lut_ptr + (NT + 1))
         if BITS == 3:
             LJ: gl.constexpr = LJ3
             d0, d1, d2 = _aranges3(64, 4, 2, LW3)
@@ -346,7 +343,7 @@ def _build():
             d0, d1, d2 = _aranges3(64, 4, 4, LW4)
         lane = (d0 & 0x37) * 4 + d1 + 0 * d2  # lane / warp bits only (row bit 3 and the third dim are registers)
         lane = gl.convert_layout(gl.join(gl.join(lane, lane), gl.join(lane, lane)), LJ, assert_trivial=True)
-        noise = zero & lane
+        noise = zero_word & lane
         T0 = gl.load(lut_ptr) ^ noise
         T1 = gl.load(lut_ptr + 1) ^ noise
         T2 = gl.load(lut_ptr + (2 % NT)) ^ noise
@@ -356,73 +353,42 @@ def _build():
         T6 = gl.load(lut_ptr + (6 % NT)) ^ noise
         T7 = gl.load(lut_ptr + (7 % NT)) ^ noise
 
-        # ---- main loop: row tiles, and in each the slice's blocks; code words run PF steps ahead
+        # ---- main loop: row tiles, and in each the slice's blocks; code words run PF steps ahead (PAIR: one trip)
         zero = gl.zeros([64, 8], gl.int32, layout=MMA8)
         rows4 = gl.arange(0, 64, layout=gl.SliceLayout(1, L4))[:, None]
         m4 = gl.arange(0, 4, layout=gl.SliceLayout(0, L4))[None, :]
         for tile in range(nt):
             y = gl.zeros([64, 8], gl.float32, layout=MMA8)
-            if QUAD:  # four blocks per trip in two pairs; two slots of code words used in turn, so no loaded
-                # register is copied (a copy of a load still in flight waits for it: ncu's long-scoreboard stall)
-                for b in range(0, KS, 4):
-                    i = tile * KS + b
-                    w2, s2, n2 = _words(p_ptr, n_ptr, woff, soff, noff,
-                            gl.minimum(i + 2, steps - 1), t0, s, rot, RS, NS, BITS, KS)
-                    w3, s3, n3 = _words(p_ptr, n_ptr, woff, soff, noff,
-                            gl.minimum(i + 3, steps - 1), t0, s, rot, RS, NS, BITS, KS)
-                    y = _pair(y, w0, s0, n0, w1, s1, n1, xs, fs, (b + rot) % KS, (b + 1 + rot) % KS, zero,
-                              T0, T1, T2, T3, T4, T5, T6, T7, BITS)
-                    w0, s0, n0 = _words(p_ptr, n_ptr, woff, soff, noff,
-                            gl.minimum(i + 4, steps - 1), t0, s, rot, RS, NS, BITS, KS)
-                    w1, s1, n1 = _words(p_ptr, n_ptr, woff, soff, noff,
-                            gl.minimum(i + 5, steps - 1), t0, s, rot, RS, NS, BITS, KS)
-                    y = _pair(y, w2, s2, n2, w3, s3, n3, xs, fs, (b + 2 + rot) % KS, (b + 3 + rot) % KS, zero,
-                              T0, T1, T2, T3, T4, T5, T6, T7, BITS)
-            elif PAIR:  # two blocks per trip: two independent decode chains, their MMAs in flight together, one wait
+            if PAIR:  # two blocks per trip: two independent decode chains, their MMAs in flight together, one wait
                 for b in range(0, KS, 2):
                     i = tile * KS + b
-                    if PF == 4:  # two pairs ahead: this trip loads steps i + 4, i + 5
-                        w6, s6, n6 = _words(p_ptr, n_ptr, woff, soff, noff,
-                                gl.minimum(i + 4, steps - 1), t0, s, rot, RS, NS, BITS, KS)
-                        w7, s7, n7 = _words(p_ptr, n_ptr, woff, soff, noff,
-                                gl.minimum(i + 5, steps - 1), t0, s, rot, RS, NS, BITS, KS)
-                    elif EARLY:  # the loads in their own basic block (a branch that is always taken), so that
-                        # ptxas cannot sink them below the MMA wait (offline SASS only: not timed)
+                    if EARLY:  # the loads in their own basic block (a branch that is always taken), so that ptxas
+                        # cannot sink them below the MMA wait (offline SASS only: not timed)
                         if steps > 0:
-                            w2, s2, n2 = _words(p_ptr, n_ptr, woff, soff, noff,
-                                    gl.minimum(i + 2, steps - 1), t0, s, rot, RS, NS, BITS, KS)
-                            w3, s3, n3 = _words(p_ptr, n_ptr, woff, soff, noff,
-                                    gl.minimum(i + 3, steps - 1), t0, s, rot, RS, NS, BITS, KS)
+                            w2, s2, n2, w3, s3, n3 = _words2(p_ptr, n_ptr, woff, soff, noff, i + 2, steps, t0, s,
+                                                             RS, NS, BITS, KS)
                         else:
-                            w2, s2, n2 = w0, s0, n0
-                            w3, s3, n3 = w1, s1, n1
+                            w2, s2, n2, w3, s3, n3 = w0, s0, n0, w1, s1, n1
                     else:
-                        w2, s2, n2 = _words(p_ptr, n_ptr, woff, soff, noff,
-                                gl.minimum(i + 2, steps - 1), t0, s, rot, RS, NS, BITS, KS)
-                        w3, s3, n3 = _words(p_ptr, n_ptr, woff, soff, noff,
-                                gl.minimum(i + 3, steps - 1), t0, s, rot, RS, NS, BITS, KS)
-                    y = _pair(y, w0, s0, n0, w1, s1, n1, xs, fs, (b + rot) % KS, (b + 1 + rot) % KS, zero,
-                              T0, T1, T2, T3, T4, T5, T6, T7, BITS)
+                        w2, s2, n2, w3, s3, n3 = _words2(p_ptr, n_ptr, woff, soff, noff, i + 2, steps, t0, s,
+                                                         RS, NS, BITS, KS)
+                    y = _pair(y, w0, s0, n0, w1, s1, n1, xs, fs, b, b + 1, zero, T0, T1, T2, T3, T4, T5, T6, T7,
+                              BITS)
                     w0, s0, n0 = w2, s2, n2
                     w1, s1, n1 = w3, s3, n3
-                    if PF == 4:
-                        w2, s2, n2 = w6, s6, n6
-                        w3, s3, n3 = w7, s7, n7
             else:
                 for b in range(KS):
-                    i = tile * KS + b
+                    step = gl.minimum(tile * KS + b + PF, steps - 1)
                     if PF == 2:
-                        w2, s2, n2 = _words(p_ptr, n_ptr, woff, soff, noff,
-                                gl.minimum(i + 2, steps - 1), t0, s, rot, RS, NS, BITS, KS)
+                        w2, s2, n2 = _words(p_ptr, n_ptr, woff, soff, noff, step, t0, s, RS, NS, BITS, KS)
                     else:
-                        w1, s1, n1 = _words(p_ptr, n_ptr, woff, soff, noff,
-                                gl.minimum(i + 1, steps - 1), t0, s, rot, RS, NS, BITS, KS)
+                        w1, s1, n1 = _words(p_ptr, n_ptr, woff, soff, noff, step, t0, s, RS, NS, BITS, KS)
                     a1, a2 = _decode(w0, s0, T0, T1, T2, T3, T4, T5, T6, T7, BITS)
-                    xb = xs.index((b + rot) % KS).permute((1, 0))
+                    xb = xs.index(b).permute((1, 0))
                     acc = warpgroup_mma(a1, xb, zero, use_acc=False)
                     if BITS == 4:
                         acc = warpgroup_mma(a2, xb, acc)
-                    fb = fs.index((b + rot) % KS).load(MMA8)  # [1, 8]
+                    fb = fs.index(b).load(MMA8)  # [1, 8]
                     y += acc.to(gl.float32) * fb * n0[:, None]
                     w0, s0, n0 = w1, s1, n1
                     if PF == 2:
@@ -445,17 +411,6 @@ def kernel():
     if _KERNEL is None:
         _KERNEL = _build()
     return _KERNEL
-
-
-@functools.lru_cache(maxsize=None)
-def available() -> bool:
-    """Whether this Triton has Gluon (asked once; the kernel is written against Triton 3.6)."""
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("triton.experimental.gluon") is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def supported(m: int, n: int, bits: int, block: int, kp: int, x_dtype: torch.dtype) -> bool:
@@ -487,14 +442,13 @@ def plan(n: int, kp: int, sms: int, ks: int | None = None, rt: int | None = None
 
 
 def gemv8(xr: torch.Tensor, w, out_dtype: torch.dtype, table: torch.Tensor, *, ks: int | None = None,
-          rt: int | None = None, pf: int = 2, pair: bool | None = None, quad: bool = False,
-          rot: bool = False, early: bool = False) -> torch.Tensor:
+          rt: int | None = None, pf: int = 2, pair: bool | None = None, early: bool = False) -> torch.Tensor:
     """``xr [M <= 4, Kp]`` (rotated, bf16/fp16, contiguous) @ W_rot.T -> ``[M, N]`` in ``out_dtype``; ``table`` =
     ``quant.grid.int8_tables(w.codebook, w.bits)``. K slices > 1: fp32 partials + ``_splitk_reduce_kernel``."""
     from .triton import _num_sms, _splitk_reduce_kernel
 
-    if pf not in (1, 2, 4) or (pf == 4 and pair is False):
-        raise ValueError(f"gemv8: pf must be 1, 2 or 4 (4: two blocks per trip), got pf={pf} pair={pair}")
+    if pf not in (1, 2):
+        raise ValueError(f"gemv8: pf must be 1 or 2, got {pf}")
     m, kp = xr.shape
     n, bits = w.out_features, w.bits
     ks, splits, rt = plan(n, kp, _num_sms(xr.device), ks, rt)
@@ -506,8 +460,7 @@ def gemv8(xr: torch.Tensor, w, out_dtype: torch.dtype, table: torch.Tensor, *, k
     kernel()[(-(-n_tiles // rt), splits)](
         xq, f, w.packed, w.norms, table, dst, m, n, n_tiles, rt, n, m * n,
         w.packed.stride(0), w.norms.stride(0), hoff, BITS=bits, KS=ks, PF=pf,
-        PAIR=(ks % 2 == 0 and pf >= 2) if pair is None else pair,
-        QUAD=quad, ROT=rot, EARLY=early, num_warps=4)
+        PAIR=(ks % 2 == 0 and pf == 2) if pair is None else pair, EARLY=early, num_warps=4)
     if splits > 1:
         _splitk_reduce_kernel[(-(-(m * n) // 1024),)](dst, out, m * n, SPLIT_K=splits, BLOCK=1024, num_warps=4)
     return out

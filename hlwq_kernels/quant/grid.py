@@ -74,8 +74,9 @@ def weight_codebook(bits: int, *, device=None) -> torch.Tensor:
     return gaussian_codebook(bits, device=device)
 
 
-def _words(k) -> list[int]:
-    """int8 values -> int32 words, 4 per word, byte i of word j = value 4 j + i (two's complement)."""
+def int8_words(k) -> list[int]:
+    """int8 values -> int32 words, 4 per word, byte i of word j = value 4 j + i (two's complement; a short last
+    word is zero-padded)."""
     out = []
     for j in range(0, len(k), 4):
         v = sum((int(x) & 0xFF) << (8 * i) for i, x in enumerate(k[j:j + 4]))
@@ -94,11 +95,11 @@ def table_words(bits: int) -> tuple[int, ...]:
     if not (all(v < 0 for v in k[:half]) and all(0 < v <= _LIMIT for v in k[half:])):
         raise AssertionError(f"grid levels break the lookup's sign rule: {k}")
     if bits == 5:
-        words = _words(k[16:24]) + _words(k[24:32]) + _words(k[0:8]) + _words(k[8:16])
+        words = int8_words(k[16:24]) + int8_words(k[24:32]) + int8_words(k[0:8]) + int8_words(k[8:16])
     elif bits == 4:
-        words = _words(k[0:8]) + _words([v + 1 for v in k[8:16]])
+        words = int8_words(k[0:8]) + int8_words([v + 1 for v in k[8:16]])
     else:
-        words = _words(k[0:8])
+        words = int8_words(k[0:8])
     a = torch.tensor([alpha], dtype=torch.float32).view(torch.int32)
     return tuple(words) + (int(a), 0)  # (the trailing 0: see the kernel's use of it)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..lloyd_max import gaussian_codebook
+from ..quant.grid import int8_words
 
 _TABLES: dict = {}
 
@@ -69,9 +70,7 @@ def default_codebook(bits: int, device) -> torch.Tensor:
             alpha = grid_alpha(c)
             k = torch.round(alpha * c)  # the int8 levels (|k| <= 127 by alpha's range)
             c = k / alpha
-            words = (torch.cat([k.to(torch.int64) & 0xFF, k.new_zeros(8 - k.numel(), dtype=torch.int64)])
-                     .view(2, 4) << (torch.arange(4) * 8)).sum(-1)
-            words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+            words = torch.tensor(int8_words(k.tolist() + [0] * (8 - k.numel())), dtype=torch.int32)
             a = torch.tensor([alpha], dtype=torch.float32).view(torch.int32)
             _INT8[key] = torch.cat([words, a, torch.zeros(1, dtype=torch.int32)]).to(device)
         _TABLES[key] = _build(c.to(device=device, dtype=torch.float32))
