@@ -1,6 +1,6 @@
 """GPU check of the Gluon decode kernels (hlwq_kernels/kv_quant_attn/gluon.py, fp16 and int8): correctness
 against the reference and the Triton kernel, then CUDA-graph timing (caches rotated through DRAM) against the
-Triton kernel and SDPA bf16, with the int8 kernel's opt-in async_k.
+Triton kernel and SDPA bf16, with the int8 kernel's opt-in TMA ring (tma=True, 2 or 3 stages).
 
     python .notes/gluon_check.py [check|time|all]
 """
@@ -23,6 +23,11 @@ from hlwq_kernels.quantize_kv import default_codebook  # noqa: E402
 
 DEV = "cuda"
 D = 256
+VARIANTS = [dict(int8=False), dict(int8=True), dict(int8=True, tma=True), dict(int8=True, tma=True, stages=3)]
+if os.environ.get("KV_VARIANTS"):  # e.g. '[{"int8": true}, {"int8": true, "tma": true}]'
+    import json
+    VARIANTS = [dict(int8=False)] + json.loads(os.environ["KV_VARIANTS"])
+CASES = os.environ.get("KV_CASES", "decode-32k,decode-128k,batch8x8k,decode-2k").split(",")
 
 
 def cache(b, hkv, lmax, bits, seed):
@@ -53,14 +58,14 @@ def check():
             ref = kv_quant_attn_reference(q, kp, kn, vp, vn, kl, ks, bits, D ** -0.5, True, cb).float()
             tri = kv_quant_attn_triton_splits(q, kp, kn, vp, vn, kl, ks, bits, D ** -0.5, True, cb,
                                               variant=DEFAULT_VARIANT[D]).float()
-            for int8 in (False, True):
+            for opt in VARIANTS:
                 out = G.kv_attn_decode_gluon(q, kp, kn, vp, vn, kl, ks, bits, D ** -0.5, True, cb, splits,
-                                             int8=int8).float()
+                                             **opt).float()
                 e_ref = ((out - ref).norm() / ref.norm()).item()
                 e_tri = ((tri - ref).norm() / ref.norm()).item()
                 worst = max(worst, e_ref / max(e_tri, 1e-6))
                 print(f"check bits={bits} case={i} B={B} Hq={Hq} Tq={Tq} lens={lens} start={start} splits={splits} "
-                      f"int8={int8}: gluon rel err {e_ref:.2e} (triton {e_tri:.2e}) maxabs "
+                      f"{opt}: gluon rel err {e_ref:.2e} (triton {e_tri:.2e}) maxabs "
                       f"{(out - ref).abs().max().item():.2e}", flush=True)
     print("worst gluon/triton error ratio", worst)
 
@@ -70,6 +75,8 @@ def timing():
 
     for name, (b, lmax) in {"decode-32k": (1, 32768), "decode-128k": (1, 131072), "batch8x8k": (8, 8192),
                             "decode-2k": (1, 2048)}.items():
+        if name not in CASES:
+            continue
         q = torch.randn(b, 16, 1, D, device=DEV, dtype=torch.bfloat16)
         sb = b * lmax * 4 * 2 * D * 2
         kvs = [(torch.randn(b, 4, lmax, D, device=DEV, dtype=torch.bfloat16),
@@ -91,11 +98,10 @@ def timing():
             tri = graph_us([lambda c=c: kv_quant_attn_triton_splits(q, *c, lens, None, bits, D ** -0.5, True, cb,
                                                                     variant=DEFAULT_VARIANT[D]) for c in caches])
             res = [f"{name} {bits}b: sdpa {sd:.2f} us, triton {tri:.2f} ({sd / tri:.2f}x)"]
-            for int8, ak in ((False, False), (True, False), (True, True)):
+            for opt in VARIANTS[1:] + VARIANTS[1:2]:  # (the default again last: drift within the run)
                 full = graph_us([lambda c=c: G.kv_attn_decode_gluon(q, *c, lens, None, bits, D ** -0.5, True, cb,
-                                                                   int8=int8, async_k=ak) for c in caches])
-                res.append(f"gluon {'int8' if int8 else 'fp16'}{' async_k' if ak else ''}: {full:.2f} "
-                           f"({sd / full:.2f}x, {qb / full / 1e3:.0f} GB/s)")
+                                                                   **opt) for c in caches])
+                res.append(f"gluon {opt}: {full:.2f} ({sd / full:.2f}x, {qb / full / 1e3:.0f} GB/s)")
             print(" | ".join(res), flush=True)
             del caches
 

@@ -39,7 +39,13 @@ def compile_g(bits=3, maxnreg=None, causal=True, has_start=False, int8=False):
     const = dict(SKL=8 * bits, SVL=8 * bits, SNKL=1, SNVL=1, BITS=bits, CAUSAL=causal, HAS_START=has_start)
     if int8:
         const["ASYNC_K"] = os.environ.get("ASYNC_K", "0") == "1"
-    sig.update({k: "constexpr" for k in const})
+    if int8 and os.environ.get("TMA", "0") == "1":  # the TMA ring (descriptors of [rows, 8 bits] words)
+        lay = f"NVMMASharedLayout(swizzle_byte_width={64 if bits == 2 else 128}, element_bitwidth=32, rank=2, " \
+              "transposed=False, fp4_padded=False, cga_layout=[])"
+        sig["kd"] = sig["vd"] = f"tensordesc<i32[64, {16 if bits == 2 else 32}],{lay}>"
+        const["STAGES"] = int(os.environ.get("STAGES", "2"))
+    sig.update({k: "constexpr" for k in const if k not in sig})
+    sig = {k: sig[k] for k in fn.arg_names if k in sig}  # (the kernel's parameter order)
     src = GluonASTSource(fn, sig, constexprs=const, attrs={(i,): [["tt.divisibility", 16]] for i in range(len(ptrs))})
     opts = {"num_warps": 4}
     if maxnreg:

@@ -406,6 +406,11 @@ def _kv_attn(cases, bits_list, variants):
             for label, kw in variants:
                 if kw is None:
                     make = lambda: [lambda c=c: kv_quant_attn(q, *c, bits=bits, kv_lens=lens) for c in caches]  # noqa: E731
+                elif "gluon" in kw:  # the Gluon decode kernel with explicit options (e.g. tma=False)
+                    from hlwq_kernels.kv_quant_attn import gluon as kvg
+                    make = lambda kw=kw: [  # noqa: E731
+                        lambda c=c: kvg.kv_attn_decode_gluon(q, *c, lens, None, bits, D ** -0.5, True, cb,
+                                                             **kw["gluon"]) for c in caches]
                 else:
                     make = lambda kw=kw: [  # noqa: E731
                         lambda c=c: kv_quant_attn_triton_splits(q, *c, lens, None, bits, D ** -0.5, True, cb,
@@ -423,7 +428,10 @@ KV_CASES = {"decode-32k": (1, 32768), "decode-128k": (1, 131072), "batch8x8k": (
 
 def sec_kv():
     # default = the int8 Gluon decode kernel at D = 256 (session 6); "triton" = the Triton kernel's default tile
-    _kv_attn(KV_CASES, (3, 2), [("default", None), ("triton", dict(variant="dsplit4-rep-lacc-pf"))])
+    # "regs": the int8 Gluon kernel with register loads only (the default takes the TMA ring at 3 bits from 1024
+    # keys per program: 128k here; session 8)
+    _kv_attn(KV_CASES, (3, 2), [("default", None), ("regs", dict(gluon=dict(tma=False))),
+                                ("triton", dict(variant="dsplit4-rep-lacc-pf"))])
     sec_kv_append()
 
 

@@ -269,6 +269,22 @@ def test_split_plan_one_wave_of_whole_tiles():
     assert not G.supported(256, 2, 8)
 
 
+def test_tma_descriptor_rejects_what_tma_cannot_read():
+    """The opt-in TMA ring reads the cache as [B * Hkv * L, W] rows: non-contiguous caches, other dtypes and a
+    word count that does not match the bit width are refused with a message naming the problem."""
+    pytest.importorskip("triton.experimental.gluon.nvidia.hopper")
+    kp = torch.zeros(2, 4, 100, 24, dtype=torch.int32)
+    assert G.tma_ok(kp)
+    assert not G.tma_ok(kp[:, :, :50])  # a slice of a longer cache: rows of a head are not followed by the next's
+    assert not G.tma_ok(kp.to(torch.int64)) and not G.tma_ok(torch.zeros(1, 1, 8, 6, dtype=torch.int32))
+    with pytest.raises(ValueError, match="contiguous int32"):
+        G.tma_descriptor(kp[:, :, :50], 3)
+    with pytest.raises(ValueError, match="16 words per row, got 24"):
+        G.tma_descriptor(kp, 2)
+    d = G.tma_descriptor(kp, 3)
+    assert d.shape == [800, 24] and d.block_shape == [64, 32] and d.layout.swizzle_byte_width == 128
+
+
 needs_gpu = pytest.mark.skipif(not ON_GPU or not G.available(), reason="needs CUDA and Triton's Gluon")
 
 
@@ -307,6 +323,55 @@ def test_gluon_matches_reference_gpu(b, hkv, rows, lmax, bits, causal, dtype, sp
 
 
 @needs_gpu
+@given(b=st.integers(1, 3), hkv=st.integers(1, 4), rows=st.sampled_from([(4, 1), (2, 2), (1, 4), (1, 1)]),
+       lmax=st.integers(1, 900), bits=st.sampled_from([2, 3]), causal=st.booleans(),
+       splits=st.sampled_from([None, 1, 2, 5]), left_pad=st.booleans(), stages=st.sampled_from([2, 3]),
+       seed=st.integers(0, 2**31 - 1))
+@example(b=1, hkv=4, rows=(4, 1), lmax=1, bits=3, causal=True, splits=None, left_pad=False, stages=2, seed=0)
+@example(b=3, hkv=2, rows=(1, 4), lmax=900, bits=3, causal=True, splits=2, left_pad=True, stages=3, seed=1)
+@example(b=2, hkv=4, rows=(4, 1), lmax=129, bits=2, causal=False, splits=1, left_pad=False, stages=2, seed=2)
+@settings(max_examples=20, deadline=None)
+def test_gluon_tma_matches_int8_gpu(b, hkv, rows, lmax, bits, causal, splits, left_pad, stages, seed):
+    """The int8 kernel's TMA ring (tma=True): the words come through shared memory instead of registers, and
+    past a program's last key they are whatever the cache holds (or TMA's zeros past its end) instead of 0;
+    such keys weigh exactly 0 either way, so the output equals the register-load kernel's bit for bit. Also
+    against the reference. Ragged lengths, several splits (so rings start mid-cache), left padding, batches
+    (the flattened rows cross heads and sequences)."""
+    group, tq = rows
+    g = _gen(seed)
+    kp, kn, vp, vn = make_cache(b, hkv, lmax, 256, bits, seed)
+    lens = torch.randint(0, lmax + 1, (b,), generator=g)
+    lens[0] = lmax
+    q = (torch.randn(b, hkv * group, tq, 256, generator=g) * 2).to(torch.bfloat16).cuda()
+    start = (torch.rand(b, generator=g) * (lens + 1)).long().clamp_max(lens).cuda() if left_pad else None
+    lens = lens.cuda()
+    cb = default_codebook(bits, "cuda")
+    out = G.kv_attn_decode_gluon(q, kp, kn, vp, vn, lens, start, bits, 256 ** -0.5, causal, cb, splits, int8=True,
+                                 tma=True, stages=stages)
+    check_attention(out, q, kp, kn, vp, vn, lens, bits, causal, start=start)
+    base = G.kv_attn_decode_gluon(q, kp, kn, vp, vn, lens, start, bits, 256 ** -0.5, causal, cb, splits, int8=True,
+                                  tma=False)
+    assert torch.equal(out, base)
+
+
+@needs_gpu
+@pytest.mark.parametrize("bits", [2, 3])
+def test_gluon_tma_default_rule_gpu(bits):
+    """The default (tma=None) takes the TMA ring at 3 bits when a program covers >= TMA_MIN_CHUNK keys (here: 2
+    splits of a 3000-key cache), the register loads otherwise; either way the output is the same bit for bit."""
+    kp, kn, vp, vn = make_cache(2, 4, 3000, 256, bits, 5)
+    lens = torch.tensor([3000, 2345], device="cuda")
+    q = torch.randn(2, 16, 1, 256, device="cuda").to(torch.bfloat16)
+    cb = default_codebook(bits, "cuda")
+    assert G.use_tma(bits, 1536) == (bits == 3) and not G.use_tma(3, 1024 - 64)
+    auto = G.kv_attn_decode_gluon(q, kp, kn, vp, vn, lens, None, bits, 256 ** -0.5, True, cb, 2)
+    check_attention(auto, q, kp, kn, vp, vn, lens, bits, True)
+    for tma in (False, True):
+        assert torch.equal(auto, G.kv_attn_decode_gluon(q, kp, kn, vp, vn, lens, None, bits, 256 ** -0.5, True, cb,
+                                                        2, tma=tma))
+
+
+@needs_gpu
 @pytest.mark.parametrize("bits", [2, 3])
 def test_gluon_long_context_gpu(bits):
     """Qwen3.5-9B decode (16 q / 4 KV heads) at 32k with ragged batch lengths, against the reference
@@ -319,3 +384,10 @@ def test_gluon_long_context_gpu(bits):
     tri = kv_quant_attn_triton_splits(q, kp, kn, vp, vn, lens, None, bits, 256 ** -0.5, True,
                                       default_codebook(bits, "cuda"), variant="dsplit4-rep-lacc-pf")
     assert float((out.float() - tri.float()).abs().max()) <= 2 ** -7 * float(tri.abs().max())
+    # the TMA ring over long programs (8 splits: 64 tiles each, the ring's slots reused 32 times): the same output
+    # as the register loads, bit for bit (in session 8 a build without the wait on the values' barrier passed the
+    # short-cache tests and crashed only at 128k)
+    cb = default_codebook(bits, "cuda")
+    outs = [G.kv_attn_decode_gluon(q, kp, kn, vp, vn, lens, None, bits, 256 ** -0.5, True, cb, 8, tma=t)
+            for t in (False, True)]
+    assert torch.equal(outs[0], outs[1])

@@ -53,6 +53,15 @@ keys per register: ``lut.V8_PROGRAMS`` transposes 4 keys' words into selectors w
 sm_90 SASS of the mask-free loop: 603 instructions per tile at 3 bits, 414 at 2 (fp16: 826 / 615).
 Measured against the fp32 reference it is also more accurate than the fp16 kernels (q in fp16 there).
 
+The TMA ring (``tma=True``; the default at 3 bits when a program covers >= ``TMA_MIN_CHUNK`` keys): instead of
+register loads running ahead, the TMA unit copies each tile's key and value rows into a 2-slot shared-memory ring
+one tile ahead (the 24-word 3-bit rows as 32-word boxes whose last 8 words TMA fills with zeros; 128-byte
+swizzle, so the loads' 8 rows x 16 bytes per warp hit distinct banks: unswizzled they were 8-way conflicts and
+the kernel 18% slower). The loads then wait on no DRAM latency, but Triton adds barriers around each copy and the
+issue costs ~70 instructions per tile (677 vs 603 at 3 bits); measured 2.5-3.5% faster at 128k, slower at 32k
+and at 2 bits. Keys past a program's range are whatever the cache holds there (or TMA's zeros) instead of 0:
+they weigh exactly 0 either way, so the output is bit-identical to the register path (tested).
+
 This module imports Gluon lazily (``split_kernel()``); Triton's interpreter cannot run Gluon, so
 this is the GPU path only: the interpreter and the CPU tests run ``triton.py``. The CPU tests
 (``tests/test_kv_gluon.py``) check the coordinate maps and replay the kernel's tensor algebra with
@@ -136,7 +145,8 @@ def _build_kernel():
     """Define the Gluon kernel (on first use: importing Gluon needs a GPU build of Triton)."""
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                                   warpgroup_mma_wait)
 
     from . import lut
     from .triton import LUT_CONSTRAINTS_PACKED, LUT_PTX_RAW
@@ -545,6 +555,11 @@ def _build_kernel():
             warp_bases=[[16, 0, 0, 0], [32, 0, 0, 0]], block_bases=[], shape=[64, 4, 2, 2])
         wh = gl.join(w, h)
         wh = gl.convert_layout(gl.join(wh, wh), KJ8, assert_trivial=True)
+        if len(lt0.shape) == 2:  # per-thread table words [64, 4] (layout L4), widened like the words
+            lt0 = gl.join(lt0, lt0)
+            lt0 = gl.convert_layout(gl.join(lt0, lt0), KJ8, assert_trivial=True)
+            lt1 = gl.join(lt1, lt1)
+            lt1 = gl.convert_layout(gl.join(lt1, lt1), KJ8, assert_trivial=True)
         if BITS == 3:
             ptx: gl.constexpr = K8_PTX3
         else:
@@ -561,10 +576,79 @@ def _build_kernel():
         return gl.convert_layout(gl.reshape(t, [64, 64]), DOT_A8, assert_trivial=True)
 
     @gluon.jit
+    def _kwords_s(ks, kh, part: gl.constexpr, BITS: gl.constexpr, L: gl.constexpr):
+        """(TMA) Part ``part`` of the key tile from shared memory: ``ks`` [64 keys, 16] 2-bit-plane words and (3 bits)
+        ``kh`` [64 keys, 16] 1-bit-plane halves, plain row-major views; the same [64, 4] words and halves as
+        ``_kwords``, in layout L (= L4)."""
+        gl.static_assert(part < 4)  # (also puts gl in this closure)
+        w = ks.slice(4 * part, 4, dim=1).load(L)
+        if BITS == 3:
+            h = kh.slice(4 * part, 4, dim=1).load(L)
+        else:
+            h = w
+        return w, h
+
+    @gluon.jit
+    def _vwords_s(vs, vh, BITS: gl.constexpr, LV: gl.constexpr):
+        """(TMA) The value tile's words for the lookup [64 keys, 32 qv] (word qv >> 1 of ``vs`` [64, 16]; at 3 bits
+        also half qv >> 1 of ``vh`` [64, 16]): loaded as [64, 16] in a layout whose lane bit for qv & 1 is a
+        broadcast (both lanes read the word), then widened by a broadcast and a reshape into LV (no data moves)."""
+        L3: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[1, 0, 0], [2, 0, 0], [16, 0, 0], [32, 0, 0]],
+            lane_bases=[[4, 0, 0], [8, 0, 0], [0, 0, 1], [0, 1, 0], [0, 2, 0]],
+            warp_bases=[[0, 4, 0], [0, 8, 0]], block_bases=[], shape=[64, 16, 2])
+        z = gl.zeros([64, 16, 2], gl.int32, layout=L3)
+        x = gl.expand_dims(vs.load(gl.SliceLayout(2, L3)), 2) + z
+        x = gl.convert_layout(gl.reshape(x, [64, 32]), LV, assert_trivial=True)
+        if BITS == 3:
+            y = gl.expand_dims(vh.load(gl.SliceLayout(2, L3)), 2) + z.to(gl.int16)
+            y = gl.convert_layout(gl.reshape(y, [64, 32]), LV, assert_trivial=True)
+        else:
+            y = x
+        return x, y
+
+    @gluon.jit
+    def _tma_tile(kd, vd, kring, vring, bars, row, n, hi, stage, BOX: gl.constexpr):
+        """(TMA) Start copying the key and value rows of the tile at key ``n`` (rows ``row + n`` of the flattened
+        caches) into ring slot ``stage``, keys and values on their own barriers (2 stage, 2 stage + 1: the scores
+        start once the keys are in); nothing past ``hi``."""
+        gl.static_assert(BOX == 16 or BOX == 32)  # (also puts gl in this closure, which the annotations need)
+        pr = n < hi
+        kbar = bars.index(2 * stage)
+        vbar = bars.index(2 * stage + 1)
+        mbarrier.expect(kbar, 64 * BOX * 4, pred=pr)
+        tma.async_copy_global_to_shared(kd, [row + n, 0], kbar, kring.index(stage), pred=pr)
+        mbarrier.expect(vbar, 64 * BOX * 4, pred=pr)
+        tma.async_copy_global_to_shared(vd, [row + n, 0], vbar, vring.index(stage), pred=pr)
+
+    @gluon.jit
+    def _ring_next(kd, vd, kring, vring, bars, row, n0, hi, it, STAGES: gl.constexpr, BOX: gl.constexpr,
+                   BITS: gl.constexpr):
+        """(TMA) Tile ``it`` (at key n0) begins: refill the ring slot of tile it - 1 with tile it + STAGES - 1 (Triton
+        puts a barrier before the copy, which overwrites what tile it - 1's loads read); then wait for tile it's
+        keys. Returns its views: key words [64, 16], key 1-bit halves [64, 16] (3 bits), the same for the values,
+        and the values' barrier and phase (waited for before the values are read)."""
+        _tma_tile(kd, vd, kring, vring, bars, row, n0 + (STAGES - 1) * 64, hi, (it + STAGES - 1) % STAGES, BOX)
+        st = it % STAGES
+        phase = (it // STAGES) & 1
+        mbarrier.wait(bars.index(2 * st), phase)
+        ks = kring.index(st)
+        vs = vring.index(st)
+        if BITS == 3:
+            HL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+            kh = ks._reinterpret(gl.int16, [64, 2 * BOX], HL).slice(32, 16, dim=1)
+            vh = vs._reinterpret(gl.int16, [64, 2 * BOX], HL).slice(32, 16, dim=1)
+        else:
+            kh = ks
+            vh = vs
+        return ks.slice(0, 16, dim=1), kh, vs.slice(0, 16, dim=1), vh, bars.index(2 * st + 1), phase
+
+    @gluon.jit
     def _tile8(n0, hi, pos4, m_i, l_acc, o0, o1, o2, o3, qs0, qs1, qs2, qs3, p_smem, k_base, v_base, koff, kcst,
                hoff, voff, yoff, vcst, kn_base, vn_base, kr, vr, lt0, lt1, vsh, fq,
                SKL: gl.constexpr, SVL: gl.constexpr, SNKL: gl.constexpr, SNVL: gl.constexpr,
-               w0, h0, BITS: gl.constexpr, CAUSAL: gl.constexpr, MASKED: gl.constexpr, ASYNC_K: gl.constexpr):
+               w0, h0, BITS: gl.constexpr, CAUSAL: gl.constexpr, MASKED: gl.constexpr, ASYNC_K: gl.constexpr,
+               ks, kh, vs, vh, vbar, vphase, tk0, tk1, tv0, tv1, TMA: gl.constexpr, PT: gl.constexpr):
         """One 64-key tile of the int8 kernel: scores (int32, 2 x 4 MMAs of k32), online softmax in the
         log2 domain with the value norm folded into the exponent (so p' = p * n_v <= 1 and its tile
         maximum is known from the max reduction), p' as hi + lo / 254 int8 planes of 127 / max p', values
@@ -577,16 +661,21 @@ def _build_kernel():
         L4: gl.constexpr = gl.DistributedLinearLayout(
             reg_bases=[[8, 0]], lane_bases=[[0, 1], [0, 2], [1, 0], [2, 0], [4, 0]],
             warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[BN, 4])
-        okk = n0 + kr < hi
-        kb, hb, vb, yb = _tile_bases(k_base, v_base, n0, SKL, SVL)
-        xv, yv = _vwords(vb, yb, voff, yoff, vcst, n0 + vr < hi, BITS, MASKED)
+        if not TMA:
+            okk = n0 + kr < hi
+            kb, hb, vb, yb = _tile_bases(k_base, v_base, n0, SKL, SVL)
+            xv, yv = _vwords(vb, yb, voff, yoff, vcst, n0 + vr < hi, BITS, MASKED)
         ts, oks, kn, vn = _norms(kn_base, vn_base, n0, hi, gl.SliceLayout(1, L4), SNKL, SNVL, MASKED)
         # ---- scores: 4 parts of 64 coordinates, int32 [64 keys, 8 columns]
         s = gl.zeros([BN, NQ], gl.int32, layout=MMA8)
         w = w0
         h = h0
         for part in gl.static_range(4):
-            if part < 3:
+            if TMA:  # (the words are in shared memory: loaded just before their lookup, no registers ahead)
+                w, h = _kwords_s(ks, kh, part, BITS, L4)
+                wn = w
+                hn = h
+            elif part < 3:
                 wn, hn = _kwords(kb, hb, koff, kcst, hoff, okk, part + 1, BITS, MASKED)
             else:
                 wn, hn = _kwords(kb + BN * SKL, hb + 2 * BN * SKL, koff, kcst, hoff, n0 + BN + kr < hi, 0, BITS,
@@ -596,7 +685,10 @@ def _build_kernel():
                 h = h.to(gl.uint16, bitcast=True).to(gl.uint32)
             else:
                 h = w
-            g0, g1, g2, g3 = _klookup8(w, h, lt0, lt1, BITS)
+            if PT:
+                g0, g1, g2, g3 = _klookup8(w, h, tk0, tk1, BITS)
+            else:
+                g0, g1, g2, g3 = _klookup8(w, h, lt0, lt1, BITS)
             jt = gl.join(gl.join(g0, g1), gl.join(g2, g3))  # [key, t, b, a, g0, g1]
             kc = gl.reshape(gl.permute(jt, [0, 5, 4, 1, 3, 2]), [BN, 64])
             kc = gl.convert_layout(kc, DOT_A8, assert_trivial=True)
@@ -643,6 +735,12 @@ def _build_kernel():
         fence_async_shared()
         sc = pm * (1.0 / 127.0)
         # ---- values: one lookup per 4 keys feeds all 4 m-tiles
+        if TMA:
+            LV: gl.constexpr = gl.DistributedLinearLayout(  # (the value words' layout, as _vwords loads them)
+                reg_bases=[[1, 0], [2, 0], [16, 0], [32, 0]], lane_bases=[[4, 0], [8, 0], [0, 1], [0, 2], [0, 4]],
+                warp_bases=[[0, 8], [0, 16]], block_bases=[], shape=[BN, 32])
+            mbarrier.wait(vbar, vphase)  # (the values have their own barrier: the scores did not wait for them)
+            xv, yv = _vwords_s(vs, vh, BITS, LV)
         xv = xv.to(gl.uint32, bitcast=True)
         if BITS == 3:
             yv = yv.to(gl.uint16, bitcast=True).to(gl.uint32)
@@ -650,8 +748,14 @@ def _build_kernel():
         else:
             yv = xv  # (unused by the 2-bit program)
             vptx: gl.constexpr = V8_PTX2
+        if PT:
+            vt0 = tv0
+            vt1 = tv1
+        else:
+            vt0 = lt0
+            vt1 = lt1
         v0, v1, v2, v3, v4, v5, v6, v7 = gl.inline_asm_elementwise(
-            vptx, V8_CONSTRAINTS, [xv, yv, vsh, lt0, lt1],
+            vptx, V8_CONSTRAINTS, [xv, yv, vsh, vt0, vt1],
             dtype=(gl.int8, gl.int8, gl.int8, gl.int8, gl.int8, gl.int8, gl.int8, gl.int8), is_pure=True, pack=4)
         pb = p_smem.permute((1, 0))
         zero = gl.zeros([64, NQ], gl.int32, layout=MMA8)
@@ -685,8 +789,9 @@ def _build_kernel():
                          sqb, sqh, sqt, skb, skh, snkb, snkh, svb, svh, snvb, snvh,
                          SKL: gl.constexpr, SVL: gl.constexpr, SNKL: gl.constexpr, SNVL: gl.constexpr,
                          BITS: gl.constexpr, CAUSAL: gl.constexpr, HAS_START: gl.constexpr,
-                         ASYNC_K: gl.constexpr = False):
-        # (the fp16 kernel's arguments less its coordinate tables: the maps are computed here)
+                         ASYNC_K: gl.constexpr = False, kd=None, vd=None, STAGES: gl.constexpr = 2):
+        # (the fp16 kernel's arguments less its coordinate tables: the maps are computed here. kd / vd: TMA
+        # descriptors of the caches flattened to [B * Hkv * L, SKL] words, boxes of [64, 16 or 32], or None)
         D: gl.constexpr = 256
         BN: gl.constexpr = 64
         NQ: gl.constexpr = 8
@@ -721,9 +826,44 @@ def _build_kernel():
         kn_base = kn_ptr + b * snkb + hk * snkh
         vn_base = vn_ptr + b * snvb + hk * snvh
         kr, koff, kcst, hoff = _key_offsets(SKL, NW2)  # key words as in the fp16 kernel
-        # the first tile's part-0 key words now, so their latency overlaps q's rotation below
-        w0, h0 = _kwords(k_base + lo * SKL, k_base.to(gl.pointer_type(gl.int16)) + lo * (2 * SKL), koff, kcst, hoff,
-                         lo + kr < hi, 0, BITS, True)
+        TMA: gl.constexpr = kd is not None
+        PT: gl.constexpr = TMA  # per-thread lookup table words (below)
+        if PT:
+            # the lookup tables as per-thread values (XOR-ed with a loaded zero & lane / warp index bits, the same
+            # in all of a thread's registers): as uniform scalars ptxas kept them in uniform registers in the TMA
+            # variant and copied them into a vector register before every prmt (~60 instructions per tile)
+            zero = gl.load(lut_ptr + 3)
+            nk = zero & (gl.convert_layout(kr, L4, assert_trivial=True) & 0x37)
+            tk0 = lt0 ^ nk
+            tk1 = lt1 ^ nk
+        else:
+            tk0 = lt0
+            tk1 = lt1
+        if TMA:
+            # a ring of STAGES tiles (key and value rows) that the TMA unit fills STAGES - 1 tiles ahead of their
+            # use. The box is [64 keys, BOX words] (a power of two: 16 words at 2 bits; at 3 bits 32, whose last 8
+            # are past the 24-word rows, so TMA fills them with zeros and reads nothing more), swizzled (64- / 128-byte
+            # rows: 16-byte chunk c of row r lands at c ^ phase(r)), so that the loads below, 8 rows x 16 bytes
+            # per warp, hit 32 distinct banks (unswizzled, the 8 rows fell on the same 4 banks)
+            BOX: gl.constexpr = kd.block_type.shape[1]
+            kring = gl.allocate_shared_memory(gl.int32, [STAGES, BN, BOX], kd.layout)
+            vring = gl.allocate_shared_memory(gl.int32, [STAGES, BN, BOX], vd.layout)
+            bars = gl.allocate_shared_memory(gl.int64, [2 * STAGES, 1], mbarrier.MBarrierLayout())
+            for st in gl.static_range(2 * STAGES):
+                mbarrier.init(bars.index(st), count=1)
+            fence_async_shared()
+            row = (bh * L).to(gl.int32)
+            for st in gl.static_range(STAGES - 1):
+                _tma_tile(kd, vd, kring, vring, bars, row, lo + st * BN, hi, st, BOX)
+            w0 = gl.zeros([BN, 4], gl.int32, layout=L4)  # (unused: the tiles load their words from the ring)
+            if BITS == 3:
+                h0 = gl.zeros([BN, 4], gl.int16, layout=L4)
+            else:
+                h0 = w0
+        else:
+            # the first tile's part-0 key words now, so their latency overlaps q's rotation below
+            w0, h0 = _kwords(k_base + lo * SKL, k_base.to(gl.pointer_type(gl.int16)) + lo * (2 * SKL), koff, kcst,
+                             hoff, lo + kr < hi, 0, BITS, True)
 
         # (in _fwht8x256's output layout, whose column bits 6-7 are in registers for the split into parts)
         LB: gl.constexpr = gl.DistributedLinearLayout(
@@ -749,15 +889,25 @@ def _build_kernel():
             reg_bases=[[0, 0, 1, 0], [0, 0, 2, 0], [1, 0, 0, 0], [2, 0, 0, 0]],
             lane_bases=[[0, 1, 0, 0], [0, 2, 0, 0], [0, 0, 0, 1], [0, 0, 0, 2], [0, 0, 0, 4]],
             warp_bases=[[0, 0, 0, 8], [0, 0, 0, 16]], block_bases=[], shape=[4, 4, 4, 32])
-        va, vb_, vc_, vd = _aranges4(4, 4, 4, 32, LV4)
-        vr = gl.reshape(16 * va + 4 * vb_ + vc_ + 0 * vd, [BN, 32])
-        voff = gl.reshape(4 * vb_ * SVL + (vd >> 1) + 0 * (va + vc_), [BN, 32])
-        yoff = gl.reshape(4 * vb_ * (2 * SVL) + (2 * NW2 + (vd >> 1)) + 0 * (va + vc_), [BN, 32])
-        vcst = gl.reshape((16 * va + vc_) * SVL + 0 * (vb_ + vd), [BN, 32])
+        va, vb_, vc_, vq = _aranges4(4, 4, 4, 32, LV4)
+        vr = gl.reshape(16 * va + 4 * vb_ + vc_ + 0 * vq, [BN, 32])
+        voff = gl.reshape(4 * vb_ * SVL + (vq >> 1) + 0 * (va + vc_), [BN, 32])
+        yoff = gl.reshape(4 * vb_ * (2 * SVL) + (2 * NW2 + (vq >> 1)) + 0 * (va + vc_), [BN, 32])
+        vcst = gl.reshape((16 * va + vc_) * SVL + 0 * (vb_ + vq), [BN, 32])
         # per lookup: key c's operand is a shift of the thread's nibble half s = qv & 1: 4 s, 4 - 4 s, 2 s, 2 - 2 s
-        sv = vd & 1
+        sv = vq & 1
         vsh = gl.where(vc_ == 0, 4 * sv, gl.where(vc_ == 1, 4 - 4 * sv, gl.where(vc_ == 2, 2 * sv, 2 - 2 * sv)))
         vsh = gl.reshape(vsh + 0 * (va + vb_), [BN, 32]).to(gl.uint32)
+        if PT:  # (the value lookup's per-thread table words, as the keys' above)
+            LV: gl.constexpr = gl.DistributedLinearLayout(
+                reg_bases=[[1, 0], [2, 0], [16, 0], [32, 0]], lane_bases=[[4, 0], [8, 0], [0, 1], [0, 2], [0, 4]],
+                warp_bases=[[0, 8], [0, 16]], block_bases=[], shape=[BN, 32])
+            nv = zero & (gl.convert_layout(vr, LV, assert_trivial=True) & 12)
+            tv0 = lt0 ^ nv
+            tv1 = lt1 ^ nv
+        else:
+            tv0 = lt0
+            tv1 = lt1
 
         rows = gl.arange(0, 4, layout=gl.SliceLayout(0, L4))
         pos4 = kv_len - Tq + rows // G
@@ -770,16 +920,39 @@ def _build_kernel():
 
         hi_free = gl.minimum(hi, kv_len - Tq + 1) if CAUSAL else hi
         n_free = lo + gl.maximum(hi_free - lo, 0) // BN * BN
+        it = 0
         for n0 in range(lo, n_free, BN):
+            if TMA:
+                ks, kh_s, vs, vh_s, vbar, vphase = _ring_next(kd, vd, kring, vring, bars, row, n0, hi, it, STAGES,
+                                                              BOX, BITS)
+            else:
+                ks = p_smem
+                kh_s = p_smem
+                vs = p_smem
+                vh_s = p_smem
+                vbar = p_smem
+                vphase = 0
             m_i, l_acc, o0, o1, o2, o3, w0, h0 = _tile8(
                 n0, hi, pos4, m_i, l_acc, o0, o1, o2, o3, qs0, qs1, qs2, qs3, p_smem, k_base, v_base, koff, kcst,
                 hoff, voff, yoff, vcst, kn_base, vn_base, kr, vr, lt0, lt1, vsh, fq, SKL, SVL, SNKL, SNVL,
-                w0, h0, BITS, CAUSAL, False, ASYNC_K)
+                w0, h0, BITS, CAUSAL, False, ASYNC_K, ks, kh_s, vs, vh_s, vbar, vphase, tk0, tk1, tv0, tv1, TMA, PT)
+            it += 1
         for n0 in range(n_free, hi, BN):
+            if TMA:
+                ks, kh_s, vs, vh_s, vbar, vphase = _ring_next(kd, vd, kring, vring, bars, row, n0, hi, it, STAGES,
+                                                              BOX, BITS)
+            else:
+                ks = p_smem
+                kh_s = p_smem
+                vs = p_smem
+                vh_s = p_smem
+                vbar = p_smem
+                vphase = 0
             m_i, l_acc, o0, o1, o2, o3, w0, h0 = _tile8(
                 n0, hi, pos4, m_i, l_acc, o0, o1, o2, o3, qs0, qs1, qs2, qs3, p_smem, k_base, v_base, koff, kcst,
                 hoff, voff, yoff, vcst, kn_base, vn_base, kr, vr, lt0, lt1, vsh, fq, SKL, SVL, SNKL, SNVL,
-                w0, h0, BITS, CAUSAL, True, ASYNC_K)
+                w0, h0, BITS, CAUSAL, True, ASYNC_K, ks, kh_s, vs, vh_s, vbar, vphase, tk0, tk1, tv0, tv1, TMA, PT)
+            it += 1
 
         # ---- epilogue (as the fp16 kernel): normalized, 1 / alpha (the value levels' grid), rotated back
         l_i = gl.sum(l_acc, axis=0)
@@ -839,13 +1012,53 @@ def int8_ok(codebook, bits: int) -> bool:
     return bits in GRID_BITS and is_default(codebook, bits)
 
 
+# The TMA ring takes ~70 more instructions per tile (copy issue, barriers) and saves the register loads' latency
+# stalls: in the same H100 runs (perf/RESULTS.md, session 8) it was 2.5-3.5% faster at 128k and 3 bits (16 tiles
+# per program), the same at 8 x 8k (8 tiles), and slower at 2 bits and at 32k (4 tiles: the whole first tile must
+# land before the scores start).
+TMA_MIN_CHUNK = 1024
+
+
+def use_tma(bits: int, chunk: int) -> bool:
+    """Whether the int8 kernel reads through the TMA ring by default: 3 bits, >= TMA_MIN_CHUNK keys per program."""
+    return bits == 3 and chunk >= TMA_MIN_CHUNK
+
+
+def tma_ok(packed: torch.Tensor) -> bool:
+    """Whether a packed cache ``[B, Hkv, L, W]`` can be read by TMA as ``[B * Hkv * L, W]``: rows of W contiguous
+    int32 words (16-byte multiples) laid out one after another, and a 16-byte aligned base."""
+    B, H, L, W = packed.shape
+    return (packed.dtype == torch.int32 and (W * 4) % 16 == 0 and packed.data_ptr() % 16 == 0
+            and packed.stride() == (H * L * W, L * W, W, 1) and B * H * L < 2 ** 31)
+
+
+def tma_descriptor(packed: torch.Tensor, bits: int):
+    """The TMA descriptor of a packed cache for the int8 kernel's ring: the cache flattened to rows of W words,
+    boxes of 64 rows (one tile) x 16 words (2 bits) or 32 (3 bits: W = 24, and TMA boxes are powers of two;
+    the 8 words past each row are filled with zeros, not read), swizzled over the box's 64- or 128-byte rows."""
+    from triton.experimental.gluon.language import NVMMASharedLayout
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    if not tma_ok(packed):
+        raise ValueError(f"the TMA path needs a contiguous int32 cache whose rows are 16-byte multiples; got "
+                         f"{packed.dtype} {tuple(packed.shape)} with strides {packed.stride()}")
+    B, H, L, W = packed.shape
+    if W != 8 * bits:
+        raise ValueError(f"a {bits}-bit D = 256 cache has {8 * bits} words per row, got {W}")
+    box = 16 if bits == 2 else 32
+    layout = NVMMASharedLayout(swizzle_byte_width=4 * box, element_bitwidth=32, rank=2)
+    return TensorDescriptor(packed, [B * H * L, W], [W, 1], [64, box], layout)
+
+
 def kv_attn_decode_gluon(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_start, bits, scale, causal, codebook,
                          num_splits: int | None = None, *, per_sm: int = 4, maxnreg: int | None = 128, out=None,
-                         int8: bool | None = None, async_k: bool = False):
+                         int8: bool | None = None, async_k: bool = False, tma: bool | None = None, stages: int = 2):
     """``kv_quant_attn`` (same arguments as the Triton launcher) through the Gluon split kernel, then
     ``_merge_kernel`` (column chunks of the partials, already rotated back here). 128 registers: 4
     programs per SM, and ptxas then keeps the lookup tables in vector registers (sm_90 SASS,
-    ``.notes/gluon_compile.py``). ``out``: the ``[B, Hq, Tq, D]`` output buffer (allocated if None)."""
+    ``.notes/gluon_compile.py``). ``out``: the ``[B, Hq, Tq, D]`` output buffer (allocated if None).
+    ``tma`` (int8 kernel): the words through a TMA ring in shared memory instead of register loads; same output
+    bit for bit. None: on where it measured faster (``use_tma``)."""
     import math
 
     from ..quantize_kv.codebooks import int8_table, tables
@@ -880,6 +1093,12 @@ def kv_attn_decode_gluon(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_st
     opts = {"maxnreg": maxnreg} if maxnreg else {}
     if int8:  # async_k (int8 kernel, opt-in): key part p's MMA in flight while part p + 1 decodes
         opts["ASYNC_K"] = async_k
+    if tma is None:
+        tma = int8 and use_tma(bits, chunk) and tma_ok(k_packed) and tma_ok(v_packed)
+    if tma:
+        if not int8:
+            raise ValueError("tma=True is an option of the int8 kernel")
+        opts.update(kd=tma_descriptor(k_packed, bits), vd=tma_descriptor(v_packed, bits), STAGES=stages)
     split_kernel(int8)[(1, B * Hkv, splits)](
         q, k_packed, k_norms, v_packed, v_norms, lut, kv_lens, kv_lens if kv_start is None else kv_start,
         *coord_tables, op, lse, kv_lens.stride(0), 0 if kv_start is None else kv_start.stride(0),
