@@ -57,8 +57,8 @@ The TMA ring (``tma=True``; the default at 3 bits when a program covers >= ``TMA
 register loads running ahead, the TMA unit copies each tile's key and value rows into a 2-slot shared-memory ring
 one tile ahead (the 24-word 3-bit rows as 32-word boxes whose last 8 words TMA fills with zeros; 128-byte
 swizzle, so the loads' 8 rows x 16 bytes per warp hit distinct banks: unswizzled they were 8-way conflicts and
-the kernel 18% slower). The loads then wait on no DRAM latency, but Triton adds barriers around each copy and the
-issue costs ~70 instructions per tile (677 vs 603 at 3 bits); measured 2.5-3.5% faster at 128k, slower at 32k
+the kernel 18% slower). The loads no longer wait on DRAM, but Triton adds barriers around each copy and the
+issue costs ~70 instructions per tile (677 vs 603 at 3 bits); measured 1.4-3.4% faster at 128k, slower at 32k
 and at 2 bits. Keys past a program's range are whatever the cache holds there (or TMA's zeros) instead of 0:
 they weigh exactly 0 either way, so the output is bit-identical to the register path (tested).
 
@@ -1013,7 +1013,7 @@ def int8_ok(codebook, bits: int) -> bool:
 
 
 # The TMA ring takes ~70 more instructions per tile (copy issue, barriers) and saves the register loads' latency
-# stalls: in the same H100 runs (perf/RESULTS.md, session 8) it was 2.5-3.5% faster at 128k and 3 bits (16 tiles
+# stalls: in the same H100 runs (perf/RESULTS.md, session 8) it was 1.4-3.4% faster at 128k and 3 bits (16 tiles
 # per program), the same at 8 x 8k (8 tiles), and slower at 2 bits and at 32k (4 tiles: the whole first tile must
 # land before the scores start).
 TMA_MIN_CHUNK = 1024
