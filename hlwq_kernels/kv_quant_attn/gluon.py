@@ -644,11 +644,35 @@ def _build_kernel():
         return ks.slice(0, 16, dim=1), kh, vs.slice(0, 16, dim=1), vh, bars.index(2 * st + 1), phase
 
     @gluon.jit
+    def _per_thread(lt0, lt1, zero, idx, MASK: gl.constexpr):
+        """The two table words XOR-ed with ``zero & (idx & MASK)`` (a loaded 0, and index bits that differ only between
+        threads): the same values, which ptxas must keep per thread, in vector registers."""
+        gl.static_assert(MASK > 0)  # (also puts gl in this closure, which the annotations need)
+        n = zero & (idx & MASK)
+        return lt0 ^ n, lt1 ^ n
+
+    @gluon.jit
+    def _slot(kd, vd, kring, vring, bars, row, n0, hi, it, p_smem, STAGES: gl.constexpr, BOX: gl.constexpr,
+              BITS: gl.constexpr, TMA: gl.constexpr):
+        """``_ring_next`` with TMA; without, placeholders for ``_tile8``'s ring arguments (unused there)."""
+        if TMA:
+            ks, kh, vs, vh, vbar, vphase = _ring_next(kd, vd, kring, vring, bars, row, n0, hi, it, STAGES, BOX, BITS)
+        else:
+            gl.static_assert(BOX == 0)  # (also puts gl in this closure, which the annotations need)
+            ks = p_smem
+            kh = p_smem
+            vs = p_smem
+            vh = p_smem
+            vbar = p_smem
+            vphase = 0
+        return ks, kh, vs, vh, vbar, vphase
+
+    @gluon.jit
     def _tile8(n0, hi, pos4, m_i, l_acc, o0, o1, o2, o3, qs0, qs1, qs2, qs3, p_smem, k_base, v_base, koff, kcst,
                hoff, voff, yoff, vcst, kn_base, vn_base, kr, vr, lt0, lt1, vsh, fq,
                SKL: gl.constexpr, SVL: gl.constexpr, SNKL: gl.constexpr, SNVL: gl.constexpr,
                w0, h0, BITS: gl.constexpr, CAUSAL: gl.constexpr, MASKED: gl.constexpr, ASYNC_K: gl.constexpr,
-               ks, kh, vs, vh, vbar, vphase, tk0, tk1, tv0, tv1, TMA: gl.constexpr, PT: gl.constexpr):
+               ks, kh, vs, vh, vbar, vphase, tk0, tk1, tv0, tv1, TMA: gl.constexpr):
         """One 64-key tile of the int8 kernel: scores (int32, 2 x 4 MMAs of k32), online softmax in the
         log2 domain with the value norm folded into the exponent (so p' = p * n_v <= 1 and its tile
         maximum is known from the max reduction), p' as hi + lo / 254 int8 planes of 127 / max p', values
@@ -685,7 +709,7 @@ def _build_kernel():
                 h = h.to(gl.uint16, bitcast=True).to(gl.uint32)
             else:
                 h = w
-            if PT:
+            if TMA:
                 g0, g1, g2, g3 = _klookup8(w, h, tk0, tk1, BITS)
             else:
                 g0, g1, g2, g3 = _klookup8(w, h, lt0, lt1, BITS)
@@ -748,7 +772,7 @@ def _build_kernel():
         else:
             yv = xv  # (unused by the 2-bit program)
             vptx: gl.constexpr = V8_PTX2
-        if PT:
+        if TMA:
             vt0 = tv0
             vt1 = tv1
         else:
@@ -827,15 +851,12 @@ def _build_kernel():
         vn_base = vn_ptr + b * snvb + hk * snvh
         kr, koff, kcst, hoff = _key_offsets(SKL, NW2)  # key words as in the fp16 kernel
         TMA: gl.constexpr = kd is not None
-        PT: gl.constexpr = TMA  # per-thread lookup table words (below)
-        if PT:
+        if TMA:
             # the lookup tables as per-thread values (XOR-ed with a loaded zero & lane / warp index bits, the same
             # in all of a thread's registers): as uniform scalars ptxas kept them in uniform registers in the TMA
             # variant and copied them into a vector register before every prmt (~60 instructions per tile)
             zero = gl.load(lut_ptr + 3)
-            nk = zero & (gl.convert_layout(kr, L4, assert_trivial=True) & 0x37)
-            tk0 = lt0 ^ nk
-            tk1 = lt1 ^ nk
+            tk0, tk1 = _per_thread(lt0, lt1, zero, gl.convert_layout(kr, L4, assert_trivial=True), 0x37)
         else:
             tk0 = lt0
             tk1 = lt1
@@ -861,6 +882,11 @@ def _build_kernel():
             else:
                 h0 = w0
         else:
+            kring = None
+            vring = None
+            bars = None
+            row = 0
+            BOX: gl.constexpr = 0
             # the first tile's part-0 key words now, so their latency overlaps q's rotation below
             w0, h0 = _kwords(k_base + lo * SKL, k_base.to(gl.pointer_type(gl.int16)) + lo * (2 * SKL), koff, kcst,
                              hoff, lo + kr < hi, 0, BITS, True)
@@ -898,13 +924,11 @@ def _build_kernel():
         sv = vq & 1
         vsh = gl.where(vc_ == 0, 4 * sv, gl.where(vc_ == 1, 4 - 4 * sv, gl.where(vc_ == 2, 2 * sv, 2 - 2 * sv)))
         vsh = gl.reshape(vsh + 0 * (va + vb_), [BN, 32]).to(gl.uint32)
-        if PT:  # (the value lookup's per-thread table words, as the keys' above)
+        if TMA:  # (the value lookup's per-thread table words, as the keys' above)
             LV: gl.constexpr = gl.DistributedLinearLayout(
                 reg_bases=[[1, 0], [2, 0], [16, 0], [32, 0]], lane_bases=[[4, 0], [8, 0], [0, 1], [0, 2], [0, 4]],
                 warp_bases=[[0, 8], [0, 16]], block_bases=[], shape=[BN, 32])
-            nv = zero & (gl.convert_layout(vr, LV, assert_trivial=True) & 12)
-            tv0 = lt0 ^ nv
-            tv1 = lt1 ^ nv
+            tv0, tv1 = _per_thread(lt0, lt1, zero, gl.convert_layout(vr, LV, assert_trivial=True), 12)
         else:
             tv0 = lt0
             tv1 = lt1
@@ -922,36 +946,20 @@ def _build_kernel():
         n_free = lo + gl.maximum(hi_free - lo, 0) // BN * BN
         it = 0
         for n0 in range(lo, n_free, BN):
-            if TMA:
-                ks, kh_s, vs, vh_s, vbar, vphase = _ring_next(kd, vd, kring, vring, bars, row, n0, hi, it, STAGES,
-                                                              BOX, BITS)
-            else:
-                ks = p_smem
-                kh_s = p_smem
-                vs = p_smem
-                vh_s = p_smem
-                vbar = p_smem
-                vphase = 0
+            ks, kh_s, vs, vh_s, vbar, vphase = _slot(kd, vd, kring, vring, bars, row, n0, hi, it, p_smem, STAGES,
+                                                     BOX, BITS, TMA)
             m_i, l_acc, o0, o1, o2, o3, w0, h0 = _tile8(
                 n0, hi, pos4, m_i, l_acc, o0, o1, o2, o3, qs0, qs1, qs2, qs3, p_smem, k_base, v_base, koff, kcst,
                 hoff, voff, yoff, vcst, kn_base, vn_base, kr, vr, lt0, lt1, vsh, fq, SKL, SVL, SNKL, SNVL,
-                w0, h0, BITS, CAUSAL, False, ASYNC_K, ks, kh_s, vs, vh_s, vbar, vphase, tk0, tk1, tv0, tv1, TMA, PT)
+                w0, h0, BITS, CAUSAL, False, ASYNC_K, ks, kh_s, vs, vh_s, vbar, vphase, tk0, tk1, tv0, tv1, TMA)
             it += 1
         for n0 in range(n_free, hi, BN):
-            if TMA:
-                ks, kh_s, vs, vh_s, vbar, vphase = _ring_next(kd, vd, kring, vring, bars, row, n0, hi, it, STAGES,
-                                                              BOX, BITS)
-            else:
-                ks = p_smem
-                kh_s = p_smem
-                vs = p_smem
-                vh_s = p_smem
-                vbar = p_smem
-                vphase = 0
+            ks, kh_s, vs, vh_s, vbar, vphase = _slot(kd, vd, kring, vring, bars, row, n0, hi, it, p_smem, STAGES,
+                                                     BOX, BITS, TMA)
             m_i, l_acc, o0, o1, o2, o3, w0, h0 = _tile8(
                 n0, hi, pos4, m_i, l_acc, o0, o1, o2, o3, qs0, qs1, qs2, qs3, p_smem, k_base, v_base, koff, kcst,
                 hoff, voff, yoff, vcst, kn_base, vn_base, kr, vr, lt0, lt1, vsh, fq, SKL, SVL, SNKL, SNVL,
-                w0, h0, BITS, CAUSAL, True, ASYNC_K, ks, kh_s, vs, vh_s, vbar, vphase, tk0, tk1, tv0, tv1, TMA, PT)
+                w0, h0, BITS, CAUSAL, True, ASYNC_K, ks, kh_s, vs, vh_s, vbar, vphase, tk0, tk1, tv0, tv1, TMA)
             it += 1
 
         # ---- epilogue (as the fp16 kernel): normalized, 1 / alpha (the value levels' grid), rotated back
