@@ -652,27 +652,12 @@ def _build_kernel():
         return lt0 ^ n, lt1 ^ n
 
     @gluon.jit
-    def _slot(kd, vd, kring, vring, bars, row, n0, hi, it, p_smem, STAGES: gl.constexpr, BOX: gl.constexpr,
-              BITS: gl.constexpr, TMA: gl.constexpr):
-        """``_ring_next`` with TMA; without, placeholders for ``_tile8``'s ring arguments (unused there)."""
-        if TMA:
-            ks, kh, vs, vh, vbar, vphase = _ring_next(kd, vd, kring, vring, bars, row, n0, hi, it, STAGES, BOX, BITS)
-        else:
-            gl.static_assert(BOX == 0)  # (also puts gl in this closure, which the annotations need)
-            ks = p_smem
-            kh = p_smem
-            vs = p_smem
-            vh = p_smem
-            vbar = p_smem
-            vphase = 0
-        return ks, kh, vs, vh, vbar, vphase
-
-    @gluon.jit
     def _tile8(n0, hi, pos4, m_i, l_acc, o0, o1, o2, o3, qs0, qs1, qs2, qs3, p_smem, k_base, v_base, koff, kcst,
                hoff, voff, yoff, vcst, kn_base, vn_base, kr, vr, lt0, lt1, vsh, fq,
                SKL: gl.constexpr, SVL: gl.constexpr, SNKL: gl.constexpr, SNVL: gl.constexpr,
                w0, h0, BITS: gl.constexpr, CAUSAL: gl.constexpr, MASKED: gl.constexpr, ASYNC_K: gl.constexpr,
-               ks, kh, vs, vh, vbar, vphase, tk0, tk1, tv0, tv1, TMA: gl.constexpr):
+               kd, vd, kring, vring, bars, row, it, STAGES: gl.constexpr, BOX: gl.constexpr, tk0, tk1, tv0, tv1,
+               TMA: gl.constexpr):
         """One 64-key tile of the int8 kernel: scores (int32, 2 x 4 MMAs of k32), online softmax in the
         log2 domain with the value norm folded into the exponent (so p' = p * n_v <= 1 and its tile
         maximum is known from the max reduction), p' as hi + lo / 254 int8 planes of 127 / max p', values
@@ -685,7 +670,9 @@ def _build_kernel():
         L4: gl.constexpr = gl.DistributedLinearLayout(
             reg_bases=[[8, 0]], lane_bases=[[0, 1], [0, 2], [1, 0], [2, 0], [4, 0]],
             warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[BN, 4])
-        if not TMA:
+        if TMA:  # (tile ``it`` of the ring; kd .. BOX are unused without TMA)
+            ks, kh, vs, vh, vbar, vphase = _ring_next(kd, vd, kring, vring, bars, row, n0, hi, it, STAGES, BOX, BITS)
+        else:
             okk = n0 + kr < hi
             kb, hb, vb, yb = _tile_bases(k_base, v_base, n0, SKL, SVL)
             xv, yv = _vwords(vb, yb, voff, yoff, vcst, n0 + vr < hi, BITS, MASKED)
@@ -886,7 +873,7 @@ def _build_kernel():
             vring = None
             bars = None
             row = 0
-            BOX: gl.constexpr = 0
+            BOX: gl.constexpr = 0  # (kring .. BOX: placeholders, unused without TMA)
             # the first tile's part-0 key words now, so their latency overlaps q's rotation below
             w0, h0 = _kwords(k_base + lo * SKL, k_base.to(gl.pointer_type(gl.int16)) + lo * (2 * SKL), koff, kcst,
                              hoff, lo + kr < hi, 0, BITS, True)
@@ -946,20 +933,18 @@ def _build_kernel():
         n_free = lo + gl.maximum(hi_free - lo, 0) // BN * BN
         it = 0
         for n0 in range(lo, n_free, BN):
-            ks, kh_s, vs, vh_s, vbar, vphase = _slot(kd, vd, kring, vring, bars, row, n0, hi, it, p_smem, STAGES,
-                                                     BOX, BITS, TMA)
             m_i, l_acc, o0, o1, o2, o3, w0, h0 = _tile8(
                 n0, hi, pos4, m_i, l_acc, o0, o1, o2, o3, qs0, qs1, qs2, qs3, p_smem, k_base, v_base, koff, kcst,
                 hoff, voff, yoff, vcst, kn_base, vn_base, kr, vr, lt0, lt1, vsh, fq, SKL, SVL, SNKL, SNVL,
-                w0, h0, BITS, CAUSAL, False, ASYNC_K, ks, kh_s, vs, vh_s, vbar, vphase, tk0, tk1, tv0, tv1, TMA)
+                w0, h0, BITS, CAUSAL, False, ASYNC_K, kd, vd, kring, vring, bars, row, it, STAGES, BOX, tk0, tk1, tv0,
+                tv1, TMA)
             it += 1
         for n0 in range(n_free, hi, BN):
-            ks, kh_s, vs, vh_s, vbar, vphase = _slot(kd, vd, kring, vring, bars, row, n0, hi, it, p_smem, STAGES,
-                                                     BOX, BITS, TMA)
             m_i, l_acc, o0, o1, o2, o3, w0, h0 = _tile8(
                 n0, hi, pos4, m_i, l_acc, o0, o1, o2, o3, qs0, qs1, qs2, qs3, p_smem, k_base, v_base, koff, kcst,
                 hoff, voff, yoff, vcst, kn_base, vn_base, kr, vr, lt0, lt1, vsh, fq, SKL, SVL, SNKL, SNVL,
-                w0, h0, BITS, CAUSAL, True, ASYNC_K, ks, kh_s, vs, vh_s, vbar, vphase, tk0, tk1, tv0, tv1, TMA)
+                w0, h0, BITS, CAUSAL, True, ASYNC_K, kd, vd, kring, vring, bars, row, it, STAGES, BOX, tk0, tk1, tv0,
+                tv1, TMA)
             it += 1
 
         # ---- epilogue (as the fp16 kernel): normalized, 1 / alpha (the value levels' grid), rotated back
