@@ -39,6 +39,9 @@ def compile_g(bits=3, maxnreg=None, causal=True, has_start=False, int8=False):
     const = dict(SKL=8 * bits, SVL=8 * bits, SNKL=1, SNVL=1, BITS=bits, CAUSAL=causal, HAS_START=has_start)
     if int8:
         const["ASYNC_K"] = os.environ.get("ASYNC_K", "0") == "1"
+        if os.environ.get("PROBE", "0") == "1":
+            sig["probe_ptr"] = "*i64"
+            const["PROBE"] = True
     if int8 and os.environ.get("TMA", "0") == "1":  # the TMA ring (descriptors of [rows, 8 bits] words)
         lay = f"NVMMASharedLayout(swizzle_byte_width={64 if bits == 2 else 128}, element_bitwidth=32, rank=2, " \
               "transposed=False, fp4_padded=False, cga_layout=[])"

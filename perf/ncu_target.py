@@ -2,8 +2,9 @@
     ncu --clock-control none -k regex:_gemv_kernel -c 1 --section ... python3 perf/ncu_target.py gemv
 Targets: gemv (dequant_matmul M=1, 5 bits, gate_up 24576x4096), gemv-small (the same, 2048x4096), gemv8 (the
 opt-in int8 GEMV on gate_up),
-kv (kv_quant_attn 3 bits, 32k, batch 1), gdn (gated_delta_decode_step, batch 1)."""
+kv (kv_quant_attn 3 bits, 32k or KV_LEN keys, batch 1), gdn (gated_delta_decode_step, batch 1)."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -32,9 +33,10 @@ elif what == "gemv8":  # the opt-in int8 GEMV, 24576x4096 5 bits (GEMV8_BITS, GE
         gemv8(x, w, torch.bfloat16, int8_tables(w.codebook, bits), ks=ks, pf=int(os.environ.get("GEMV8_PF", "2")))
 elif what == "kv":
     from hlwq_kernels import kv_quant_attn
-    c = gs._packed_cache(1, 32768, 3, 0)
+    n = int(os.environ.get("KV_LEN", "32768"))  # (KV_LEN: the context length)
+    c = gs._packed_cache(1, n, 3, 0)
     q = torch.randn(1, 16, 1, 256, device="cuda", dtype=torch.bfloat16)
-    lens = torch.full((1,), 32768, device="cuda", dtype=torch.int32)
+    lens = torch.full((1,), n, device="cuda", dtype=torch.int32)
     for _ in range(3):
         kv_quant_attn(q, *c, bits=3, kv_lens=lens)
 torch.cuda.synchronize()

@@ -546,6 +546,21 @@ def _build_kernel():
     # q and p each split into two int8 planes (hi + lo / 254) in the MMA's column pairs (2 j, 2 j + 1).
     # ------------------------------------------------------------------------------------------------
     @gluon.jit
+    def _probe(probe_ptr, k: gl.constexpr):
+        """(diagnostics, ``.notes/kv_probe.py``) %globaltimer and %clock64 at point k (0: start, 1: before the tile
+        loop, 2: after it, 3: after the stores) into probe_ptr[program, 2 k], [program, 2 k + 1] (rows of 10 int64;
+        at k = 3 also %smid into column 8). A program is split * num_programs(1) + (sequence x KV head)."""
+        gl.static_assert(k < 4)
+        pid = gl.program_id(2) * gl.num_programs(1) + gl.program_id(1)
+        t = gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=gl.int64, is_pure=False, pack=1)
+        cl = gl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l", [], dtype=gl.int64, is_pure=False, pack=1)
+        gl.store(probe_ptr + pid * 10 + 2 * k, t)
+        gl.store(probe_ptr + pid * 10 + 2 * k + 1, cl)
+        if k == 3:
+            sm = gl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+            gl.store(probe_ptr + pid * 10 + 8, sm.to(gl.int64))
+
+    @gluon.jit
     def _klookup8(w, h, lt0, lt1, BITS: gl.constexpr):
         """Keys: words w [64 keys, 4] with raw high halves h -> 4 int8 tensors [64, 4, 2, 2] (key, word t,
         byte bits b, a): output g, byte e = b + 2 a holds the level of field lut.KEY_GROUPS[g][e]."""
@@ -800,9 +815,13 @@ def _build_kernel():
                          sqb, sqh, sqt, skb, skh, snkb, snkh, svb, svh, snvb, snvh,
                          SKL: gl.constexpr, SVL: gl.constexpr, SNKL: gl.constexpr, SNVL: gl.constexpr,
                          BITS: gl.constexpr, CAUSAL: gl.constexpr, HAS_START: gl.constexpr,
-                         ASYNC_K: gl.constexpr = False, kd=None, vd=None, STAGES: gl.constexpr = 2):
+                         ASYNC_K: gl.constexpr = False, kd=None, vd=None, STAGES: gl.constexpr = 2,
+                         probe_ptr=None, PROBE: gl.constexpr = False):
         # (the fp16 kernel's arguments less its coordinate tables: the maps are computed here. kd / vd: TMA
-        # descriptors of the caches flattened to [B * Hkv * L, SKL] words, boxes of [64, 16 or 32], or None)
+        # descriptors of the caches flattened to [B * Hkv * L, SKL] words, boxes of [64, 16 or 32], or None.
+        # PROBE: diagnostics, _probe's timer reads into probe_ptr)
+        if PROBE:
+            _probe(probe_ptr, 0)
         D: gl.constexpr = 256
         BN: gl.constexpr = 64
         NQ: gl.constexpr = 8
@@ -929,6 +948,8 @@ def _build_kernel():
         o2 = gl.zeros([64, 4], gl.float32, layout=L4)
         o3 = gl.zeros([64, 4], gl.float32, layout=L4)
 
+        if PROBE:
+            _probe(probe_ptr, 1)
         hi_free = gl.minimum(hi, kv_len - Tq + 1) if CAUSAL else hi
         n_free = lo + gl.maximum(hi_free - lo, 0) // BN * BN
         it = 0
@@ -948,6 +969,8 @@ def _build_kernel():
             it += 1
 
         # ---- epilogue (as the fp16 kernel): normalized, 1 / alpha (the value levels' grid), rotated back
+        if PROBE:
+            _probe(probe_ptr, 2)
         l_i = gl.sum(l_acc, axis=0)
         l_safe = gl.where(l_i > 0.0, l_i, 1.0)
         lse = gl.where(l_i > 0.0, m_i + gl.log2(l_safe), float("-inf"))
@@ -964,6 +987,8 @@ def _build_kernel():
         vcol = 16 * (4 * ((c >> 4) & 3) + ((c & 7) >> 1)) + 4 * (c >> 6) + 2 * (c & 1) + ((c >> 3) & 1)
         prq = (split * gl.num_programs(1) + bh) * n_rows + rc // 2
         gl.store(op_ptr + prq[:, None] * D + vcol[None, :], o, mask=((rc // 2 < n_rows) & (rc % 2 == 0))[:, None])
+        if PROBE:
+            _probe(probe_ptr, 3)
 
     return _split_kernel_g, _split_kernel_g8
 
@@ -1045,7 +1070,8 @@ def tma_descriptor(packed: torch.Tensor, bits: int):
 
 def kv_attn_decode_gluon(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_start, bits, scale, causal, codebook,
                          num_splits: int | None = None, *, per_sm: int = 4, maxnreg: int | None = 128, out=None,
-                         int8: bool | None = None, async_k: bool = False, tma: bool | None = None, stages: int = 2):
+                         int8: bool | None = None, async_k: bool = False, tma: bool | None = None, stages: int = 2,
+                         probe: torch.Tensor | None = None):
     """``kv_quant_attn`` (same arguments as the Triton launcher) through the Gluon split kernel, then
     ``_merge_kernel`` (column chunks of the partials, already rotated back here). 128 registers: 4
     programs per SM, and ptxas then keeps the lookup tables in vector registers (sm_90 SASS,
@@ -1086,6 +1112,8 @@ def kv_attn_decode_gluon(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_st
     opts = {"maxnreg": maxnreg} if maxnreg else {}
     if int8:  # async_k (int8 kernel, opt-in): key part p's MMA in flight while part p + 1 decodes
         opts["ASYNC_K"] = async_k
+        if probe is not None:  # (diagnostics: int64 [>= programs, 10], see _probe)
+            opts.update(probe_ptr=probe, PROBE=True)
     if tma is None:
         tma = int8 and use_tma(bits, chunk) and tma_ok(k_packed) and tma_ok(v_packed)
     if tma:
