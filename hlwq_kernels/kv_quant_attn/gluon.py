@@ -320,6 +320,14 @@ def _build_kernel():
         return ts, oks, kn, vn
 
     @gluon.jit
+    def _norms16(kn_base, vn_base, ts, hi, SNKL: gl.constexpr, SNVL: gl.constexpr):
+        """(int8 kernel) The key and value norms (fp16) at key positions ``ts``, 0 from ``hi`` on."""
+        ok = ts < hi
+        kn = gl.load(kn_base + ts * SNKL, mask=ok, other=0.0)
+        vn = gl.load(vn_base + ts * SNVL, mask=ok, other=0.0)
+        return kn, vn
+
+    @gluon.jit
     def _q_smem(q, NQ: gl.constexpr, LAYOUT: gl.constexpr):
         """q [NQ, 256] (kernel coordinate order; column bits 6-7 in registers) -> its 4 parts of 64 columns in
         shared memory (the MMAs' B operands), in q's dtype."""
@@ -672,7 +680,7 @@ def _build_kernel():
                SKL: gl.constexpr, SVL: gl.constexpr, SNKL: gl.constexpr, SNVL: gl.constexpr,
                w0, h0, BITS: gl.constexpr, CAUSAL: gl.constexpr, MASKED: gl.constexpr, ASYNC_K: gl.constexpr,
                kd, vd, kring, vring, bars, row, it, STAGES: gl.constexpr, BOX: gl.constexpr, tk0, tk1, tv0, tv1,
-               TMA: gl.constexpr):
+               TMA: gl.constexpr, kn16, vn16):
         """One 64-key tile of the int8 kernel: scores (int32, 2 x 4 MMAs of k32), online softmax in the
         log2 domain with the value norm folded into the exponent (so p' = p * n_v <= 1 and its tile
         maximum is known from the max reduction), p' as hi + lo / 254 int8 planes of 127 / max p', values
@@ -691,7 +699,13 @@ def _build_kernel():
             okk = n0 + kr < hi
             kb, hb, vb, yb = _tile_bases(k_base, v_base, n0, SKL, SVL)
             xv, yv = _vwords(vb, yb, voff, yoff, vcst, n0 + vr < hi, BITS, MASKED)
-        ts, oks, kn, vn = _norms(kn_base, vn_base, n0, hi, gl.SliceLayout(1, L4), SNKL, SNVL, MASKED)
+        # the norms: this tile's came with the tile before (kn16 / vn16, fp16, 0 past hi); the next tile's load now,
+        # a whole tile ahead of their use (loaded here, they were the loop's largest stall: ncu S9, 128k)
+        ts = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, L4))
+        oks = ts < hi
+        kn = kn16.to(gl.float32)
+        vn = vn16.to(gl.float32)
+        kn16, vn16 = _norms16(kn_base, vn_base, ts + BN, hi, SNKL, SNVL)
         # ---- scores: 4 parts of 64 coordinates, int32 [64 keys, 8 columns]
         s = gl.zeros([BN, NQ], gl.int32, layout=MMA8)
         w = w0
@@ -807,7 +821,7 @@ def _build_kernel():
         o2 = o2 * alpha[None, :] + gl.convert_layout(ah + al * (1.0 / 254.0), L4, assert_trivial=True) * sc[None, :]
         ah, al = gl.split(gl.reshape(a3, [64, 4, 2]))
         o3 = o3 * alpha[None, :] + gl.convert_layout(ah + al * (1.0 / 254.0), L4, assert_trivial=True) * sc[None, :]
-        return m_new, l_acc, o0, o1, o2, o3, w, h
+        return m_new, l_acc, o0, o1, o2, o3, w, h, kn16, vn16
 
     @gluon.jit
     def _split_kernel_g8(q_ptr, kp_ptr, kn_ptr, vp_ptr, vn_ptr, lut_ptr, lens_ptr, start_ptr,
@@ -948,24 +962,26 @@ def _build_kernel():
         o2 = gl.zeros([64, 4], gl.float32, layout=L4)
         o3 = gl.zeros([64, 4], gl.float32, layout=L4)
 
+        # the first tile's norms (each tile loads the next one's)
+        kn16, vn16 = _norms16(kn_base, vn_base, lo + gl.arange(0, BN, layout=gl.SliceLayout(1, L4)), hi, SNKL, SNVL)
         if PROBE:
             _probe(probe_ptr, 1)
         hi_free = gl.minimum(hi, kv_len - Tq + 1) if CAUSAL else hi
         n_free = lo + gl.maximum(hi_free - lo, 0) // BN * BN
         it = 0
         for n0 in range(lo, n_free, BN):
-            m_i, l_acc, o0, o1, o2, o3, w0, h0 = _tile8(
+            m_i, l_acc, o0, o1, o2, o3, w0, h0, kn16, vn16 = _tile8(
                 n0, hi, pos4, m_i, l_acc, o0, o1, o2, o3, qs0, qs1, qs2, qs3, p_smem, k_base, v_base, koff, kcst,
                 hoff, voff, yoff, vcst, kn_base, vn_base, kr, vr, lt0, lt1, vsh, fq, SKL, SVL, SNKL, SNVL,
                 w0, h0, BITS, CAUSAL, False, ASYNC_K, kd, vd, kring, vring, bars, row, it, STAGES, BOX, tk0, tk1, tv0,
-                tv1, TMA)
+                tv1, TMA, kn16, vn16)
             it += 1
         for n0 in range(n_free, hi, BN):
-            m_i, l_acc, o0, o1, o2, o3, w0, h0 = _tile8(
+            m_i, l_acc, o0, o1, o2, o3, w0, h0, kn16, vn16 = _tile8(
                 n0, hi, pos4, m_i, l_acc, o0, o1, o2, o3, qs0, qs1, qs2, qs3, p_smem, k_base, v_base, koff, kcst,
                 hoff, voff, yoff, vcst, kn_base, vn_base, kr, vr, lt0, lt1, vsh, fq, SKL, SVL, SNKL, SNVL,
                 w0, h0, BITS, CAUSAL, True, ASYNC_K, kd, vd, kring, vring, bars, row, it, STAGES, BOX, tk0, tk1, tv0,
-                tv1, TMA)
+                tv1, TMA, kn16, vn16)
             it += 1
 
         # ---- epilogue (as the fp16 kernel): normalized, 1 / alpha (the value levels' grid), rotated back
