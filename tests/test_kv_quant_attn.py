@@ -271,7 +271,7 @@ def lowp_attention(q, kp, kn, vp, vn, lens, bits, causal, start=None):
     return torch.where(mask.any(-1, keepdim=True), out, torch.zeros((), dtype=q.dtype, device=q.device))
 
 
-def check_attention(out, q, kp, kn, vp, vn, lens, bits, causal, what="", start=None):
+def check_attention(out, q, kp, kn, vp, vn, lens, bits, causal, what="", start=None, factor=2.0):
     ref = kv_quant_attn_reference(q.float(), kp, kn, vp, vn, lens, start, bits, q.shape[-1] ** -0.5, causal,
                                   default_codebook(bits, q.device))
     lowp = lowp_attention(q, kp, kn, vp, vn, lens, bits, causal, start)
@@ -280,7 +280,8 @@ def check_attention(out, q, kp, kn, vp, vn, lens, bits, causal, what="", start=N
     atol = 2 * ulp * float(ref.abs().max()) + 1e-5  # one output rounding (interpreter truncates) + slack
     err = float((out.float() - ref).abs().max())
     assert out.shape == q.shape and out.dtype == q.dtype
-    assert err <= 2 * budget + atol, f"{what} max err {err:.3g} > 2 x {budget:.3g} (plain {q.dtype}) + {atol:.3g}"
+    assert err <= factor * budget + atol, \
+        f"{what} max err {err:.3g} > {factor} x {budget:.3g} (plain {q.dtype}) + {atol:.3g}"
 
 
 @given(b=st.integers(1, 3), hkv=st.integers(1, 2), group=st.sampled_from([1, 2, 4, 8]), tq=st.integers(1, 6),
