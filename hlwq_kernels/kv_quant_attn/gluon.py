@@ -699,13 +699,18 @@ def _build_kernel():
             okk = n0 + kr < hi
             kb, hb, vb, yb = _tile_bases(k_base, v_base, n0, SKL, SVL)
             xv, yv = _vwords(vb, yb, voff, yoff, vcst, n0 + vr < hi, BITS, MASKED)
-        # the norms: this tile's came with the tile before (kn16 / vn16, fp16, 0 past hi); the next tile's load now,
-        # a whole tile ahead of their use (loaded here, they were the loop's largest stall: ncu S9, 128k)
-        ts = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, L4))
-        oks = ts < hi
-        kn = kn16.to(gl.float32)
-        vn = vn16.to(gl.float32)
-        kn16, vn16 = _norms16(kn_base, vn_base, ts + BN, hi, SNKL, SNVL)
+        if TMA:
+            # the norms: this tile's came with the tile before (kn16 / vn16, fp16, 0 past hi); the next tile's load
+            # now, a whole tile ahead of their use (loaded here, they were the TMA loop's largest stall: ncu S9,
+            # 128k, 18% of the samples; 128k 52.1-53.3 -> 50.4-50.9 us. With register loads it gained nothing
+            # and cost 32k / 8 x 8k ~1%, so that loop keeps loading them with its words)
+            ts = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, L4))
+            oks = ts < hi
+            kn = kn16.to(gl.float32)
+            vn = vn16.to(gl.float32)
+            kn16, vn16 = _norms16(kn_base, vn_base, ts + BN, hi, SNKL, SNVL)
+        else:
+            ts, oks, kn, vn = _norms(kn_base, vn_base, n0, hi, gl.SliceLayout(1, L4), SNKL, SNVL, MASKED)
         # ---- scores: 4 parts of 64 coordinates, int32 [64 keys, 8 columns]
         s = gl.zeros([BN, NQ], gl.int32, layout=MMA8)
         w = w0
@@ -962,8 +967,12 @@ def _build_kernel():
         o2 = gl.zeros([64, 4], gl.float32, layout=L4)
         o3 = gl.zeros([64, 4], gl.float32, layout=L4)
 
-        # the first tile's norms (each tile loads the next one's)
-        kn16, vn16 = _norms16(kn_base, vn_base, lo + gl.arange(0, BN, layout=gl.SliceLayout(1, L4)), hi, SNKL, SNVL)
+        if TMA:  # the first tile's norms (each tile loads the next one's)
+            kn16, vn16 = _norms16(kn_base, vn_base, lo + gl.arange(0, BN, layout=gl.SliceLayout(1, L4)), hi, SNKL,
+                                  SNVL)
+        else:  # (unused: each tile loads its own)
+            kn16 = gl.zeros([BN], gl.float16, layout=gl.SliceLayout(1, L4))
+            vn16 = kn16
         if PROBE:
             _probe(probe_ptr, 1)
         hi_free = gl.minimum(hi, kv_len - Tq + 1) if CAUSAL else hi
