@@ -366,12 +366,13 @@ def test_gluon_tma_matches_int8_gpu(b, hkv, rows, lmax, bits, causal, splits, le
 @pytest.mark.parametrize("bits", [2, 3])
 def test_gluon_tma_default_rule_gpu(bits):
     """The default (tma=None) takes the TMA ring at 3 bits when a program covers >= TMA_MIN_CHUNK keys (here: 2
-    splits of a 3000-key cache), the register loads otherwise; either way the output is the same bit for bit."""
+    splits of a 3000-key cache, 1536 keys each), the register loads otherwise; either way the output is the same
+    bit for bit."""
     kp, kn, vp, vn = make_cache(2, 4, 3000, 256, bits, 5)
     lens = torch.tensor([3000, 2345], device="cuda")
     q = torch.randn(2, 16, 1, 256, device="cuda").to(torch.bfloat16)
     cb = default_codebook(bits, "cuda")
-    assert G.use_tma(bits, 1536) == (bits == 3) and not G.use_tma(3, 1024 - 64)
+    assert G.use_tma(bits, 1536) == (bits == 3) and not G.use_tma(3, G.TMA_MIN_CHUNK - 64)
     auto = G.kv_attn_decode_gluon(q, kp, kn, vp, vn, lens, None, bits, 256 ** -0.5, True, cb, 2)
     check_attention(auto, q, kp, kn, vp, vn, lens, bits, True)
     for tma in (False, True):

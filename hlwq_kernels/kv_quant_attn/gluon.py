@@ -1058,8 +1058,9 @@ def int8_ok(codebook, bits: int) -> bool:
 # The TMA ring takes ~70 more instructions per tile (copy issue, barriers) and saves the register loads' latency
 # stalls: in the same H100 runs (perf/RESULTS.md, session 8) it was 1.4-3.4% faster at 128k and 3 bits (16 tiles
 # per program), the same at 8 x 8k (8 tiles), and slower at 2 bits and at 32k (4 tiles: the whole first tile must
-# land before the scores start).
-TMA_MIN_CHUNK = 1024
+# land before the scores start). Session 9 gave the TMA loop (only) the next tile's norms a tile ahead: 128k 52-53
+# -> 50.4-51.4 us, and 8 x 8k 31.01 vs 32.13 us with the register loads (S9-20), so from 512 keys per program.
+TMA_MIN_CHUNK = 512
 
 
 def use_tma(bits: int, chunk: int) -> bool:
