@@ -318,7 +318,7 @@ def test_gluon_matches_reference_gpu(b, hkv, rows, lmax, bits, causal, dtype, sp
     cb = default_codebook(bits, "cuda")
     out = G.kv_attn_decode_gluon(q, kp, kn, vp, vn, lens, start, bits, 256 ** -0.5, causal, cb, splits, int8=int8)
     # The fp16 kernel (auto-dispatched only for 2/3-bit codebooks off the int8 grid) is held to 4x the plain
-    # error, not 2x: on the @example above it measured 3.2x (S9-1, H100; the session-8 code gives the same error,
+    # error, not 2x: on the @example above it measured 3.2x (S9-14, H100; the session-8 code gives the same error,
     # so it is not new). Its lookup table holds the levels in fp16, and that rounding (up to 3e-4 of a level) is
     # the same for every key that uses the level, so it does not average out: in a CPU emulation of this input the
     # fp16 level table alone gives 1.95x the plain error (plain fp16 attention rounds each norm * level product

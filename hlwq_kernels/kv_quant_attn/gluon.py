@@ -59,7 +59,8 @@ one tile ahead (the 24-word 3-bit rows as 32-word boxes whose last 8 words TMA f
 swizzle, so the loads' 8 rows x 16 bytes per warp hit distinct banks: unswizzled they were 8-way conflicts and
 the kernel 18% slower). The loads no longer wait on DRAM, but Triton adds barriers around each copy and the
 issue costs ~70 instructions per tile (677 vs 603 at 3 bits); measured 1.4-3.4% faster at 128k, slower at 32k
-and at 2 bits. Keys past a program's range are whatever the cache holds there (or TMA's zeros) instead of 0:
+and at 2 bits. This loop also loads the next tile's norms a tile ahead (session 9: they had been its largest
+stall), which made it ~4% faster at 128k and 3% faster than the register loads at 8 x 8k. Keys past a program's range are whatever the cache holds there (or TMA's zeros) instead of 0:
 they weigh exactly 0 either way, so the output is bit-identical to the register path (tested).
 
 This module imports Gluon lazily (``split_kernel()``); Triton's interpreter cannot run Gluon, so
