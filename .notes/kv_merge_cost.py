@@ -1,7 +1,7 @@
 """What the ~3 us of merge + gap after the Gluon KV split kernel is made of (CUDA-graph timing,
 perf/graphbench.py): an empty Triton kernel (1 and 128 programs), ``_merge_kernel`` alone on
-32k-shaped partials (128 splits x 16 rows x 256) in several configurations, and the split kernel
-followed by an empty kernel instead of the merge.
+32k-shaped partials (128 splits x 16 rows x 256) in several configurations (columns per program DC, splits
+per block SB, warps), and the split kernel followed by an empty kernel instead of the merge.
 
     PYTHONPATH=$PWD python .notes/kv_merge_cost.py
 """
@@ -36,7 +36,8 @@ def main():
     lses = [torch.randn(splits, bh, rows, device="cuda") for _ in range(8)]
     out = torch.empty(1, 16, 1, D, device="cuda", dtype=torch.bfloat16)
     total = bh * rows
-    for dc, sb, nw in ((32, 128, 4), (64, 64, 4), (32, 128, 8), (64, 64, 8), (128, 32, 4), (16, 128, 4)):
+    for dc, sb, nw in ((32, 128, 4), (64, 64, 4), (32, 128, 8), (64, 64, 8), (128, 32, 4), (16, 128, 4),
+                       (8, 128, 1), (16, 128, 1), (32, 128, 1), (16, 128, 2), (32, 128, 2), (8, 128, 2)):
         def f(i, dc=dc, sb=sb, nw=nw):
             T._merge_kernel[(total, D // dc)](ops[i], lses[i], out, splits, total, rows, 4, 4, out.stride(0),
                                               out.stride(1), out.stride(2), D=D, DC=dc, SB=sb, num_warps=nw)

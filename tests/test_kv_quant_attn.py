@@ -662,6 +662,6 @@ def test_merge_kernel_online_matches_torch(splits):
     want = (op * w[..., None]).sum(0) / w.sum(0).clamp_min(1e-30)[..., None]
     want[1, 2] = 0
     out = torch.empty(1, bhkv * grp, 1, d, device=DEV)  # B = 1, Hkv = 2, G = 3, Tq = 1
-    launch_merge(op.to(DEV), lse.to(DEV), out, splits, n_rows, bhkv, grp, 4)
+    launch_merge(op.to(DEV), lse.to(DEV), out, splits, n_rows, bhkv, grp)
     got = out.cpu().view(bhkv, grp, d)
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), float((got - want).abs().max())

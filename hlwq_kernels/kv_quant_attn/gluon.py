@@ -1156,5 +1156,5 @@ def kv_attn_decode_gluon(q, k_packed, k_norms, v_packed, v_norms, kv_lens, kv_st
         v_norms.stride(0), v_norms.stride(1),
         SKL=k_packed.stride(2), SVL=v_packed.stride(2), SNKL=k_norms.stride(2), SNVL=v_norms.stride(2),
         BITS=bits, CAUSAL=causal, HAS_START=kv_start is not None, num_warps=4, **opts)
-    launch_merge(op, lse, out, splits, n_rows, Hkv, G, sms)
+    launch_merge(op, lse, out, splits, n_rows, Hkv, G)
     return out
