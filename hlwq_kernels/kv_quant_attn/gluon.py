@@ -60,8 +60,9 @@ swizzle, so the loads' 8 rows x 16 bytes per warp hit distinct banks: unswizzled
 the kernel 18% slower). The loads no longer wait on DRAM, but Triton adds barriers around each copy and the
 issue costs ~70 instructions per tile (677 vs 603 at 3 bits); measured 1.4-3.4% faster at 128k, slower at 32k
 and at 2 bits. This loop also loads the next tile's norms a tile ahead (session 9: they had been its largest
-stall), which made it ~4% faster at 128k and 3% faster than the register loads at 8 x 8k. Keys past a program's range are whatever the cache holds there (or TMA's zeros) instead of 0:
-they weigh exactly 0 either way, so the output is bit-identical to the register path (tested).
+stall), which made it ~4% faster at 128k and 3% faster than the register loads at 8 x 8k. Keys past a program's
+range are whatever the cache holds there (or TMA's zeros) instead of 0: they weigh exactly 0 either way, so the
+output is bit-identical to the register path (tested).
 
 This module imports Gluon lazily (``split_kernel()``); Triton's interpreter cannot run Gluon, so
 this is the GPU path only: the interpreter and the CPU tests run ``triton.py``. The CPU tests
@@ -696,11 +697,6 @@ def _build_kernel():
             warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[BN, 4])
         if TMA:  # (tile ``it`` of the ring; kd .. BOX are unused without TMA)
             ks, kh, vs, vh, vbar, vphase = _ring_next(kd, vd, kring, vring, bars, row, n0, hi, it, STAGES, BOX, BITS)
-        else:
-            okk = n0 + kr < hi
-            kb, hb, vb, yb = _tile_bases(k_base, v_base, n0, SKL, SVL)
-            xv, yv = _vwords(vb, yb, voff, yoff, vcst, n0 + vr < hi, BITS, MASKED)
-        if TMA:
             # the norms: this tile's came with the tile before (kn16 / vn16, fp16, 0 past hi); the next tile's load
             # now, a whole tile ahead of their use (loaded here, they were the TMA loop's largest stall: ncu S9,
             # 128k, 18% of the samples; 128k 52.1-53.3 -> 50.4-50.9 us. With register loads it gained nothing
@@ -711,6 +707,9 @@ def _build_kernel():
             vn = vn16.to(gl.float32)
             kn16, vn16 = _norms16(kn_base, vn_base, ts + BN, hi, SNKL, SNVL)
         else:
+            okk = n0 + kr < hi
+            kb, hb, vb, yb = _tile_bases(k_base, v_base, n0, SKL, SVL)
+            xv, yv = _vwords(vb, yb, voff, yoff, vcst, n0 + vr < hi, BITS, MASKED)
             ts, oks, kn, vn = _norms(kn_base, vn_base, n0, hi, gl.SliceLayout(1, L4), SNKL, SNVL, MASKED)
         # ---- scores: 4 parts of 64 coordinates, int32 [64 keys, 8 columns]
         s = gl.zeros([BN, NQ], gl.int32, layout=MMA8)
