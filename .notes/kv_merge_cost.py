@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "perf"))
 
 import torch  # noqa: E402
+from graph_sweep import _packed_cache  # noqa: E402  (random packed K/V caches, 4 KV heads, D = 256)
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
@@ -49,11 +50,7 @@ def main():
     q = torch.randn(b, 16, 1, D, device="cuda", dtype=torch.bfloat16)
     lens = torch.full((b,), lmax, device="cuda", dtype=torch.int32)
     cb = default_codebook(bits, "cuda")
-    w = D * bits // 32
-    caches = [(torch.randint(-2**31, 2**31 - 1, (b, 4, lmax, w), device="cuda", dtype=torch.int32),
-               (torch.rand(b, 4, lmax, device="cuda") + 0.5).half(),
-               torch.randint(-2**31, 2**31 - 1, (b, 4, lmax, w), device="cuda", dtype=torch.int32),
-               (torch.rand(b, 4, lmax, device="cuda") + 0.5).half()) for _ in range(8)]
+    caches = [_packed_cache(b, lmax, bits, i) for i in range(8)]
     fns = [lambda c=c: G.kv_attn_decode_gluon(q, *c, lens, None, bits, D ** -0.5, True, cb) for c in caches]
     real = T.launch_merge
     for label, repl in (("merge", real), ("empty kernel", lambda *a, **k: _empty[(1,)](x)),

@@ -11,6 +11,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "perf"))
 
 import torch  # noqa: E402
+from graph_sweep import _packed_cache  # noqa: E402  (random packed K/V caches, 4 KV heads, D = 256)
 
 from hlwq_kernels._common import next_pow2  # noqa: E402
 from hlwq_kernels.kv_quant_attn import gluon as G  # noqa: E402
@@ -39,12 +40,8 @@ def main():
     for name, (b, lmax) in {"2k": (1, 2048), "32k": (1, 32768), "128k": (1, 131072), "8x8k": (8, 8192)}.items():
         q = torch.randn(b, 16, 1, D, device="cuda", dtype=torch.bfloat16)
         lens = torch.full((b,), lmax, device="cuda", dtype=torch.int32)
-        w = D * bits // 32
         qb = b * lmax * 4 * 2 * (D * bits // 8 + 2)
-        caches = [(torch.randint(-2**31, 2**31 - 1, (b, 4, lmax, w), device="cuda", dtype=torch.int32),
-                   (torch.rand(b, 4, lmax, device="cuda") + 0.5).half(),
-                   torch.randint(-2**31, 2**31 - 1, (b, 4, lmax, w), device="cuda", dtype=torch.int32),
-                   (torch.rand(b, 4, lmax, device="cuda") + 0.5).half()) for _ in range(sets_for(qb))]
+        caches = [_packed_cache(b, lmax, bits, i) for i in range(sets_for(qb))]
         ref = G.kv_attn_decode_gluon(q, *caches[0], lens, None, bits, D ** -0.5, True, cb).float()
         res, errs = {}, {}
         for rep in range(2):

@@ -10,6 +10,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "perf"))
 
 import torch  # noqa: E402
+from graph_sweep import _packed_cache  # noqa: E402  (random packed K/V caches, 4 KV heads, D = 256)
 
 from hlwq_kernels.kv_quant_attn import triton as T  # noqa: E402
 from hlwq_kernels.kv_quant_attn import gluon as G  # noqa: E402
@@ -27,13 +28,8 @@ def main():
         lens = torch.full((b,), lmax, device="cuda", dtype=torch.int32)
         bits = 3
         cb = default_codebook(bits, "cuda")
-        w = D * bits // 32
         qb = b * lmax * 4 * 2 * (D * bits // 8 + 2)
-        g = torch.Generator(device="cuda").manual_seed(0)
-        caches = [(torch.randint(-2**31, 2**31 - 1, (b, 4, lmax, w), device="cuda", dtype=torch.int32, generator=g),
-                   (torch.rand(b, 4, lmax, device="cuda", generator=g) + 0.5).half(),
-                   torch.randint(-2**31, 2**31 - 1, (b, 4, lmax, w), device="cuda", dtype=torch.int32, generator=g),
-                   (torch.rand(b, 4, lmax, device="cuda", generator=g) + 0.5).half()) for _ in range(sets_for(qb))]
+        caches = [_packed_cache(b, lmax, bits, i) for i in range(sets_for(qb))]
         res = []
         for label, opt in (("int8", {}), ("int8+tma", {"tma": True})):
             fns = [lambda c=c: G.kv_attn_decode_gluon(q, *c, lens, None, bits, D ** -0.5, True, cb, int8=True, **opt)

@@ -8,8 +8,10 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "perf"))
 
 import torch  # noqa: E402
+from graph_sweep import _packed_cache  # noqa: E402  (random packed K/V caches, 4 KV heads, D = 256)
 
 from hlwq_kernels.kv_quant_attn import gluon as G  # noqa: E402
 from hlwq_kernels.quantize_kv import default_codebook  # noqa: E402
@@ -29,12 +31,8 @@ def main():
         qq = torch.randn(b, 16, 1, D, device="cuda", dtype=torch.bfloat16)
         lens = torch.full((b,), lmax, device="cuda", dtype=torch.int32)
         cb = default_codebook(bits, "cuda")
-        w = D * bits // 32
         n_sets = max(2, min(16, int(200e6 // (b * lmax * 4 * 2 * 100))))
-        caches = [(torch.randint(-2**31, 2**31 - 1, (b, 4, lmax, w), device="cuda", dtype=torch.int32),
-                   (torch.rand(b, 4, lmax, device="cuda") + 0.5).half(),
-                   torch.randint(-2**31, 2**31 - 1, (b, 4, lmax, w), device="cuda", dtype=torch.int32),
-                   (torch.rand(b, 4, lmax, device="cuda") + 0.5).half()) for _ in range(n_sets)]
+        caches = [_packed_cache(b, lmax, bits, i) for i in range(n_sets)]
         for label, opt in (("regs", {"tma": False}), ("tma", {"tma": True})):
             probe = torch.zeros(4096, 10, dtype=torch.int64, device="cuda")
             for i in range(3 * n_sets):
