@@ -189,6 +189,43 @@ def _build_kernel():
         return x
 
     @gluon.jit
+    def _fwht8x256_nat(x):
+        """``_fwht8x256`` for a tile in the *stored* (natural) column order that ``_kernel_order`` then relabels into the
+        int8 kernel's key order (``k_coord8``): the butterflies of column bits 1, 2, 4, 5 first, then those of bits 0,
+        3, 6, 7, so that the output layout, relabelled, is the ``LB`` layout the kernel splits into parts (the stages
+        commute; only the fp32 rounding order of the sums differs)."""
+        LA: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 2], [0, 4], [0, 16], [0, 32]], lane_bases=[[0, 1], [0, 8], [0, 64], [0, 128], [1, 0]],
+            warp_bases=[[2, 0], [4, 0]], block_bases=[], shape=[8, 256])
+        LB: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 1], [0, 8], [0, 64], [0, 128]], lane_bases=[[0, 2], [0, 4], [0, 16], [0, 32], [1, 0]],
+            warp_bases=[[2, 0], [4, 0]], block_bases=[], shape=[8, 256])
+        x = gl.convert_layout(x, LA)
+        x = _fwht_stage(x, 1, 8, 256)
+        x = _fwht_stage(x, 2, 8, 256)
+        x = _fwht_stage(x, 4, 8, 256)
+        x = _fwht_stage(x, 5, 8, 256)
+        x = gl.convert_layout(x, LB)
+        x = _fwht_stage(x, 0, 8, 256)
+        x = _fwht_stage(x, 3, 8, 256)
+        x = _fwht_stage(x, 6, 8, 256)
+        return _fwht_stage(x, 7, 8, 256)
+
+    @gluon.jit
+    def _kernel_order(x):
+        """[8, 256] in stored column order -> the int8 kernel's key order: column c of the result is column
+        ``k_coord8(c)`` of x (a relabelling of the column bits, no data movement: reshape / permute)."""
+        x = gl.reshape(x, [8, 2, 2, 2, 2, 2, 2, 2, 2])  # axis 8 - k = column bit k
+        return gl.reshape(gl.permute(x, [0, 1, 2, 5, 8, 3, 4, 6, 7]), [8, 256])
+
+    @gluon.jit
+    def _stored_order(x):
+        """[8, 256] in the int8 kernel's value order -> stored column order: column ``v_coord8(c)`` of the result is
+        column c of x (the inverse kind of ``_kernel_order``, for the output)."""
+        x = gl.reshape(x, [8, 2, 2, 2, 2, 2, 2, 2, 2])
+        return gl.reshape(gl.permute(x, [0, 3, 4, 6, 7, 1, 2, 8, 5]), [8, 256])
+
+    @gluon.jit
     def _lookup(w, h, lut, JL: gl.constexpr):
         """8 fp16x2 outputs (PAIRS) of words w with raw high halves h (uint32, same layout); lut: the 4
         byte-table words. JL: the layout of join(w, h) with the joined dimension as the *first* register
@@ -845,8 +882,6 @@ def _build_kernel():
         BN: gl.constexpr = 64
         NQ: gl.constexpr = 8
         NW2: gl.constexpr = D // 16
-        LQ: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[2, 16], warps_per_cta=[4, 1],
-                                            order=[1, 0])
         L4: gl.constexpr = gl.DistributedLinearLayout(
             reg_bases=[[8, 0]], lane_bases=[[0, 1], [0, 2], [1, 0], [2, 0], [4, 0]],
             warp_bases=[[16, 0], [32, 0]], block_bases=[], shape=[BN, 4])
@@ -860,14 +895,16 @@ def _build_kernel():
         lt1 = gl.load(lut_ptr + 1)
         inv_alpha = 1.0 / gl.load(lut_ptr + 2).to(gl.float32, bitcast=True)
 
-        # q: MMA column c = query row c >> 1 (r = t * G + g), its hi (c even) or lo (c odd) int8 plane, in the
-        # keys' kernel coordinate order, rotated and scaled below (the load first: it does not wait
-        # for kv_len)
-        rq = gl.arange(0, NQ, layout=gl.SliceLayout(1, LQ))
-        jq = rq // 2
-        c = gl.arange(0, D, layout=gl.SliceLayout(0, LQ))  # k_coord8, computed (no dependent table load)
-        cq = 64 * (c >> 6) + 16 * ((c >> 2) & 3) + 2 * (c & 3) + ((c >> 4) & 1) + 8 * ((c >> 5) & 1)
-        q = gl.load(q_ptr + b * sqb + (hk * G + jq % G)[:, None] * sqh + (jq // G)[:, None] * sqt + cq[None, :],
+        # q: MMA column c = query row c >> 1 (r = t * G + g), its hi (c even) or lo (c odd) int8 plane, rotated and
+        # scaled below, then relabelled into the keys' kernel coordinate order (the load first: it does not wait for
+        # kv_len). Loaded in stored order, 8 consecutive columns per thread (16-byte loads; loaded in kernel order, a
+        # thread's columns were 16 scattered 2-byte loads and ~150 address instructions)
+        LQN: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 1], [0, 2], [0, 4], [0, 128]], lane_bases=[[0, 8], [0, 16], [0, 32], [0, 64], [1, 0]],
+            warp_bases=[[2, 0], [4, 0]], block_bases=[], shape=[NQ, D])
+        jq = gl.arange(0, NQ, layout=gl.SliceLayout(1, LQN)) // 2
+        c = gl.arange(0, D, layout=gl.SliceLayout(0, LQN))
+        q = gl.load(q_ptr + b * sqb + (hk * G + jq % G)[:, None] * sqh + (jq // G)[:, None] * sqt + c[None, :],
                     mask=(jq < n_rows)[:, None], other=0.0).to(gl.float32)
 
         k_base = kp_ptr + b * skb + hk * skh
@@ -920,11 +957,11 @@ def _build_kernel():
         LB: gl.constexpr = gl.DistributedLinearLayout(
             reg_bases=[[0, 16], [0, 32], [0, 64], [0, 128]], lane_bases=[[0, 1], [0, 2], [0, 4], [0, 8], [1, 0]],
             warp_bases=[[2, 0], [4, 0]], block_bases=[], shape=[8, 256])
-        q = gl.convert_layout(_fwht8x256(q) * qscale, LB, assert_trivial=True)
+        q = gl.convert_layout(_kernel_order(_fwht8x256_nat(q) * qscale), LB, assert_trivial=True)
         rb = gl.arange(0, NQ, layout=gl.SliceLayout(1, LB))
         amax = gl.max(gl.abs(q), axis=1)
         sq = gl.where(amax > 0.0, amax * (1.0 / 127.0), 1.0)
-        qn = q / sq[:, None]
+        qn = q * gl.where(amax > 0.0, 127.0 / amax, 1.0)[:, None]  # (one division per row, not per value)
         qh = gl.floor(qn + 0.5)
         ql = gl.floor((qn - qh) * 254.0 + 0.5)
         q8 = gl.where((rb % 2 == 0)[:, None], qh, ql).to(gl.int8)
@@ -1006,12 +1043,15 @@ def _build_kernel():
         oa = gl.join(gl.join(o0 * f[None, :], o1 * f[None, :]), gl.join(o2 * f[None, :], o3 * f[None, :]))
         oa = gl.join(oa, oa)  # [64, 4, 2, 2, 2 (duplicate)]
         o = gl.reshape(gl.permute(oa, [1, 4, 3, 2, 0]), [NQ, D])
-        o = gl.convert_layout(_fwht8x256(o) * oscale, LQ)
-        rc = gl.arange(0, NQ, layout=gl.SliceLayout(1, LQ))
-        c = gl.arange(0, D, layout=gl.SliceLayout(0, LQ))  # v_coord8
-        vcol = 16 * (4 * ((c >> 4) & 3) + ((c & 7) >> 1)) + 4 * (c >> 6) + 2 * (c & 1) + ((c >> 3) & 1)
+        # rotated back, relabelled into stored column order (v_coord8) and stored 4 consecutive columns per thread
+        # (16-byte stores; stored from kernel order, 16 scattered 4-byte stores per thread)
+        LS: gl.constexpr = gl.BlockedLayout(size_per_thread=[2, 4], threads_per_warp=[1, 32], warps_per_cta=[4, 1],
+                                            order=[1, 0])
+        o = gl.convert_layout(_stored_order(_fwht8x256(o) * oscale), LS)
+        rc = gl.arange(0, NQ, layout=gl.SliceLayout(1, LS))
+        c = gl.arange(0, D, layout=gl.SliceLayout(0, LS))
         prq = (split * gl.num_programs(1) + bh) * n_rows + rc // 2
-        gl.store(op_ptr + prq[:, None] * D + vcol[None, :], o, mask=((rc // 2 < n_rows) & (rc % 2 == 0))[:, None])
+        gl.store(op_ptr + prq[:, None] * D + c[None, :], o, mask=((rc // 2 < n_rows) & (rc % 2 == 0))[:, None])
         if PROBE:
             _probe(probe_ptr, 3)
 
