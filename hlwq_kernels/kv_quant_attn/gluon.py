@@ -212,18 +212,69 @@ def _build_kernel():
         return _fwht_stage(x, 7, 8, 256)
 
     @gluon.jit
+    def _fwht4x256_nat(x):
+        """The Walsh-Hadamard transform of 4 rows [4, 256] in stored column order, 8 values per thread: the butterflies of
+        column bits 1, 2, 4, then 5, 0, 3, then 6, 7, each group in registers (two layout conversions). The output's
+        column bits 6 and 7 are registers, as ``_q_smem`` needs after ``_kernel_order`` (which leaves them in place)."""
+        L1: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 2], [0, 4], [0, 16]], lane_bases=[[0, 1], [0, 8], [0, 32], [0, 64], [0, 128]],
+            warp_bases=[[1, 0], [2, 0]], block_bases=[], shape=[4, 256])
+        L2: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 32], [0, 1], [0, 8]], lane_bases=[[0, 2], [0, 4], [0, 16], [0, 64], [0, 128]],
+            warp_bases=[[1, 0], [2, 0]], block_bases=[], shape=[4, 256])
+        L3: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 64], [0, 128], [0, 1]], lane_bases=[[0, 2], [0, 4], [0, 8], [0, 16], [0, 32]],
+            warp_bases=[[1, 0], [2, 0]], block_bases=[], shape=[4, 256])
+        x = gl.convert_layout(x, L1)
+        x = _fwht_stage(x, 1, 4, 256)
+        x = _fwht_stage(x, 2, 4, 256)
+        x = _fwht_stage(x, 4, 4, 256)
+        x = gl.convert_layout(x, L2)
+        x = _fwht_stage(x, 5, 4, 256)
+        x = _fwht_stage(x, 0, 4, 256)
+        x = _fwht_stage(x, 3, 4, 256)
+        x = gl.convert_layout(x, L3)
+        x = _fwht_stage(x, 6, 4, 256)
+        return _fwht_stage(x, 7, 4, 256)
+
+    @gluon.jit
+    def _fwht4x256_out(x):
+        """The Walsh-Hadamard transform of the output tile [4 rows, 256] in the value kernel order, as it comes from the
+        accumulators (column bits 3, 6, 7 in registers: those butterflies first, no conversion), then bits 1, 2, 4, then
+        5 and 0 in a layout whose registers, relabelled by ``_stored_order``, are 4 consecutive stored columns (bits 3
+        and 0 become stored bits 0 and 1), so that the stores are 16 bytes wide."""
+        L2: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 2], [0, 4], [0, 16]], lane_bases=[[0, 1], [0, 8], [0, 32], [0, 64], [0, 128]],
+            warp_bases=[[1, 0], [2, 0]], block_bases=[], shape=[4, 256])
+        L3: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[0, 8], [0, 1], [0, 32]], lane_bases=[[0, 2], [0, 4], [0, 16], [0, 64], [0, 128]],
+            warp_bases=[[1, 0], [2, 0]], block_bases=[], shape=[4, 256])
+        x = _fwht_stage(x, 3, 4, 256)
+        x = _fwht_stage(x, 6, 4, 256)
+        x = _fwht_stage(x, 7, 4, 256)
+        x = gl.convert_layout(x, L2)
+        x = _fwht_stage(x, 1, 4, 256)
+        x = _fwht_stage(x, 2, 4, 256)
+        x = _fwht_stage(x, 4, 4, 256)
+        x = gl.convert_layout(x, L3)
+        x = _fwht_stage(x, 5, 4, 256)
+        return _fwht_stage(x, 0, 4, 256)
+
+    @gluon.jit
     def _kernel_order(x):
-        """[8, 256] in stored column order -> the int8 kernel's key order: column c of the result is column
+        """[R, 256] in stored column order -> the int8 kernel's key order: column c of the result is column
         ``k_coord8(c)`` of x (a relabelling of the column bits, no data movement: reshape / permute)."""
-        x = gl.reshape(x, [8, 2, 2, 2, 2, 2, 2, 2, 2])  # axis 8 - k = column bit k
-        return gl.reshape(gl.permute(x, [0, 1, 2, 5, 8, 3, 4, 6, 7]), [8, 256])
+        R: gl.constexpr = x.shape[0]
+        x = gl.reshape(x, [R, 2, 2, 2, 2, 2, 2, 2, 2])  # axis 8 - k = column bit k
+        return gl.reshape(gl.permute(x, [0, 1, 2, 5, 8, 3, 4, 6, 7]), [R, 256])
 
     @gluon.jit
     def _stored_order(x):
-        """[8, 256] in the int8 kernel's value order -> stored column order: column ``v_coord8(c)`` of the result is
+        """[R, 256] in the int8 kernel's value order -> stored column order: column ``v_coord8(c)`` of the result is
         column c of x (the inverse kind of ``_kernel_order``, for the output)."""
-        x = gl.reshape(x, [8, 2, 2, 2, 2, 2, 2, 2, 2])
-        return gl.reshape(gl.permute(x, [0, 3, 4, 6, 7, 1, 2, 8, 5]), [8, 256])
+        R: gl.constexpr = x.shape[0]
+        x = gl.reshape(x, [R, 2, 2, 2, 2, 2, 2, 2, 2])
+        return gl.reshape(gl.permute(x, [0, 3, 4, 6, 7, 1, 2, 8, 5]), [R, 256])
 
     @gluon.jit
     def _lookup(w, h, lut, JL: gl.constexpr):
@@ -895,14 +946,15 @@ def _build_kernel():
         lt1 = gl.load(lut_ptr + 1)
         inv_alpha = 1.0 / gl.load(lut_ptr + 2).to(gl.float32, bitcast=True)
 
-        # q: MMA column c = query row c >> 1 (r = t * G + g), its hi (c even) or lo (c odd) int8 plane, rotated and
-        # scaled below, then relabelled into the keys' kernel coordinate order (the load first: it does not wait for
-        # kv_len). Loaded in stored order, 8 consecutive columns per thread (16-byte loads; loaded in kernel order, a
-        # thread's columns were 16 scattered 2-byte loads and ~150 address instructions)
+        # q: its 4 rows (r = t * G + g), rotated, scaled and split into int8 planes below, which then fill the MMA
+        # columns c (query row c >> 1, hi plane at even c, lo / 254 at odd c) in the keys' kernel coordinate order (the
+        # load first: it does not wait for kv_len). Loaded in stored order, 8 consecutive columns per thread (16-byte
+        # loads; loaded in kernel order and once per plane, a thread's columns were 16 scattered 2-byte loads and ~150
+        # address instructions, and the rotation did every row twice)
         LQN: gl.constexpr = gl.DistributedLinearLayout(
-            reg_bases=[[0, 1], [0, 2], [0, 4], [0, 128]], lane_bases=[[0, 8], [0, 16], [0, 32], [0, 64], [1, 0]],
-            warp_bases=[[2, 0], [4, 0]], block_bases=[], shape=[NQ, D])
-        jq = gl.arange(0, NQ, layout=gl.SliceLayout(1, LQN)) // 2
+            reg_bases=[[0, 1], [0, 2], [0, 4]], lane_bases=[[0, 8], [0, 16], [0, 32], [0, 64], [0, 128]],
+            warp_bases=[[1, 0], [2, 0]], block_bases=[], shape=[4, D])
+        jq = gl.arange(0, 4, layout=gl.SliceLayout(1, LQN))
         c = gl.arange(0, D, layout=gl.SliceLayout(0, LQN))
         q = gl.load(q_ptr + b * sqb + (hk * G + jq % G)[:, None] * sqh + (jq // G)[:, None] * sqt + c[None, :],
                     mask=(jq < n_rows)[:, None], other=0.0).to(gl.float32)
@@ -953,19 +1005,21 @@ def _build_kernel():
             w0, h0 = _kwords(k_base + lo * SKL, k_base.to(gl.pointer_type(gl.int16)) + lo * (2 * SKL), koff, kcst,
                              hoff, lo + kr < hi, 0, BITS, True)
 
-        # (in _fwht8x256's output layout, whose column bits 6-7 are in registers for the split into parts)
-        LB: gl.constexpr = gl.DistributedLinearLayout(
-            reg_bases=[[0, 16], [0, 32], [0, 64], [0, 128]], lane_bases=[[0, 1], [0, 2], [0, 4], [0, 8], [1, 0]],
-            warp_bases=[[2, 0], [4, 0]], block_bases=[], shape=[8, 256])
-        q = gl.convert_layout(_kernel_order(_fwht8x256_nat(q) * qscale), LB, assert_trivial=True)
-        rb = gl.arange(0, NQ, layout=gl.SliceLayout(1, LB))
+        q = _kernel_order(_fwht4x256_nat(q) * qscale)  # [4 rows, 256 kernel coordinates]
         amax = gl.max(gl.abs(q), axis=1)
         sq = gl.where(amax > 0.0, amax * (1.0 / 127.0), 1.0)
         qn = q * gl.where(amax > 0.0, 127.0 / amax, 1.0)[:, None]  # (one division per row, not per value)
         qh = gl.floor(qn + 0.5)
         ql = gl.floor((qn - qh) * 254.0 + 0.5)
-        q8 = gl.where((rb % 2 == 0)[:, None], qh, ql).to(gl.int8)
-        fq = gl.where(rb % 2 == 0, sq, sq * (1.0 / 254.0)) * inv_alpha
+        q8 = gl.reshape(gl.permute(gl.join(qh, ql), [0, 2, 1]), [NQ, D]).to(gl.int8)  # row 2 j + plane
+        # the columns' scales: sq of row c >> 1 (a masked sum over the 4 rows: exact), / 254 for the lo planes
+        LF: gl.constexpr = gl.BlockedLayout(size_per_thread=[4, 1], threads_per_warp=[1, 32], warps_per_cta=[1, 4],
+                                            order=[1, 0])
+        cf = gl.arange(0, NQ, layout=gl.SliceLayout(0, LF))
+        jf = gl.arange(0, 4, layout=gl.SliceLayout(1, LF))
+        sqc = gl.sum(gl.where(jf[:, None] == cf[None, :] // 2, gl.convert_layout(sq, gl.SliceLayout(1, LF))[:, None],
+                              0.0), axis=0)
+        fq = gl.where(cf % 2 == 0, sqc, sqc * (1.0 / 254.0)) * inv_alpha
         fq = gl.convert_layout(fq, gl.SliceLayout(0, MMA8))
         qs0, qs1, qs2, qs3 = _q_smem(q8, NQ, S_SMEM)
         p_smem = gl.allocate_shared_memory(gl.int8, [NQ, BN], S_SMEM)
@@ -1039,19 +1093,16 @@ def _build_kernel():
         prow = (split * gl.num_programs(1) + bh) * n_rows + rows
         gl.store(lse_ptr + prow, lse, mask=rows < n_rows)
         f = inv_alpha / l_safe
-        # [64 coordinates, 4 rows] x 4 m-tiles -> [8 (row, duplicate), 256 kernel coordinates 64 mt + coordinate]
+        # [64 coordinates, 4 rows] x 4 m-tiles -> [4 rows, 256 kernel coordinates 64 mt + coordinate], rotated back,
+        # relabelled into stored column order (v_coord8) and stored 4 consecutive columns per thread (16-byte stores;
+        # before: each row twice, as the MMA's column pairs, and 16 scattered 4-byte stores per thread)
         oa = gl.join(gl.join(o0 * f[None, :], o1 * f[None, :]), gl.join(o2 * f[None, :], o3 * f[None, :]))
-        oa = gl.join(oa, oa)  # [64, 4, 2, 2, 2 (duplicate)]
-        o = gl.reshape(gl.permute(oa, [1, 4, 3, 2, 0]), [NQ, D])
-        # rotated back, relabelled into stored column order (v_coord8) and stored 4 consecutive columns per thread
-        # (16-byte stores; stored from kernel order, 16 scattered 4-byte stores per thread)
-        LS: gl.constexpr = gl.BlockedLayout(size_per_thread=[2, 4], threads_per_warp=[1, 32], warps_per_cta=[4, 1],
-                                            order=[1, 0])
-        o = gl.convert_layout(_stored_order(_fwht8x256(o) * oscale), LS)
-        rc = gl.arange(0, NQ, layout=gl.SliceLayout(1, LS))
-        c = gl.arange(0, D, layout=gl.SliceLayout(0, LS))
-        prq = (split * gl.num_programs(1) + bh) * n_rows + rc // 2
-        gl.store(op_ptr + prq[:, None] * D + c[None, :], o, mask=((rc // 2 < n_rows) & (rc % 2 == 0))[:, None])
+        o = gl.reshape(gl.permute(oa, [1, 3, 2, 0]), [4, D])
+        o = _stored_order(_fwht4x256_out(o) * oscale)
+        rc = gl.arange(0, 4, layout=gl.SliceLayout(1, o.type.layout))
+        c = gl.arange(0, D, layout=gl.SliceLayout(0, o.type.layout))
+        prq = (split * gl.num_programs(1) + bh) * n_rows + rc
+        gl.store(op_ptr + prq[:, None] * D + c[None, :], o, mask=(rc < n_rows)[:, None])
         if PROBE:
             _probe(probe_ptr, 3)
 
