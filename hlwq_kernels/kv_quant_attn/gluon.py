@@ -50,7 +50,10 @@ the 8 columns were half empty anyway. The value norm is folded into the exponent
 weight per row comes from the max reduction already done, and p is quantized against it; each value
 m-tile's int32 MMA result is scaled into an fp32 accumulator per tile. The values' A operand needs 4
 keys per register: ``lut.V8_PROGRAMS`` transposes 4 keys' words into selectors with byte gathers.
-sm_90 SASS of the mask-free loop: 603 instructions per tile at 3 bits, 414 at 2 (fp16: 826 / 615).
+sm_90 SASS of the mask-free loop: 603 instructions per tile at 3 bits, 414 at 2 (fp16: 826 / 615). Unlike the
+fp16 kernel it loads q and stores its partials in stored column order (16-byte accesses), rotates them in an order
+whose layout relabels into the kernel's (``_kernel_order`` / ``_stored_order``: reshapes of the column bits), and
+rotates each of the <= 4 rows once (session 10: prologue 833 -> 583 instructions, epilogue 426 -> 266).
 Measured against the fp32 reference it is also more accurate than the fp16 kernels (q in fp16 there).
 
 The TMA ring (``tma=True``; the default at 3 bits when a program covers >= ``TMA_MIN_CHUNK`` keys): instead of
@@ -189,53 +192,40 @@ def _build_kernel():
         return x
 
     @gluon.jit
-    def _fwht8x256_nat(x):
-        """``_fwht8x256`` for a tile in the *stored* (natural) column order that ``_kernel_order`` then relabels into the
-        int8 kernel's key order (``k_coord8``): the butterflies of column bits 1, 2, 4, 5 first, then those of bits 0,
-        3, 6, 7, so that the output layout, relabelled, is the ``LB`` layout the kernel splits into parts (the stages
-        commute; only the fp32 rounding order of the sums differs)."""
-        LA: gl.constexpr = gl.DistributedLinearLayout(
-            reg_bases=[[0, 2], [0, 4], [0, 16], [0, 32]], lane_bases=[[0, 1], [0, 8], [0, 64], [0, 128], [1, 0]],
-            warp_bases=[[2, 0], [4, 0]], block_bases=[], shape=[8, 256])
-        LB: gl.constexpr = gl.DistributedLinearLayout(
-            reg_bases=[[0, 1], [0, 8], [0, 64], [0, 128]], lane_bases=[[0, 2], [0, 4], [0, 16], [0, 32], [1, 0]],
-            warp_bases=[[2, 0], [4, 0]], block_bases=[], shape=[8, 256])
-        x = gl.convert_layout(x, LA)
-        x = _fwht_stage(x, 1, 8, 256)
-        x = _fwht_stage(x, 2, 8, 256)
-        x = _fwht_stage(x, 4, 8, 256)
-        x = _fwht_stage(x, 5, 8, 256)
-        x = gl.convert_layout(x, LB)
-        x = _fwht_stage(x, 0, 8, 256)
-        x = _fwht_stage(x, 3, 8, 256)
-        x = _fwht_stage(x, 6, 8, 256)
-        return _fwht_stage(x, 7, 8, 256)
+    def _butterflies4(x, L: gl.constexpr, s0: gl.constexpr, s1: gl.constexpr, s2: gl.constexpr = -1):
+        """Butterfly stages s0, s1 (and s2 if >= 0) of a [4, 256] tile, after a conversion to layout L (None: the
+        tile's own layout, which must already hold those column bits in registers)."""
+        if L is not None:
+            x = gl.convert_layout(x, L)
+        x = _fwht_stage(x, s0, 4, 256)
+        x = _fwht_stage(x, s1, 4, 256)
+        if s2 >= 0:
+            x = _fwht_stage(x, s2, 4, 256)
+        return x
+
+    # [4, 256] layouts for the 4-row transforms below, 8 values per thread; named by their register column bits
+    R124 = gl.constexpr(gl.DistributedLinearLayout(
+        reg_bases=[[0, 2], [0, 4], [0, 16]], lane_bases=[[0, 1], [0, 8], [0, 32], [0, 64], [0, 128]],
+        warp_bases=[[1, 0], [2, 0]], block_bases=[], shape=[4, 256]))
+    R503 = gl.constexpr(gl.DistributedLinearLayout(
+        reg_bases=[[0, 32], [0, 1], [0, 8]], lane_bases=[[0, 2], [0, 4], [0, 16], [0, 64], [0, 128]],
+        warp_bases=[[1, 0], [2, 0]], block_bases=[], shape=[4, 256]))
+    R670 = gl.constexpr(gl.DistributedLinearLayout(
+        reg_bases=[[0, 64], [0, 128], [0, 1]], lane_bases=[[0, 2], [0, 4], [0, 8], [0, 16], [0, 32]],
+        warp_bases=[[1, 0], [2, 0]], block_bases=[], shape=[4, 256]))
+    R305 = gl.constexpr(gl.DistributedLinearLayout(
+        reg_bases=[[0, 8], [0, 1], [0, 32]], lane_bases=[[0, 2], [0, 4], [0, 16], [0, 64], [0, 128]],
+        warp_bases=[[1, 0], [2, 0]], block_bases=[], shape=[4, 256]))
 
     @gluon.jit
     def _fwht4x256_nat(x):
-        """The Walsh-Hadamard transform of 4 rows [4, 256] in stored column order, 8 values per thread: the butterflies of
-        column bits 1, 2, 4, then 5, 0, 3, then 6, 7, each group in registers (two layout conversions). The output's
-        column bits 6 and 7 are registers, as ``_q_smem`` needs after ``_kernel_order`` (which leaves them in place)."""
-        L1: gl.constexpr = gl.DistributedLinearLayout(
-            reg_bases=[[0, 2], [0, 4], [0, 16]], lane_bases=[[0, 1], [0, 8], [0, 32], [0, 64], [0, 128]],
-            warp_bases=[[1, 0], [2, 0]], block_bases=[], shape=[4, 256])
-        L2: gl.constexpr = gl.DistributedLinearLayout(
-            reg_bases=[[0, 32], [0, 1], [0, 8]], lane_bases=[[0, 2], [0, 4], [0, 16], [0, 64], [0, 128]],
-            warp_bases=[[1, 0], [2, 0]], block_bases=[], shape=[4, 256])
-        L3: gl.constexpr = gl.DistributedLinearLayout(
-            reg_bases=[[0, 64], [0, 128], [0, 1]], lane_bases=[[0, 2], [0, 4], [0, 8], [0, 16], [0, 32]],
-            warp_bases=[[1, 0], [2, 0]], block_bases=[], shape=[4, 256])
-        x = gl.convert_layout(x, L1)
-        x = _fwht_stage(x, 1, 4, 256)
-        x = _fwht_stage(x, 2, 4, 256)
-        x = _fwht_stage(x, 4, 4, 256)
-        x = gl.convert_layout(x, L2)
-        x = _fwht_stage(x, 5, 4, 256)
-        x = _fwht_stage(x, 0, 4, 256)
-        x = _fwht_stage(x, 3, 4, 256)
-        x = gl.convert_layout(x, L3)
-        x = _fwht_stage(x, 6, 4, 256)
-        return _fwht_stage(x, 7, 4, 256)
+        """The Walsh-Hadamard transform of q's 4 rows [4, 256] in stored column order: the butterflies of column bits
+        1, 2, 4, then 5, 0, 3, then 6, 7, each group in registers (the stages commute; only the fp32 rounding order of
+        the sums differs). The output's column bits 6 and 7 are registers, as ``_q_smem`` needs after
+        ``_kernel_order`` (which leaves them in place)."""
+        x = _butterflies4(x, R124, 1, 2, 4)
+        x = _butterflies4(x, R503, 5, 0, 3)
+        return _butterflies4(x, R670, 6, 7)
 
     @gluon.jit
     def _fwht4x256_out(x):
@@ -243,22 +233,9 @@ def _build_kernel():
         accumulators (column bits 3, 6, 7 in registers: those butterflies first, no conversion), then bits 1, 2, 4, then
         5 and 0 in a layout whose registers, relabelled by ``_stored_order``, are 4 consecutive stored columns (bits 3
         and 0 become stored bits 0 and 1), so that the stores are 16 bytes wide."""
-        L2: gl.constexpr = gl.DistributedLinearLayout(
-            reg_bases=[[0, 2], [0, 4], [0, 16]], lane_bases=[[0, 1], [0, 8], [0, 32], [0, 64], [0, 128]],
-            warp_bases=[[1, 0], [2, 0]], block_bases=[], shape=[4, 256])
-        L3: gl.constexpr = gl.DistributedLinearLayout(
-            reg_bases=[[0, 8], [0, 1], [0, 32]], lane_bases=[[0, 2], [0, 4], [0, 16], [0, 64], [0, 128]],
-            warp_bases=[[1, 0], [2, 0]], block_bases=[], shape=[4, 256])
-        x = _fwht_stage(x, 3, 4, 256)
-        x = _fwht_stage(x, 6, 4, 256)
-        x = _fwht_stage(x, 7, 4, 256)
-        x = gl.convert_layout(x, L2)
-        x = _fwht_stage(x, 1, 4, 256)
-        x = _fwht_stage(x, 2, 4, 256)
-        x = _fwht_stage(x, 4, 4, 256)
-        x = gl.convert_layout(x, L3)
-        x = _fwht_stage(x, 5, 4, 256)
-        return _fwht_stage(x, 0, 4, 256)
+        x = _butterflies4(x, None, 3, 6, 7)
+        x = _butterflies4(x, R124, 1, 2, 4)
+        return _butterflies4(x, R305, 5, 0)
 
     @gluon.jit
     def _kernel_order(x):
