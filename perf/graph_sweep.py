@@ -222,6 +222,77 @@ def sec_dqg2x():
                                                                     unroll=3, early=True, **g2))])
 
 
+def sec_dq16lean():
+    """M = 16, dot2's pipelined loop: the lean decode and x^T copied straight into the operand order (xperm),
+    against the session-11 default, alternated twice."""
+    from hlwq_kernels.dequant_matmul.triton import _pick
+
+    for shape in LINEARS:
+        name, n, k = shape
+        for bits in ((5, 4) if name in ("gate_up", "down") else (5,)):
+            base = _pick(16, n, k, HLWQ_BLOCK, "dot2", bits)
+            pipe = base if base.pipe else base._replace(pipe=3)
+            cfgs = []
+            for i in range(2):
+                cfgs += [(f"default-{i}", None), (f"lean-{i}", pipe._replace(lean=True)),
+                         (f"lean-xperm-{i}", pipe._replace(lean=True, xperm=True))]
+            cfgs.append(("xperm", pipe._replace(xperm=True)))
+            _dq_cases(16, (bits,), [shape], cfgs)
+
+
+def sec_dq16ab():
+    """M = 16: session 11's dot2 defaults (the pipelined K loop with the lean decode and x^T in operand order, on
+    N >= 16384 and on K > 4096, 4 and 5 bits) against the previous default (pf 1, the split-K rule), alternated
+    twice; the shapes whose default changed."""
+    from hlwq_kernels.dequant_matmul.triton import Config, _pick
+
+    old = Config("dot2", BN=64, G=4, BM=16, num_warps=4, num_stages=1, pf=1)
+    for shape in LINEARS:
+        name, n, k = shape
+        for bits in ((5, 4) if name in ("gate_up", "down") else (5,)):
+            if _pick(16, n, k, HLWQ_BLOCK, "dot2", bits).pipe == 0:
+                continue
+            cfgs = []
+            for i in range(2):
+                cfgs += [(f"old-{i}", old), (f"default-{i}", None)]
+            _dq_cases(16, (bits,), [shape], cfgs)
+
+
+def sec_dq16pipe():
+    """M = 16: dot2 with Triton's pipelined K loop (``Config.pipe``: cp.async copies of the planes, x^T and norms)
+    against the default (the register prefetch, pf 1), session 11."""
+    from hlwq_kernels.dequant_matmul.triton import _pick
+
+    for shape in LINEARS[:5]:
+        name, n, k = shape
+        base = _pick(16, n, k, HLWQ_BLOCK, "dot2", 5)
+        cfgs = [("default", None)] + [(f"pipe{p}", base._replace(pipe=p)) for p in (2, 3, 4)]
+        cfgs += [(f"pipe3-s{sk}", base._replace(pipe=3, split_k=sk)) for sk in (1, 2, 4, 8)]
+        cfgs += [("pipe3-bn128w8", base._replace(pipe=3, BN=128, num_warps=8)), ("default-again", None)]
+        _dq_cases(16, (5,), [shape], cfgs)
+    gate_up = [s for s in LINEARS if s[0] == "gate_up"]
+    for bits in (4, 3):
+        base = _pick(16, gate_up[0][1], gate_up[0][2], HLWQ_BLOCK, "dot2", bits)
+        _dq_cases(16, (bits,), gate_up, [("default", None), ("pipe3", base._replace(pipe=3)),
+                                         ("pipe4", base._replace(pipe=4))])
+
+
+def sec_dqi32ab():
+    """gemv2, M = 1, 5 bits: 32-bit row offsets (``Config.i32``, the default for N <= 4096 with one K slice since
+    session 11) against the same config without them, alternated three times."""
+    from hlwq_kernels.dequant_matmul.triton import _pick
+
+    for shape in LINEARS:
+        name, n, k = shape
+        if name not in ("square", "attn_kv"):
+            continue
+        base = _pick(1, n, k, HLWQ_BLOCK, "gemv2", 5)
+        cfgs = []
+        for i in range(3):
+            cfgs += [(f"no-i32-{i}", base._replace(i32=False)), (f"default-{i}", None)]
+        _dq_cases(1, (5,), [shape], cfgs)
+
+
 def sec_dqcfg():
     """Untimed opt-in decode configs against the current default (M = 1). S4-2 timed programmatic
     dependent launch for gemv2 (1: launch overlap; 2: + the first tile's weights before the wait): slower on
@@ -554,7 +625,8 @@ def sec_gdn():
         for s in sets], rec_b, base)
 
 
-SECTIONS = {"fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dq8": sec_dq8, "dqcfg": sec_dqcfg, "dqg2x": sec_dqg2x,
+SECTIONS = {"dq16lean": sec_dq16lean, "dq16ab": sec_dq16ab, "dq16pipe": sec_dq16pipe, "dqi32ab": sec_dqi32ab,
+            "fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dq8": sec_dq8, "dqcfg": sec_dqcfg, "dqg2x": sec_dqg2x,
             "dqg3": sec_dqg3, "dq16cfg": sec_dq16cfg, "dq16split": sec_dq16split, "dqlowbit": sec_dqlowbit,
             "dq16pf": sec_dq16pf,
             "dqprefill": sec_dqprefill, "dqsmallm": sec_dqsmallm,

@@ -1,7 +1,7 @@
 """A few launches of one kernel for Nsight Compute (device.sh's ncu mode):
     ncu --clock-control none -k regex:_gemv_kernel -c 1 --section ... python3 perf/ncu_target.py gemv
-Targets: gemv (dequant_matmul M=1, 5 bits, gate_up 24576x4096), gemv-small (the same, 2048x4096), gemv8 (the
-opt-in int8 GEMV on gate_up),
+Targets: gemv (dequant_matmul M=1, 5 bits, gate_up 24576x4096), gemv-small (the same, 2048x4096), dot16 (M=16,
+the dot2 default; DOT16_N rows, default gate_up), gemv8 (the opt-in int8 GEMV on gate_up),
 kv (kv_quant_attn 3 bits, 32k or KV_LEN keys, batch 1), gdn (gated_delta_decode_step, batch 1)."""
 
 import os
@@ -18,6 +18,12 @@ if what in ("gemv", "gemv-small"):
     from hlwq_kernels.dequant_matmul.triton import dequant_matmul_rotated
     w = gs._hlwq_weight(24576 if what == "gemv" else 2048, 4096, 5, 0)
     x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        dequant_matmul_rotated(x, w, torch.bfloat16)
+elif what == "dot16":
+    from hlwq_kernels.dequant_matmul.triton import dequant_matmul_rotated
+    w = gs._hlwq_weight(int(os.environ.get("DOT16_N", "24576")), 4096, 5, 0)
+    x = torch.randn(16, 4096, device="cuda", dtype=torch.bfloat16)
     for _ in range(3):
         dequant_matmul_rotated(x, w, torch.bfloat16)
 elif what == "gemv8":  # the opt-in int8 GEMV, 24576x4096 5 bits (GEMV8_BITS, GEMV8_KS, GEMV8_PF from the environment)

@@ -103,8 +103,10 @@ def test_split_k_configs(device, cfg):
 
 
 @pytest.mark.parametrize("opts", [None, dict(nib=True), dict(depth=2), dict(unroll=2), dict(lean=True),
-                                  dict(early=True), dict(depth=2, unroll=3, nib=True, lean=True, early=True)],
-                         ids=["default", "nib", "depth2", "pingpong", "lean", "early", "d2-pp-nib-lean-early"])
+                                  dict(early=True), dict(depth=2, unroll=3, nib=True, lean=True, early=True),
+                                  dict(i32=True), dict(i32=True, unroll=2, nib=True, lean=True)],
+                         ids=["default", "nib", "depth2", "pingpong", "lean", "early", "d2-pp-nib-lean-early", "i32",
+                              "i32-pp-nib-lean"])
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7, 8])
 def test_gemv2_every_bit_width(device, bits, opts):
     """The K-across-the-CTA GEMV (the M <= GEMV_MAX_M default) through method="gemv2", and its opt-in
@@ -123,31 +125,31 @@ def test_gemv2_every_bit_width(device, bits, opts):
        bn=st.sampled_from([1, 4, 8]), g=st.sampled_from([1, 2, 4, 16]), split_k=st.sampled_from([0, 2, 3]),
        row_tiles=st.sampled_from([0, 1, 3]), prefetch=st.booleans(), dtype=st.sampled_from(DTYPES),
        seed=st.integers(0, 2**20), depth=st.sampled_from([1, 2]), pingpong=st.booleans(), nib=st.booleans(),
-       lean=st.booleans(), early=st.booleans(), fused=st.booleans())
+       lean=st.booleans(), early=st.booleans(), fused=st.booleans(), i32=st.booleans())
 # examples: ragged K slices (10 groups in 3 slices of 4) and a ragged last row tile; bits 8 at G=1; nib with
 # ragged K, 3 tiles per trip and tiles past N; row_tiles 1 rounded up to one trip of 2 tiles; nib without
 # prefetch; lean byte words with a 4-, 2- and 1-bit plane
 @example(n=70, k=300, bits=5, block=64, bn=4, g=4, split_k=0, row_tiles=3, prefetch=True, dtype=torch.float32,
-         seed=0, depth=1, pingpong=False, nib=False, lean=False, early=False, fused=True)
+         seed=0, depth=1, pingpong=False, nib=False, lean=False, early=False, fused=True, i32=True)
 @example(n=33, k=200, bits=8, block=32, bn=8, g=1, split_k=0, row_tiles=0, prefetch=False, dtype=torch.bfloat16,
-         seed=1, depth=1, pingpong=False, nib=False, lean=False, early=False, fused=False)
+         seed=1, depth=1, pingpong=False, nib=False, lean=False, early=False, fused=False, i32=False)
 @example(n=70, k=300, bits=3, block=64, bn=4, g=4, split_k=0, row_tiles=3, prefetch=True, dtype=torch.float32,
-         seed=2, depth=2, pingpong=True, nib=True, lean=True, early=True, fused=False)
+         seed=2, depth=2, pingpong=True, nib=True, lean=True, early=True, fused=False, i32=True)
 @example(n=37, k=250, bits=1, block=32, bn=2, g=2, split_k=3, row_tiles=1, prefetch=True, dtype=torch.float16,
-         seed=3, depth=1, pingpong=True, nib=True, lean=False, early=False, fused=False)
+         seed=3, depth=1, pingpong=True, nib=True, lean=False, early=False, fused=False, i32=False)
 @example(n=50, k=256, bits=2, block=128, bn=4, g=4, split_k=0, row_tiles=0, prefetch=False, dtype=torch.float32,
-         seed=4, depth=1, pingpong=False, nib=True, lean=True, early=True, fused=False)
+         seed=4, depth=1, pingpong=False, nib=True, lean=True, early=True, fused=False, i32=True)
 @example(n=45, k=300, bits=7, block=32, bn=4, g=2, split_k=2, row_tiles=3, prefetch=True, dtype=torch.float32,
-         seed=5, depth=2, pingpong=False, nib=False, lean=True, early=True, fused=True)
+         seed=5, depth=2, pingpong=False, nib=False, lean=True, early=True, fused=True, i32=False)
 def test_gemv2_configs(device, n, k, bits, block, bn, g, split_k, row_tiles, prefetch, dtype, seed, depth, pingpong,
-                       nib, lean, early, fused):
+                       nib, lean, early, fused, i32):
     kp = -(-k // block) * block
     assume(n * kp <= 20_000)
     qw = make_weight(n, k, bits, block, seed, device)
     x = make_x((1,), k, dtype, seed, device)
     unroll = depth + 1 if prefetch and pingpong else 1
     cfg = Config("gemv2", BN=bn, G=g, split_k=split_k, row_tiles=row_tiles, prefetch=prefetch, depth=depth,
-                 unroll=unroll, nib=nib, lean=lean, early=early, fused=fused)
+                 unroll=unroll, nib=nib, lean=lean, early=early, fused=fused, i32=i32)
     y = dequant_matmul_triton_method(x, qw, False, dtype, config=cfg)
     check(y, x, qw, False, dtype, str(cfg))
     if fused:  # the fused split-K tail leaves its counters at zero
@@ -231,6 +233,24 @@ def test_gemv2_default_configs(device, n_pick, kp_pick, bits):
     check(y, x, qw, False, x.dtype, str(cfg))
 
 
+# (out features, Kp, bits) whose M=16 default is the pipelined dot2 loop: N >= 16384 (split 1), K > 4096 (BN 128)
+PICKED16 = [(24576, 4096, 5), (24576, 4096, 4), (4096, 12288, 5), (4096, 12288, 4), (8192, 4096, 5)]
+
+
+@pytest.mark.parametrize("n_pick,kp_pick,bits", PICKED16, ids=[f"{n}x{k}-{b}" for n, k, b in PICKED16])
+def test_dot2_default_configs(device, n_pick, kp_pick, bits):
+    """Each M=16 default config of ``_pick`` on a small weight (70 rows: ragged against BN 64 and 128; K = 512:
+    four K-steps, split 1 or the split rule)."""
+    from hlwq_kernels.dequant_matmul.triton import _pick
+
+    cfg = _pick(16, n_pick, kp_pick, 128, "dot2", bits)
+    assert (cfg.pipe == 3) == ((n_pick, kp_pick) != (8192, 4096)), cfg
+    qw = make_weight(70, 512, bits, 128, bits, device)
+    x = make_x((16,), 512, torch.bfloat16 if ON_GPU else torch.float16, bits, device)
+    y = dequant_matmul_triton_method(x, qw, False, x.dtype, config=cfg)
+    check(y, x, qw, False, x.dtype, str(cfg))
+
+
 def test_split_k_rule(monkeypatch):
     """Split-K counts on a 132-SM GPU: dot2 (M <= 16) under 4 programs per SM twice the one-wave rule, at
     least 4 and at most 8 (the session-4 sweeps' best on the 5 Qwen3.5-9B shapes); dot keeps one wave, and
@@ -272,6 +292,27 @@ def test_dot2_every_bit_width(device, bits):
     (16, 96, 1024, 1, 128, Config("dot2", BN=64, G=4, BM=16, num_stages=1, split_k=3, pf=1, unroll=2),
      torch.bfloat16),  # 8 K-steps in 3 splits of 3: the last split has 2 (clamped step, zero norm)
     (12, 50, 256, 7, 64, Config("dot2", BN=64, G=2, BM=16, num_stages=1, pf=1, frag=False, l2pf=1), torch.float32),
+    # the pipelined K loop (pipe): every width's planes as pieces, ragged M / N, a ragged last split, fp32 x
+    (16, 70, 1024, 5, 128, Config("dot2", BN=64, G=4, BM=16, num_stages=1, split_k=3, pipe=3), torch.bfloat16),
+    (9, 64, 512, 3, 128, Config("dot2", BN=64, G=4, BM=16, num_stages=1, pipe=4), torch.float16),
+    (16, 40, 300, 7, 64, Config("dot2", BN=32, G=2, BM=16, num_stages=1, split_k=2, pipe=2), torch.float32),
+    (5, 64, 256, 4, 128, Config("dot2", BN=64, G=4, BM=16, num_stages=1, pipe=3), torch.bfloat16),
+    (16, 33, 256, 1, 32, Config("dot2", BN=64, G=1, BM=16, num_stages=1, pipe=3), torch.bfloat16),
+    (16, 64, 256, 6, 128, Config("dot2", BN=64, G=4, BM=16, num_stages=1, pipe=3), torch.bfloat16),
+    (16, 64, 256, 2, 128, Config("dot2", BN=64, G=4, BM=16, num_stages=1, pipe=3), torch.bfloat16),
+    (16, 64, 256, 8, 128, Config("dot2", BN=64, G=4, BM=16, num_stages=1, pipe=3), torch.bfloat16),
+    # + the lean decode and x^T copied in operand order (xperm)
+    (16, 70, 1024, 5, 128, Config("dot2", BN=64, G=4, BM=16, num_stages=1, split_k=3, pipe=3, lean=True, xperm=True),
+     torch.bfloat16),
+    (11, 130, 512, 4, 128, Config("dot2", BN=128, G=4, BM=16, num_warps=8, num_stages=1, pipe=3, lean=True,
+                                  xperm=True), torch.float16),
+    (16, 40, 384, 7, 128, Config("dot2", BN=64, G=4, BM=16, num_stages=1, pipe=4, lean=True, xperm=True),
+     torch.float32),
+    (16, 64, 256, 3, 128, Config("dot2", BN=64, G=4, BM=16, num_stages=1, pipe=3, lean=True, xperm=True),
+     torch.bfloat16),
+    (16, 64, 256, 6, 64, Config("dot2", BN=64, G=2, BM=16, num_stages=1, pipe=3, lean=True, xperm=True),
+     torch.bfloat16),
+    (16, 64, 256, 5, 128, Config("dot2", BN=64, G=4, BM=16, num_stages=1, pipe=2, xperm=True), torch.bfloat16),
 ])
 def test_dot2_configs(device, m, n, k, bits, block, cfg, dtype):
     qw = make_weight(n, k, bits, block, bits + m, device)
@@ -283,7 +324,7 @@ def test_dot2_configs(device, m, n, k, bits, block, cfg, dtype):
 def test_dot2_rejects_bad_config(device):
     qw = make_weight(16, 64, 3, 32, 0, device)
     x = make_x((8,), 64, torch.float32, 0, device)
-    for cfg in (Config("dot2", BN=64, G=1, pf=3), Config("dot2", BN=24, G=1)):
+    for cfg in (Config("dot2", BN=64, G=1, pf=3), Config("dot2", BN=24, G=1), Config("dot2", BN=64, G=1, pipe=1)):
         with pytest.raises(ValueError, match="dot2"):
             dequant_matmul_triton_method(x, qw, False, torch.float32, config=cfg)
 

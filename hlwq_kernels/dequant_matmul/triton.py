@@ -72,7 +72,8 @@ SLAB_MIN_ROWS = 2048  # ... but at least this many rows (48 MiB at K = 12288; se
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _plane_words(p_ptr, p_addr, row_off, row_mask, t, groups, W: tl.constexpr, OFF: tl.constexpr, G: tl.constexpr,
-                 A: tl.constexpr, MASKED: tl.constexpr, MODE: tl.constexpr, BN: tl.constexpr, LEAD: tl.constexpr):
+                 A: tl.constexpr, MASKED: tl.constexpr, MODE: tl.constexpr, BN: tl.constexpr, LEAD: tl.constexpr,
+                 PIECES: tl.constexpr = False):
     """[BN, Q] words of plane (width W, code-bit offset OFF) for K-tile ``t``: element q ("quad",
     the q-th run of 32/A codes of the tile) gets the word that holds its codes."""
     q = tl.arange(0, G * A)
@@ -85,6 +86,17 @@ def _plane_words(p_ptr, p_addr, row_off, row_mask, t, groups, W: tl.constexpr, O
         qw = q // (A // W)
     widx = groups * OFF + t * (G * W) + qw
     ptrs = p_ptr + row_off[:, None] + widx[None, :]
+    if W != A and PIECES:
+        # one piece per quad (the 1-bit plane's byte, the 2-bit plane's 16 bits), declared contiguous in runs
+        # of 4 quads: each thread loads the pieces of the quads whose 4-bit plane words it loads, so a
+        # pipelined (cp.async) copy of every plane lands in one register layout (dot2 PIPE); the decode then
+        # needs no per-quad shift (_words_to_codes PIECES)
+        ptr = p_ptr.to(tl.pointer_type(tl.uint8)) if W == 1 else p_ptr.to(tl.pointer_type(tl.uint16))
+        pidx = tl.max_contiguous((groups * OFF + t * (G * W)) * (4 // W) + q, 4)
+        pptrs = ptr + (row_off * (4 // W))[:, None] + pidx[None, :]
+        if MASKED:
+            return tl.load(pptrs, mask=row_mask[:, None] & ((t * G + q // A) < groups)[None, :], other=0).to(tl.int32)
+        return tl.load(pptrs).to(tl.int32)
     if MASKED:
         qmask = (t * G + q // A) < groups
         return tl.load(ptrs, mask=row_mask[:, None] & qmask[None, :], other=0)
@@ -101,6 +113,10 @@ def _plane_words(p_ptr, p_addr, row_off, row_mask, t, groups, W: tl.constexpr, O
         # non-contiguous pointers made Triton's coalescing put the lanes across rows for the
         # whole tile (8-byte pieces of 16 rows per warp load); this way the 4-/8-bit plane's
         # coalesced load (lanes along the row) sets the layout, and lanes of one word share it.
+        if row_off.dtype == tl.int32:  # (gemv2 I32) 32-bit word offsets: one wide multiply-add per address
+            return tl.inline_asm_elementwise(
+                "{ .reg .u64 ad; mad.wide.s32 ad, $1, 4, $2; ld.global.nc.b32 $0, [ad]; }", "=r,r,l",
+                [row_off[:, None] + widx[None, :], p_addr], dtype=tl.int32, is_pure=True, pack=1)
         addr = p_addr + 4 * (row_off[:, None] + widx[None, :])
         return tl.inline_asm_elementwise("ld.global.nc.b32 $0, [$1];", "=r,l", [addr], dtype=tl.int32,
                                          is_pure=True, pack=1)
@@ -160,7 +176,8 @@ def _tile_codes(p_ptr, p_addr, row_off, row_mask, t, groups, BITS: tl.constexpr,
 
 @triton.jit
 def _tile_words(p_ptr, p_addr, row_off, row_mask, t, groups, BITS: tl.constexpr, BN: tl.constexpr,
-                G: tl.constexpr, A: tl.constexpr, MASKED: tl.constexpr, MODE: tl.constexpr):
+                G: tl.constexpr, A: tl.constexpr, MASKED: tl.constexpr, MODE: tl.constexpr,
+                PIECES: tl.constexpr = False):
     """The plane words of K-tile ``t``: (4-bit or 8-bit plane, 2-bit plane, 1-bit plane), [BN, Q]
     each (zeros for planes that ``BITS`` lacks; the compiler drops them)."""
     wa = tl.zeros([BN, G * A], dtype=tl.int32)
@@ -173,16 +190,16 @@ def _tile_words(p_ptr, p_addr, row_off, row_mask, t, groups, BITS: tl.constexpr,
             wa = _plane_words(p_ptr, p_addr, row_off, row_mask, t, groups, 4, 0, G, A, MASKED, MODE, BN, True)
         if BITS & 2:
             wb = _plane_words(p_ptr, p_addr, row_off, row_mask, t, groups, 2, BITS & 4, G, A, MASKED, MODE, BN,
-                               BITS < 4)
+                               BITS < 4, PIECES)
         if BITS & 1:
             wc = _plane_words(p_ptr, p_addr, row_off, row_mask, t, groups, 1, BITS & 6, G, A, MASKED, MODE, BN,
-                               BITS == 1)
+                               BITS == 1, PIECES)
     return wa, wb, wc
 
 
 @triton.jit
 def _words_to_codes(wa, wb, wc, BITS: tl.constexpr, BN: tl.constexpr, G: tl.constexpr, A: tl.constexpr,
-                    F: tl.constexpr):
+                    F: tl.constexpr, PIECES: tl.constexpr = False):
     """Plane words (``_tile_words``) -> raw codes [BN, Q, F] (see ``_tile_codes``)."""
     q = tl.arange(0, G * A)[None, :]
     if A == 8:
@@ -195,10 +212,14 @@ def _words_to_codes(wa, wb, wc, BITS: tl.constexpr, BN: tl.constexpr, G: tl.cons
             cw1 = wa >> 4
         if BITS & 2:  # word q//2: code 2j+p of quad q at bit 16(q%2) + 4j + 2p
             s2 = (q % 2) * 16
+            if PIECES:  # (the quad's own 16 bits)
+                s2 = q * 0
             cw0 = _merge(cw0, _spread2(wb >> s2, BITS & 4), 0x03030303 << (BITS & 4))
             cw1 = _merge(cw1, _spread2(wb >> (s2 + 2), BITS & 4), 0x03030303 << (BITS & 4))
         if BITS & 1:  # word q//4: code 2j+p of quad q at bit 8(q%4) + 2j + p
             s1 = (q % 4) * 8
+            if PIECES:  # (the quad's own byte)
+                s1 = q * 0
             cw0 = _merge(cw0, _spread1(wc >> s1, BITS & 6), 0x01010101 << (BITS & 6))
             cw1 = _merge(cw1, _spread1(wc >> (s1 + 1), BITS & 6), 0x01010101 << (BITS & 6))
         # (arithmetic shifts of negative words only smear sign bits into the garbage bits)
@@ -221,7 +242,8 @@ def _select(cw, contrib, FIELD: tl.constexpr, MODE: tl.constexpr):
 
 
 @triton.jit
-def _words_to_codes_l3(wa, wb, wc, BITS: tl.constexpr, BN: tl.constexpr, G: tl.constexpr, MODE: tl.constexpr):
+def _words_to_codes_l3(wa, wb, wc, BITS: tl.constexpr, BN: tl.constexpr, G: tl.constexpr, MODE: tl.constexpr,
+                       PIECES: tl.constexpr = False):
     """``Config.lean`` (gemv2, A = 4): ``_words_to_codes`` with fewer word ops per quad: every merge
     is one ``_select``, and the odd-parity 1-bit spread reuses the even one's shifted word:
     ``(u & 0xAA) * (0x41041 << (OFF - 1))`` puts bit 2j+1 on bit 8j + OFF (the same product terms as
@@ -234,6 +256,8 @@ def _words_to_codes_l3(wa, wb, wc, BITS: tl.constexpr, BN: tl.constexpr, G: tl.c
         cw1 = wa >> 4
     if BITS & 2:
         s2 = (q % 2) * 16
+        if PIECES:  # (the quad's own 16 bits)
+            s2 = q * 0
         O2: tl.constexpr = BITS & 4
         u2 = wb >> s2
         u3 = wb >> (s2 + 2)
@@ -245,6 +269,8 @@ def _words_to_codes_l3(wa, wb, wc, BITS: tl.constexpr, BN: tl.constexpr, G: tl.c
         cw1 = _select(cw1, _select(odd1, even1, 0x00FF00FF, MODE), 0x03030303 << O2, MODE)
     if BITS & 1:
         s1 = (q % 4) * 8
+        if PIECES:  # (the quad's own byte)
+            s1 = q * 0
         O1: tl.constexpr = BITS & 6
         u = wc >> s1
         if O1 == 0:
@@ -479,12 +505,22 @@ def _g2_words(p_ptr, p_addr, row_off, row_mask, t, groups, BITS: tl.constexpr, B
 
 
 @triton.jit
+def _g2_rows(rows_out, N, I32: tl.constexpr):
+    """Row indices clamped to N - 1 (loads need no row predicate): int32 with ``I32`` (the launcher has
+    checked that every word and norm offset fits), else int64."""
+    if I32:
+        return tl.minimum(rows_out, N - 1)
+    else:
+        return tl.minimum(rows_out, N - 1).to(tl.int64)
+
+
+@triton.jit
 def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr, N, groups, nblk, stride_xm,
                   stride_om, stride_os, row_tiles, BITS: tl.constexpr, BLOCK: tl.constexpr, BN: tl.constexpr,
                   G: tl.constexpr, A: tl.constexpr, F: tl.constexpr, SPLIT_K: tl.constexpr, MODE: tl.constexpr,
                   MASKED: tl.constexpr, PREFETCH: tl.constexpr, DEPTH: tl.constexpr = 1, NIB: tl.constexpr = False,
                   UNROLL: tl.constexpr = 1, LEAN: tl.constexpr = False, EARLY: tl.constexpr = False,
-                  FUSED: tl.constexpr = False, y_ptr=None, cnt_ptr=None):
+                  FUSED: tl.constexpr = False, y_ptr=None, cnt_ptr=None, I32: tl.constexpr = False):
     """GEMV with K across the CTA ("gemv2", the decode default): program (m, s, n) owns K slice s (G groups =
     32*G codes, whole norm blocks) and ``row_tiles`` tiles of BN rows. Each thread keeps the x values
     of its fixed quads in registers (fp32, loaded once) and walks the row tiles: per tile the plane
@@ -495,7 +531,8 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
     two row tiles of plane words in flight (PREFETCH); UNROLL = DEPTH + 1 walks the prefetch slots
     round-robin (no register copies); NIB (bits 1-3) decodes with ``_words_to_codes_nib``; LEAN: the
     other bits <= 7 with ``_words_to_codes_l3``, and one FFMA chain per norm block (``_g2_tile``);
-    EARLY: the prefetch loads issue before the whole tile (``_g2_tile_at``).
+    EARLY: the prefetch loads issue before the whole tile (``_g2_tile_at``). I32 (``Config.i32``): row, word
+    and norm offsets in 32-bit arithmetic (one IMAD per row and one wide IMAD per narrow-plane address).
     FUSED (``Config.fused``, SPLIT_K > 1): out_ptr holds the fp32 partials [SPLIT_K, M, N]; after its
     row tiles each program arrives on its (m, row-range) counter in ``cnt_ptr`` and the last of the
     SPLIT_K slices to arrive sums the partials into ``y_ptr`` (``_g2_splitk_tail``): no reduce launch."""
@@ -523,19 +560,19 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
     r0 = pid_n * (row_tiles * BN)
     rr = tl.arange(0, BN)
     if PREFETCH:
-        rows = tl.minimum(r0 + rr, N - 1).to(tl.int64)
+        rows = _g2_rows(r0 + rr, N, I32)
         wa, wb, wc = _g2_words(p_ptr, p_addr, rows * (groups * BITS), row_true, t, groups, BITS, BN, G, A, MASKED,
                                MODE, NIBP)
         if DEPTH == 2:  # the tile after it too: two row tiles of words in flight
-            rows = tl.minimum(r0 + BN + rr, N - 1).to(tl.int64)
+            rows = _g2_rows(r0 + BN + rr, N, I32)
             va, vb, vc = _g2_words(p_ptr, p_addr, rows * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
                                    MASKED, MODE, NIBP)
     if UNROLL == 1:
         for i in range(row_tiles):
             rows_out = r0 + i * BN + rr
-            rows = tl.minimum(rows_out, N - 1).to(tl.int64)  # clamped: loads need no row predicate
+            rows = _g2_rows(rows_out, N, I32)  # clamped: loads need no row predicate
             if PREFETCH:
-                nrows = tl.minimum(rows_out + DEPTH * BN, N - 1).to(tl.int64)
+                nrows = _g2_rows(rows_out + DEPTH * BN, N, I32)
                 na, nb, nc = _g2_words(p_ptr, p_addr, nrows * (groups * BITS), row_true, t, groups, BITS, BN, G,
                                        A, MASKED, MODE, NIBP)
                 _g2_tile_at(wa, wb, wc, xv, lane_cb, cb_ptr, cb_addr, n_ptr, n_addr, out_ptr, rows, rows_out, N, nblk,
@@ -560,11 +597,11 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
             ro0 = r0 + i * BN + rr
             ro1 = ro0 + BN
             ro2 = ro0 + 2 * BN
-            rw0 = tl.minimum(ro0, N - 1).to(tl.int64)
-            rw1 = tl.minimum(ro1, N - 1).to(tl.int64)
-            rw2 = tl.minimum(ro2, N - 1).to(tl.int64)
-            rw3 = tl.minimum(ro0 + 3 * BN, N - 1).to(tl.int64)
-            rw4 = tl.minimum(ro0 + 4 * BN, N - 1).to(tl.int64)
+            rw0 = _g2_rows(ro0, N, I32)
+            rw1 = _g2_rows(ro1, N, I32)
+            rw2 = _g2_rows(ro2, N, I32)
+            rw3 = _g2_rows(ro0 + 3 * BN, N, I32)
+            rw4 = _g2_rows(ro0 + 4 * BN, N, I32)
             if DEPTH == 1:  # slots w (even tiles), u (odd tiles)
                 ua, ub, uc = _g2_rr_step(wa, wb, wc, rw1, rw0, ro0, p_ptr, p_addr, xv, lane_cb, cb_ptr, cb_addr, n_ptr,
                                          n_addr, out_ptr, row_true, groups, N, nblk, blk, t, pid_m, stride_om,
@@ -766,11 +803,23 @@ def _l2_line(addr):
 
 
 @triton.jit
-def _dot2_x(x_ptr, toks, M, stride_xm, t, BK: tl.constexpr, UPCAST: tl.constexpr, FRAG: tl.constexpr):
+def _dot2_x(x_ptr, toks, M, stride_xm, t, BK: tl.constexpr, UPCAST: tl.constexpr, FRAG: tl.constexpr,
+            XPERM: tl.constexpr = False):
     """x^T tile [BK, BM] of K-step t; tokens clamped to M-1 (no predicates: the extra columns are
     masked at the store). FRAG: loaded in code order (contiguous: 16-byte loads), then relabelled
     to the k order of ``_dot2_kernel`` (code c*(BK/4) + 4*kc + 2*e_hi + e_lo -> k = 16*kc + 8*e_hi
     + 2*c + e_lo; a layout change only, absorbed by the store into the wgmma B tile in smem)."""
+    if FRAG and XPERM:
+        # (dot2 PIPE) the relabelling through the pointers: row k of the tile is code
+        # (k//2 % 4) * (BK/4) + 4 * (k // 16) + 2 * (k//8 % 2) + k % 2, so the pipelined copy lands in the
+        # tensor-core operand order (pairs of codes contiguous: 4-byte copies) with no register permute
+        k = tl.arange(0, BK)
+        code = ((k // 2) % 4) * (BK // 4) + 4 * (k // 16) + 2 * ((k // 8) % 2) + k % 2
+        code = tl.max_contiguous(tl.multiple_of(code, 2), 2)
+        xt = tl.load(x_ptr + tl.minimum(toks, M - 1)[None, :] * stride_xm + (t * BK + code)[:, None])
+        if UPCAST:
+            xt = xt.to(tl.float32)
+        return xt
     kk = t * BK + tl.arange(0, BK)
     xt = tl.load(x_ptr + tl.minimum(toks, M - 1)[None, :] * stride_xm + kk[:, None])
     if FRAG:
@@ -782,12 +831,40 @@ def _dot2_x(x_ptr, toks, M, stride_xm, t, BK: tl.constexpr, UPCAST: tl.constexpr
 
 
 @triton.jit
+def _dot2_mma(ca, cb, cc, xt, lane_cb, cb_ptr, cb_addr, x_ptr, BITS: tl.constexpr, BN: tl.constexpr, G: tl.constexpr,
+              A: tl.constexpr, F: tl.constexpr, BK: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+              MODE: tl.constexpr, FRAG: tl.constexpr, PIECES: tl.constexpr, LEAN: tl.constexpr = False):
+    """One K-step of ``_dot2_kernel`` from its plane words and x^T tile: decode (LEAN: ``_words_to_codes_l3``),
+    LUT, the FRAG relabelling, and the tensor-core product [BN, BM] (without the norms)."""
+    if LEAN and A == 4:
+        code = _words_to_codes_l3(ca, cb, cc, BITS, BN, G, MODE, PIECES)  # [BN, Q, F]
+    else:
+        code = _words_to_codes(ca, cb, cc, BITS, BN, G, A, F, PIECES)
+    vals = _lut(cb_ptr, cb_addr, lane_cb, code, BITS, MODE)
+    if not UPCAST:
+        vals = vals.to(x_ptr.dtype.element_ty)
+    if FRAG:  # code index c*(BK/4) + 4*kc + 2*e_hi + e_lo -> k = 16*kc + 8*e_hi + 2*c + e_lo
+        wt = tl.reshape(vals, [BN, 4, BK // 16, 2, 2])
+        wt = tl.reshape(tl.permute(wt, (0, 2, 3, 1, 4)), [BN, BK])
+        # loaded row (g, w, l) -> output row (w, g, l)
+        wt = tl.reshape(wt, [BN // (8 * (BN // 16)), BN // 16, 8, BK])
+        wt = tl.reshape(tl.permute(wt, (1, 0, 2, 3)), [BN, BK])
+    else:
+        wt = tl.reshape(vals, [BN, BK])
+    if IEEE:  # fp32 inputs: plain fp32 products, as torch does by default (no TF32)
+        return tl.dot(wt, xt, input_precision="ieee")
+    else:
+        return tl.dot(wt, xt)
+
+
+@triton.jit
 def _dot2_kernel(x_ptr, p_ptr, p_addr, n_ptr, cb_ptr, cb_addr, out_ptr, M, N, groups, nblk, stride_xm, stride_om,
                  stride_os, tiles_per_split, BITS: tl.constexpr, BLOCK: tl.constexpr, BM: tl.constexpr,
                  BN: tl.constexpr, G: tl.constexpr, A: tl.constexpr, F: tl.constexpr, SPLIT_K: tl.constexpr,
                  UPCAST: tl.constexpr, IEEE: tl.constexpr, MODE: tl.constexpr, MASKED: tl.constexpr,
                  MASK_M: tl.constexpr, UNROLL: tl.constexpr, PF: tl.constexpr, FRAG: tl.constexpr,
-                 L2PF: tl.constexpr):
+                 L2PF: tl.constexpr, PIPE: tl.constexpr = 0, LEAN: tl.constexpr = False,
+                 XPERM: tl.constexpr = False):
     """The tensor-core kernel reworked for latency ("dot2": the default for GEMV_MAX_M < M <= 16, any
     M up to 256 by Config; see ``_dot_kernel`` for the swap-AB scheme and .notes/dequant_matmul.md "dot2"):
 
@@ -804,6 +881,13 @@ def _dot2_kernel(x_ptr, p_ptr, p_addr, n_ptr, cb_ptr, cb_addr, out_ptr, M, N, gr
     * L2PF (GPU only): each K-step also issues ``prefetch.global.L2`` for the plane words of K-step
       t + L2PF (one line per row and plane): ptxas sinks the PF register loads behind the decode
       (SASS), so the L2 prefetch is what keeps DRAM busy ahead of the loop.
+    * PIPE (``Config.pipe``, >= 2; PF unused): the K loop is Triton-pipelined with PIPE stages: cp.async
+      copies of the plane words (narrow planes as one piece per quad, so every copy lands in the decode's
+      layout: ``_plane_words`` PIECES), of the x^T tile and of the norms, PIPE - 1 K-steps ahead, no
+      registers held. LEAN (``Config.lean``) decodes with ``_words_to_codes_l3``; XPERM (``Config.xperm``,
+      with FRAG) loads x^T through permuted pointers, so its copy is the wgmma B operand as it lands (no
+      shared-memory load / permute / store per K-step). Session 11 (S11-8 to S11-11): the M <= 16 default at
+      4 and 5 bits for N >= 16384 and for K > 4096.
     * rows and tokens are clamped for the loads (no predicates), K-steps past the split's end are
       clamped and get a zero norm; MASKED / MASK_M are unused (a K-step is always whole: BK | block).
     """
@@ -834,55 +918,55 @@ def _dot2_kernel(x_ptr, p_ptr, p_addr, n_ptr, cb_ptr, cb_addr, out_ptr, M, N, gr
         lane_cb = _lut_lane(cb_addr, tl.zeros([BN, G * A, F], dtype=tl.int32), BITS)
     t0 = pid_s * tiles_per_split
     t_last = tl.minimum(t0 + tiles_per_split, n_tiles) - 1
-    if PF >= 1:
+    if PIPE > 0:
+        # Triton's pipeliner copies every plane (one piece per quad for the narrow ones), the x^T tile and
+        # the norms of the next PIPE - 1 K-steps into shared memory (cp.async): loads ahead without registers
+        for t in tl.range(t0, t0 + tiles_per_split, num_stages=PIPE):
+            tc = tl.minimum(t, t_last)
+            ca, cb, cc = _tile_words(p_ptr, p_addr, row_off, row_true, tc, groups, BITS, BN, G, A, False, MODE, True)
+            xt = _dot2_x(x_ptr, toks, M, stride_xm, tc, BK, UPCAST, FRAG, XPERM)
+            nv = tl.load(n_ptr + nrm_off + (tc * BK) // BLOCK)
+            d = _dot2_mma(ca, cb, cc, xt, lane_cb, cb_ptr, cb_addr, x_ptr, BITS, BN, G, A, F, BK, UPCAST, IEEE, MODE,
+                          FRAG, True, LEAN)
+            nv = tl.where(t <= t_last, nv.to(tl.float32), 0.0)
+            acc += d * nv[:, None]
+    if PF >= 1 and PIPE == 0:
         wa, wb, wc = _tile_words(p_ptr, p_addr, row_off, row_true, tl.minimum(t0, t_last), groups, BITS, BN, G, A,
                                  False, MODE)
         xc = _dot2_x(x_ptr, toks, M, stride_xm, tl.minimum(t0, t_last), BK, UPCAST, FRAG)
         vc = tl.load(n_ptr + nrm_off + (tl.minimum(t0, t_last) * BK) // BLOCK)
-    if PF >= 2:
+    if PF >= 2 and PIPE == 0:
         wa2, wb2, wc2 = _tile_words(p_ptr, p_addr, row_off, row_true, tl.minimum(t0 + 1, t_last), groups, BITS, BN,
                                     G, A, False, MODE)
         xc2 = _dot2_x(x_ptr, toks, M, stride_xm, tl.minimum(t0 + 1, t_last), BK, UPCAST, FRAG)
         vc2 = tl.load(n_ptr + nrm_off + (tl.minimum(t0 + 1, t_last) * BK) // BLOCK)
-    for tu in range(t0, t0 + tiles_per_split, UNROLL):
-        for u in tl.static_range(UNROLL):
-            t = tu + u
-            tc = tl.minimum(t, t_last)
-            if L2PF > 0 and MODE != 0:
-                _l2_prefetch_planes(p_addr, row_off, groups, tl.minimum(t + L2PF, t_last), BITS, G, A)
-            if PF == 0:
-                ca, cb, cc = _tile_words(p_ptr, p_addr, row_off, row_true, tc, groups, BITS, BN, G, A, False, MODE)
-                xt = _dot2_x(x_ptr, toks, M, stride_xm, tc, BK, UPCAST, FRAG)
-                nv = tl.load(n_ptr + nrm_off + (tc * BK) // BLOCK)
-            else:
-                tn = tl.minimum(t + PF, t_last)
-                na, nb, nc = _tile_words(p_ptr, p_addr, row_off, row_true, tn, groups, BITS, BN, G, A, False, MODE)
-                nx = _dot2_x(x_ptr, toks, M, stride_xm, tn, BK, UPCAST, FRAG)
-                nn = tl.load(n_ptr + nrm_off + (tn * BK) // BLOCK)
-                ca, cb, cc, xt, nv = wa, wb, wc, xc, vc
-                if PF == 1:
-                    wa, wb, wc, xc, vc = na, nb, nc, nx, nn
+    if PIPE == 0:
+        for tu in range(t0, t0 + tiles_per_split, UNROLL):
+            for u in tl.static_range(UNROLL):
+                t = tu + u
+                tc = tl.minimum(t, t_last)
+                if L2PF > 0 and MODE != 0:
+                    _l2_prefetch_planes(p_addr, row_off, groups, tl.minimum(t + L2PF, t_last), BITS, G, A)
+                if PF == 0:
+                    ca, cb, cc = _tile_words(p_ptr, p_addr, row_off, row_true, tc, groups, BITS, BN, G, A, False, MODE)
+                    xt = _dot2_x(x_ptr, toks, M, stride_xm, tc, BK, UPCAST, FRAG)
+                    nv = tl.load(n_ptr + nrm_off + (tc * BK) // BLOCK)
                 else:
-                    wa, wb, wc, xc, vc = wa2, wb2, wc2, xc2, vc2
-                    wa2, wb2, wc2, xc2, vc2 = na, nb, nc, nx, nn
-            code = _words_to_codes(ca, cb, cc, BITS, BN, G, A, F)  # [BN, Q, F]
-            vals = _lut(cb_ptr, cb_addr, lane_cb, code, BITS, MODE)
-            if not UPCAST:
-                vals = vals.to(x_ptr.dtype.element_ty)
-            if FRAG:  # code index c*(BK/4) + 4*kc + 2*e_hi + e_lo -> k = 16*kc + 8*e_hi + 2*c + e_lo
-                wt = tl.reshape(vals, [BN, 4, BK // 16, 2, 2])
-                wt = tl.reshape(tl.permute(wt, (0, 2, 3, 1, 4)), [BN, BK])
-                # loaded row (g, w, l) -> output row (w, g, l)
-                wt = tl.reshape(wt, [BN // (8 * (BN // 16)), BN // 16, 8, BK])
-                wt = tl.reshape(tl.permute(wt, (1, 0, 2, 3)), [BN, BK])
-            else:
-                wt = tl.reshape(vals, [BN, BK])
-            if IEEE:  # fp32 inputs: plain fp32 products, as torch does by default (no TF32)
-                d = tl.dot(wt, xt, input_precision="ieee")
-            else:
-                d = tl.dot(wt, xt)
-            nv = tl.where(t <= t_last, nv.to(tl.float32), 0.0)  # K-steps past the split: clamped loads, no contribution
-            acc += d * nv[:, None]
+                    tn = tl.minimum(t + PF, t_last)
+                    na, nb, nc = _tile_words(p_ptr, p_addr, row_off, row_true, tn, groups, BITS, BN, G, A, False, MODE)
+                    nx = _dot2_x(x_ptr, toks, M, stride_xm, tn, BK, UPCAST, FRAG)
+                    nn = tl.load(n_ptr + nrm_off + (tn * BK) // BLOCK)
+                    ca, cb, cc, xt, nv = wa, wb, wc, xc, vc
+                    if PF == 1:
+                        wa, wb, wc, xc, vc = na, nb, nc, nx, nn
+                    else:
+                        wa, wb, wc, xc, vc = wa2, wb2, wc2, xc2, vc2
+                        wa2, wb2, wc2, xc2, vc2 = na, nb, nc, nx, nn
+                d = _dot2_mma(ca, cb, cc, xt, lane_cb, cb_ptr, cb_addr, x_ptr, BITS, BN, G, A, F, BK, UPCAST, IEEE,
+                              MODE, FRAG, False)
+                # K-steps past the split: clamped loads, no contribution
+                nv = tl.where(t <= t_last, nv.to(tl.float32), 0.0)
+                acc += d * nv[:, None]
     optrs = toks[None, :] * stride_om + rows_out[:, None]
     omask = (toks < M)[None, :] & (rows_out < N)[:, None]
     if SPLIT_K == 1:
@@ -952,13 +1036,18 @@ class Config(NamedTuple):
     row_tiles: int = 0  # gemv2: BN-row tiles per program (0: chosen from the SM count)
     depth: int = 1  # gemv2 with prefetch: row tiles of plane words loaded ahead (1 or 2)
     nib: bool = False  # gemv2, bits 1-3: one shift per code from nibble/field words (_words_to_codes_nib)
-    lean: bool = False  # gemv2: fewer ops per code (one LOP3 per merge in _words_to_codes_l3; FFMA chain per block)
+    lean: bool = False  # gemv2: fewer ops per code (one LOP3 per merge in _words_to_codes_l3; FFMA chain per block);
+    # dot2 with pipe: the same decode
     early: bool = False  # gemv2 with prefetch: the next tiles' loads issue before the current tile (_g2_tile_at)
     fused: bool = False  # gemv2 with > 1 K slice: split-K sum in the kernel (last-arriving slice; no reduce launch)
     slab_rows: int = 0  # slab: W_rot rows per slab (0: about SLAB_BYTES of x's dtype)
     pf: int = 1  # dot2: K-steps of words + x loaded ahead (0, 1, 2)
     frag: bool = True  # dot2: k / row order that makes the decode land in the wgmma A fragment (bits 4-7)
     l2pf: int = 0  # dot2: prefetch.global.L2 of the plane words this many K-steps ahead (0: off)
+    i32: bool = False  # gemv2: 32-bit row / word / norm offsets where they fit (the launcher checks)
+    pipe: int = 0  # dot2: Triton-pipelined K loop with this many stages (cp.async copies of every plane, x^T
+    # and the norms into shared memory; pf is then unused); 0: the register prefetch (pf)
+    xperm: bool = False  # dot2 with pipe and frag: x^T copied straight into the tensor-core operand order
 
 
 @functools.lru_cache(maxsize=None)
@@ -998,7 +1087,10 @@ def _pick(m: int, n: int, kp: int, block: int, method: str, bits: int = 5) -> Co
             # split-K sum, 18.33, shares counters between calls, so it stays opt-in: Config.fused.)
             return Config("gemv2", BN=4, G=128, num_warps=4, prefetch=True, lean=True, unroll=2)
         if n <= 4096:
-            return Config("gemv2", BN=8, G=128, num_warps=4, prefetch=True)
+            # i32 with one K slice: 4096x4096 7.84 -> 7.45 us, 2048x4096 5.90 -> 5.54 (H100, 5 bits, graph_sweep
+            # dqi32ab, session 11 S11-5, alternated three times; cuBLAS bf16 15.55 / 10.87). Other widths: untimed.
+            # (On the lean round-robin configs below, i32 was slower: 24576x4096 30.6 -> 34.2, S11-3.)
+            return Config("gemv2", BN=8, G=128, num_warps=4, prefetch=True, i32=kp <= 128 * 32)
         # N > 4096: options from the g2opt branch, per bit width. H100, M=1, 24576x4096, graph timing
         # (graph_sweep dqcfg, 2026-11-27 session 3 run 6; us, option / plain BN=4 prefetch / cuBLAS 72.6):
         # 5 bits lean + round-robin slots 30.99 / 32.02 (4096x12288: 19.19 / 19.91); 4 bits lean
@@ -1025,7 +1117,21 @@ def _pick(m: int, n: int, kp: int, block: int, method: str, bits: int = 5) -> Co
         # 4096^2 13.16 / 16.61 / 16.88; 24576x4096 52.59 / 61.51 / 73.86; 4096x12288 38.35 / 51.67 / 40.07;
         # 2048x4096 9.80 / 11.61 / 10.98. (pf2 unroll 2: 49.72 on 24576x4096 but slower elsewhere;
         # l2pf and split-K 2/4 did not help.) BM=32 (M 17..32) is untimed: "dot" stays the default there.
-        return Config("dot2", BN=64, G=g_max, BM=16 if m <= 16 else 32, num_warps=4, num_stages=1, pf=1)
+        cfg = Config("dot2", BN=64, G=g_max, BM=16 if m <= 16 else 32, num_warps=4, num_stages=1, pf=1)
+        if m <= 16 and bits in (4, 5) and g_max == 4:
+            # the pipelined K loop (session 11, M=16, graph timing; us). graph_sweep dq16pipe (S11-8; option /
+            # pf 1 / cuBLAS bf16): 5 bits 24576x4096 pipe3 split 1 44.73 / 47.96 / 73.98, 4096x12288 pipe3 BN 128
+            # 8 warps 25.87 / 27.48 / 40.02; 4 bits 24576x4096 pipe3 41.52 / 45.42. Slower there on 8192x4096,
+            # 4096^2 and 2048x4096 (pipe3 19.56 / 13.74 / 9.77 vs 18.71 / 12.70 / 9.57), which keep pf 1.
+            # dq16lean (S11-10, two alternations each; without / with lean + xperm): 24576x4096 45.57, 45.84 ->
+            # 41.30, 40.97 (4 bits 37.51, 37.86 -> 34.11, 33.52); 4096x12288 26.37, 26.48 -> 25.73, 25.41 (4 bits
+            # 22.76, 22.91 -> 21.76, 21.56); 248320x4096 386.10, 389.22 -> 381.83, 375.01. (4096^2 slower with
+            # them, 12.65 -> 13.18; 2048x4096 9.75 -> 9.27 and 8192x4096 18.50 -> 18.42 / 18.10: not adopted.)
+            if kp > 4096:
+                return cfg._replace(pipe=3, BN=128, num_warps=8, lean=True, xperm=True)
+            if n >= 16384:
+                return cfg._replace(pipe=3, split_k=1, lean=True, xperm=True)
+        return cfg
     if m <= 16:  # one m64n16 wgmma per K-step, no Triton pipelining (stages=2 was 1.6x slower);
         # unroll=2: 156 registers, no spills (measured config was unroll=1; unroll=2 NOT yet timed)
         return Config("dot", BN=64, G=g_max, BM=16, num_warps=4, num_stages=1, unroll=2)
@@ -1150,6 +1256,8 @@ def _gemv2(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, cfg: Config)
         extra["LEAN"] = True
     if cfg.early and cfg.prefetch:
         extra["EARLY"] = True
+    if cfg.i32 and w.packed.numel() * 4 < 2**31 and w.norms.numel() < 2**31:
+        extra["I32"] = True  # (x 4: the nib loads' byte offsets of 1-bit pieces)
     groups, nblk = kp // 32, kp // block
     split = max(cfg.split_k, cdiv(groups, cfg.G))
     g = max(next_pow2(cdiv(groups, split)), block // 32)  # whole norm blocks per slice
@@ -1240,17 +1348,20 @@ def dequant_matmul_rotated(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dty
                            MASKED=masked, PREFETCH=cfg.prefetch, UNROLL=unroll,
                            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     elif cfg.method == "dot2":
-        if cfg.pf not in (0, 1, 2) or (cfg.frag and (cfg.BN % 16 or cfg.BN < 32)):
-            raise ValueError(f"dot2: pf must be 0, 1 or 2 and frag needs BN a multiple of 16 >= 32, got {cfg}")
+        if cfg.pf not in (0, 1, 2) or (cfg.frag and (cfg.BN % 16 or cfg.BN < 32)) or cfg.pipe == 1 or cfg.pipe < 0:
+            raise ValueError(f"dot2: pf must be 0, 1 or 2, pipe 0 or >= 2, and frag needs BN a multiple of 16 >= 32, "
+                             f"got {cfg}")
         # frag only where the 4-bit plane's LDG.128 sets the tile layout (bits 4..7): at 1-3 and 8 bits
         # the loaded layout differs and the permuted tile costs more smem stores than the plain one
         grid = (cdiv(m, cfg.BM) * cdiv(n, cfg.BN), split)
+        # the pipelined loop's constexprs only when set, so the other configs specialize exactly as before
+        extra = dict(PIPE=cfg.pipe, LEAN=cfg.lean, XPERM=cfg.xperm) if cfg.pipe else {}
         _dot2_kernel[grid](xr, *common, m, n, groups, nblk, xr.stride(0), n, stride_os, tiles_per_split,
                            BITS=bits, BLOCK=block, BM=cfg.BM, BN=cfg.BN, G=cfg.G, A=a, F=f, SPLIT_K=split,
                            UPCAST=interpreting(), IEEE=xr.dtype == torch.float32, MODE=mode,
                            MASKED=masked, MASK_M=bool(m % cfg.BM), UNROLL=unroll, PF=cfg.pf,
-                           FRAG=cfg.frag and 4 <= bits <= 7, L2PF=cfg.l2pf,
-                           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                           FRAG=cfg.frag and 4 <= bits <= 7, L2PF=cfg.l2pf, num_warps=cfg.num_warps,
+                           num_stages=cfg.num_stages, **extra)
     elif cfg.method == "dot":
         grid = (cdiv(m, cfg.BM) * cdiv(n, cfg.BN), split)
         _dot_kernel[grid](xr, *common, m, n, groups, nblk, xr.stride(0), n, stride_os, tiles_per_split,
