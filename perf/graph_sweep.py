@@ -222,6 +222,27 @@ def sec_dqg2x():
                                                                     unroll=3, early=True, **g2))])
 
 
+def sec_dq16more():
+    """M = 16, 5 bits: the session-11 default (pipe 3, lean, xperm) against its neighbours (stages, split-K, tile),
+    on the shapes where it is the default."""
+    from hlwq_kernels.dequant_matmul.triton import _pick
+
+    for shape in LINEARS:
+        name, n, k = shape
+        base = _pick(16, n, k, HLWQ_BLOCK, "dot2", 5)
+        if not base.pipe:
+            continue
+        cfgs = [("default", None), ("pipe2", base._replace(pipe=2)), ("pipe4", base._replace(pipe=4))]
+        if k > 4096:
+            cfgs += [("bn64w4", base._replace(BN=64, num_warps=4)), ("s2", base._replace(split_k=2)),
+                     ("s6", base._replace(split_k=6))]
+        else:
+            cfgs += [("s2", base._replace(split_k=2)), ("bn128w8", base._replace(BN=128, num_warps=8)),
+                     ("bn128w8-s2", base._replace(BN=128, num_warps=8, split_k=2))]
+        cfgs.append(("default-again", None))
+        _dq_cases(16, (5,), [shape], cfgs)
+
+
 def sec_dq16lean():
     """M = 16, dot2's pipelined loop: the lean decode and x^T copied straight into the operand order (xperm),
     against the session-11 default, alternated twice."""
@@ -625,7 +646,7 @@ def sec_gdn():
         for s in sets], rec_b, base)
 
 
-SECTIONS = {"dq16lean": sec_dq16lean, "dq16ab": sec_dq16ab, "dq16pipe": sec_dq16pipe, "dqi32ab": sec_dqi32ab,
+SECTIONS = {"dq16more": sec_dq16more, "dq16lean": sec_dq16lean, "dq16ab": sec_dq16ab, "dq16pipe": sec_dq16pipe, "dqi32ab": sec_dqi32ab,
             "fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dq8": sec_dq8, "dqcfg": sec_dqcfg, "dqg2x": sec_dqg2x,
             "dqg3": sec_dqg3, "dq16cfg": sec_dq16cfg, "dq16split": sec_dq16split, "dqlowbit": sec_dqlowbit,
             "dq16pf": sec_dq16pf,
