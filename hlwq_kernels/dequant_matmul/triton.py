@@ -1066,7 +1066,9 @@ def _pick(m: int, n: int, kp: int, block: int, method: str, bits: int = 5) -> Co
       4096x4096 8.51 / 7.88 / 11.05 / 15.67; 24576x4096 31.74 / 34.25 / 41.61 / 71.96;
       4096x12288 19.41 / 19.79 / 24.61 / 39.31; 2048x4096 5.99 / 5.88 / 8.31 / 10.93.
       (The old "gemv", BN=32 rows x BK=128 per step, stays as method="gemv".)
-    * M <= 16: dot2 (tensor cores, the decode written straight into the wgmma A fragment), BM = 16.
+    * M <= 16: dot2 (tensor cores, the decode written straight into the wgmma A fragment), BM = 16; at 4 and 5
+      bits with N >= 16384 or K > 4096 its K loop is Triton-pipelined (pipe 3: cp.async copies two K-steps
+      ahead, lean decode, x^T copied in operand order), elsewhere one K-step of register prefetch (pf 1).
     * M <= SLAB_MIN_M: the fused tensor-core kernel (swap-AB wgmma, BM = 32 tokens).
     * larger M: slabs of W_rot in bf16 (bounded scratch, never the whole matrix) + cuBLAS:
       the fused kernel re-dequantizes each weight tile for every BM tokens (M/BM times), which
