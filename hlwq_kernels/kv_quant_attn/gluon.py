@@ -203,19 +203,20 @@ def _build_kernel():
             x = _fwht_stage(x, s2, 4, 256)
         return x
 
-    # [4, 256] layouts for the 4-row transforms below, 8 values per thread; named by their register column bits
-    R124 = gl.constexpr(gl.DistributedLinearLayout(
-        reg_bases=[[0, 2], [0, 4], [0, 16]], lane_bases=[[0, 1], [0, 8], [0, 32], [0, 64], [0, 128]],
-        warp_bases=[[1, 0], [2, 0]], block_bases=[], shape=[4, 256]))
-    R503 = gl.constexpr(gl.DistributedLinearLayout(
-        reg_bases=[[0, 32], [0, 1], [0, 8]], lane_bases=[[0, 2], [0, 4], [0, 16], [0, 64], [0, 128]],
-        warp_bases=[[1, 0], [2, 0]], block_bases=[], shape=[4, 256]))
-    R670 = gl.constexpr(gl.DistributedLinearLayout(
-        reg_bases=[[0, 64], [0, 128], [0, 1]], lane_bases=[[0, 2], [0, 4], [0, 8], [0, 16], [0, 32]],
-        warp_bases=[[1, 0], [2, 0]], block_bases=[], shape=[4, 256]))
-    R305 = gl.constexpr(gl.DistributedLinearLayout(
-        reg_bases=[[0, 8], [0, 1], [0, 32]], lane_bases=[[0, 2], [0, 4], [0, 16], [0, 64], [0, 128]],
-        warp_bases=[[1, 0], [2, 0]], block_bases=[], shape=[4, 256]))
+    def _rows4(*reg_bits):
+        """A [4, 256] layout for the 4-row transforms below: the given column bits in registers (8 values per
+        thread, in that order), the other five column bits on the lanes (ascending), the rows on the warps."""
+        lanes = [b for b in range(8) if b not in reg_bits]
+        return gl.constexpr(gl.DistributedLinearLayout(
+            reg_bases=[[0, 1 << b] for b in reg_bits], lane_bases=[[0, 1 << b] for b in lanes],
+            warp_bases=[[1, 0], [2, 0]], block_bases=[], shape=[4, 256]))
+
+    # named by their register column bits
+    R012 = _rows4(0, 1, 2)
+    R124 = _rows4(1, 2, 4)
+    R503 = _rows4(5, 0, 3)
+    R670 = _rows4(6, 7, 0)
+    R305 = _rows4(3, 0, 5)
 
     @gluon.jit
     def _fwht4x256_nat(x):
@@ -928,11 +929,8 @@ def _build_kernel():
         # load first: it does not wait for kv_len). Loaded in stored order, 8 consecutive columns per thread (16-byte
         # loads; loaded in kernel order and once per plane, a thread's columns were 16 scattered 2-byte loads and ~150
         # address instructions, and the rotation did every row twice)
-        LQN: gl.constexpr = gl.DistributedLinearLayout(
-            reg_bases=[[0, 1], [0, 2], [0, 4]], lane_bases=[[0, 8], [0, 16], [0, 32], [0, 64], [0, 128]],
-            warp_bases=[[1, 0], [2, 0]], block_bases=[], shape=[4, D])
-        jq = gl.arange(0, 4, layout=gl.SliceLayout(1, LQN))
-        c = gl.arange(0, D, layout=gl.SliceLayout(0, LQN))
+        jq = gl.arange(0, 4, layout=gl.SliceLayout(1, R012))
+        c = gl.arange(0, D, layout=gl.SliceLayout(0, R012))
         q = gl.load(q_ptr + b * sqb + (hk * G + jq % G)[:, None] * sqh + (jq // G)[:, None] * sqt + c[None, :],
                     mask=(jq < n_rows)[:, None], other=0.0).to(gl.float32)
 
