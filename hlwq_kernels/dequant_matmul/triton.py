@@ -211,15 +211,17 @@ def _words_to_codes(wa, wb, wc, BITS: tl.constexpr, BN: tl.constexpr, G: tl.cons
             cw0 = wa
             cw1 = wa >> 4
         if BITS & 2:  # word q//2: code 2j+p of quad q at bit 16(q%2) + 4j + 2p
-            s2 = (q % 2) * 16
             if PIECES:  # (the quad's own 16 bits)
-                s2 = q * 0
+                s2 = 0
+            else:
+                s2 = (q % 2) * 16
             cw0 = _merge(cw0, _spread2(wb >> s2, BITS & 4), 0x03030303 << (BITS & 4))
             cw1 = _merge(cw1, _spread2(wb >> (s2 + 2), BITS & 4), 0x03030303 << (BITS & 4))
         if BITS & 1:  # word q//4: code 2j+p of quad q at bit 8(q%4) + 2j + p
-            s1 = (q % 4) * 8
             if PIECES:  # (the quad's own byte)
-                s1 = q * 0
+                s1 = 0
+            else:
+                s1 = (q % 4) * 8
             cw0 = _merge(cw0, _spread1(wc >> s1, BITS & 6), 0x01010101 << (BITS & 6))
             cw1 = _merge(cw1, _spread1(wc >> (s1 + 1), BITS & 6), 0x01010101 << (BITS & 6))
         # (arithmetic shifts of negative words only smear sign bits into the garbage bits)
@@ -255,9 +257,10 @@ def _words_to_codes_l3(wa, wb, wc, BITS: tl.constexpr, BN: tl.constexpr, G: tl.c
         cw0 = wa
         cw1 = wa >> 4
     if BITS & 2:
-        s2 = (q % 2) * 16
         if PIECES:  # (the quad's own 16 bits)
-            s2 = q * 0
+            s2 = 0
+        else:
+            s2 = (q % 2) * 16
         O2: tl.constexpr = BITS & 4
         u2 = wb >> s2
         u3 = wb >> (s2 + 2)
@@ -268,9 +271,10 @@ def _words_to_codes_l3(wa, wb, wc, BITS: tl.constexpr, BN: tl.constexpr, G: tl.c
         cw0 = _select(cw0, _select(odd0, even0, 0x00FF00FF, MODE), 0x03030303 << O2, MODE)
         cw1 = _select(cw1, _select(odd1, even1, 0x00FF00FF, MODE), 0x03030303 << O2, MODE)
     if BITS & 1:
-        s1 = (q % 4) * 8
         if PIECES:  # (the quad's own byte)
-            s1 = q * 0
+            s1 = 0
+        else:
+            s1 = (q % 4) * 8
         O1: tl.constexpr = BITS & 6
         u = wc >> s1
         if O1 == 0:
