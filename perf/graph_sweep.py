@@ -314,6 +314,24 @@ def sec_dqi32ab():
         _dq_cases(1, (5,), [shape], cfgs)
 
 
+def sec_dqfixed():
+    """Fixed cost vs streaming rate: M = 1 and 16, 5 bits, K = 4096, N from 64 to 98304 rows (the default config at
+    each N) with cuBLAS bf16 at the same N, and an empty Triton kernel (the graph's per-launch floor). A fit of
+    t = a + bytes / BW over the large N separates the per-call cost a from the streaming rate BW."""
+    import triton
+
+    @triton.jit
+    def _empty(p):
+        pass
+
+    buf = torch.zeros(1, device=DEV)
+    safe("dq", "empty triton kernel", "empty", lambda: [lambda: _empty[(132,)](buf)], 1)
+    safe("dq", "empty triton kernel 528", "empty", lambda: [lambda: _empty[(528,)](buf)], 1)
+    for m in (1, 16):
+        for n in (64, 1024, 2048, 4096, 8192, 16384, 24576, 49152, 98304):
+            _dq_cases(m, (5,), [("n-sweep", n, 4096)], [("default", None)])
+
+
 def sec_dqcfg():
     """Untimed opt-in decode configs against the current default (M = 1). S4-2 timed programmatic
     dependent launch for gemv2 (1: launch overlap; 2: + the first tile's weights before the wait): slower on
@@ -646,7 +664,7 @@ def sec_gdn():
         for s in sets], rec_b, base)
 
 
-SECTIONS = {"dq16more": sec_dq16more, "dq16lean": sec_dq16lean, "dq16ab": sec_dq16ab, "dq16pipe": sec_dq16pipe, "dqi32ab": sec_dqi32ab,
+SECTIONS = {"dq16more": sec_dq16more, "dq16lean": sec_dq16lean, "dq16ab": sec_dq16ab, "dq16pipe": sec_dq16pipe, "dqi32ab": sec_dqi32ab, "dqfixed": sec_dqfixed,
             "fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dq8": sec_dq8, "dqcfg": sec_dqcfg, "dqg2x": sec_dqg2x,
             "dqg3": sec_dqg3, "dq16cfg": sec_dq16cfg, "dq16split": sec_dq16split, "dqlowbit": sec_dqlowbit,
             "dq16pf": sec_dq16pf,
