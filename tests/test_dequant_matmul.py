@@ -469,3 +469,23 @@ def test_gpu_cuda_graph_capture_replay(m):
     torch.cuda.synchronize()
     assert torch.equal(y, dequant_matmul(x, qw))
     assert not torch.equal(y, eager)
+
+
+@needs_gpu
+def test_gpu_gemv2_probe():
+    """The diagnostic timestamps (``_gemv2(probe=)``, ``.notes/dq_probe.py``): every program writes its start, two
+    loop points and its end in order, and an SM id; the output is the unprobed kernel's, bit for bit."""
+    from hlwq_kernels.dequant_matmul import triton as dq
+
+    qw = make_weight(1000, 1024, 5, 128, 4, "cuda")
+    x = make_x((1,), 1024, torch.bfloat16, 4, "cuda")
+    cfg = Config("gemv2", BN=4, G=128, prefetch=True, lean=True, unroll=2, row_tiles=8)
+    probe = torch.zeros(8 * 1000, dtype=torch.int64, device="cuda")
+    y = dq._gemv2(x, qw, torch.bfloat16, cfg, probe)
+    assert torch.equal(y, dq._gemv2(x, qw, torch.bfloat16, cfg))
+    p = probe.view(-1, 8)[: -(-250 // 8)].cpu()  # 250 row tiles of 4 in ranges of 8: 32 programs
+    assert bool((p[:, 0] > 0).all()) and bool((p[:, 0] <= p[:, 1]).all()) and bool((p[:, 1] <= p[:, 2]).all())
+    assert bool((p[:, 2] <= p[:, 3]).all())
+    assert int(p[:, 4].max()) < torch.cuda.get_device_properties(0).multi_processor_count
+    with pytest.raises(ValueError, match="probe needs"):
+        dq._gemv2(x, qw, torch.bfloat16, cfg, probe[:8])

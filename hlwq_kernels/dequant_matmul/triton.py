@@ -524,7 +524,8 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
                   G: tl.constexpr, A: tl.constexpr, F: tl.constexpr, SPLIT_K: tl.constexpr, MODE: tl.constexpr,
                   MASKED: tl.constexpr, PREFETCH: tl.constexpr, DEPTH: tl.constexpr = 1, NIB: tl.constexpr = False,
                   UNROLL: tl.constexpr = 1, LEAN: tl.constexpr = False, EARLY: tl.constexpr = False,
-                  FUSED: tl.constexpr = False, y_ptr=None, cnt_ptr=None, I32: tl.constexpr = False):
+                  FUSED: tl.constexpr = False, y_ptr=None, cnt_ptr=None, I32: tl.constexpr = False,
+                  PROBE: tl.constexpr = False, probe_ptr=None):
     """GEMV with K across the CTA ("gemv2", the decode default): program (m, s, n) owns K slice s (G groups =
     32*G codes, whole norm blocks) and ``row_tiles`` tiles of BN rows. Each thread keeps the x values
     of its fixed quads in registers (fp32, loaded once) and walks the row tiles: per tile the plane
@@ -539,8 +540,12 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
     and norm offsets in 32-bit arithmetic (one IMAD per row and one wide IMAD per narrow-plane address).
     FUSED (``Config.fused``, SPLIT_K > 1): out_ptr holds the fp32 partials [SPLIT_K, M, N]; after its
     row tiles each program arrives on its (m, row-range) counter in ``cnt_ptr`` and the last of the
-    SPLIT_K slices to arrive sums the partials into ``y_ptr`` (``_g2_splitk_tail``): no reduce launch."""
+    SPLIT_K slices to arrive sums the partials into ``y_ptr`` (``_g2_splitk_tail``): no reduce launch.
+    PROBE (diagnostics, ``.notes/dq_probe.py``): ``_g2_probe`` timestamps at the program's start, the start of its
+    second and last loop trips, and its end."""
     NIBP: tl.constexpr = NIB and BITS <= 3
+    if PROBE:
+        _g2_probe(probe_ptr, 0)
     pid_m = tl.program_id(0)
     t = tl.program_id(1)  # the K slice = "tile" t of G groups for _tile_words
     pid_n = tl.program_id(2)
@@ -573,6 +578,11 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
                                    MASKED, MODE, NIBP)
     if UNROLL == 1:
         for i in range(row_tiles):
+            if PROBE:
+                if i == 1:
+                    _g2_probe(probe_ptr, 1)
+                if i == row_tiles - 1:
+                    _g2_probe(probe_ptr, 2)
             rows_out = r0 + i * BN + rr
             rows = _g2_rows(rows_out, N, I32)  # clamped: loads need no row predicate
             if PREFETCH:
@@ -598,6 +608,11 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
         # DEPTH + 1 register slots of words used round-robin, each reloaded right after its tile, so
         # the loop carries no register copies (UNROLL 1 moves every prefetched word once per tile)
         for i in range(0, row_tiles, UNROLL):
+            if PROBE:
+                if i == UNROLL:
+                    _g2_probe(probe_ptr, 1)
+                if i == row_tiles - UNROLL:
+                    _g2_probe(probe_ptr, 2)
             ro0 = r0 + i * BN + rr
             ro1 = ro0 + BN
             ro2 = ro0 + 2 * BN
@@ -626,6 +641,20 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
     if FUSED:
         _g2_splitk_tail(out_ptr, y_ptr, cnt_ptr + pid_m * tl.num_programs(2) + pid_n, r0, row_tiles * BN, N,
                         pid_m, stride_om, stride_os, SPLIT_K)
+    if PROBE:
+        _g2_probe(probe_ptr, 3)
+
+
+@triton.jit
+def _g2_probe(probe_ptr, k: tl.constexpr):
+    """(diagnostics) %globaltimer at point k into probe_ptr[program, k] (rows of 8 int64; the program's %smid in
+    column 4 at k = 0); program = the linear index over grid (M, K slices, row ranges)."""
+    pid = (tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(0) + tl.program_id(0)
+    t = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [pid], dtype=tl.int64, is_pure=False, pack=1)
+    tl.store(probe_ptr + pid * 8 + k, t)
+    if k == 0:
+        sm = tl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r,r", [pid], dtype=tl.int32, is_pure=False, pack=1)
+        tl.store(probe_ptr + pid * 8 + 4, sm.to(tl.int64))
 
 
 @triton.jit
@@ -1240,8 +1269,10 @@ def _g2_counters(device: torch.device, count: int) -> torch.Tensor | None:
     return buf
 
 
-def _gemv2(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, cfg: Config) -> torch.Tensor:
-    """Launch ``_gemv2_kernel`` (K across the CTA; see there and ``Config``)."""
+def _gemv2(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, cfg: Config,
+           probe: torch.Tensor | None = None) -> torch.Tensor:
+    """Launch ``_gemv2_kernel`` (K across the CTA; see there and ``Config``). ``probe`` (diagnostics, GPU): an int64
+    [programs, 8] buffer for the kernel's timestamps (``_g2_probe``)."""
     m, kp = xr.shape
     n, block, bits = w.out_features, w.block, w.bits
     if cfg.G < 1 or cfg.G & (cfg.G - 1) or cfg.BN < 1 or cfg.BN & (cfg.BN - 1):
@@ -1280,6 +1311,10 @@ def _gemv2(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, cfg: Config)
     cnt = _g2_counters(xr.device, m * grid[2]) if cfg.fused and split > 1 else None
     if cnt is not None:
         extra.update(FUSED=True, y_ptr=out, cnt_ptr=cnt)
+    if probe is not None:
+        if probe.numel() < 8 * grid[0] * grid[1] * grid[2]:
+            raise ValueError(f"gemv2: probe needs {8 * grid[0] * grid[1] * grid[2]} int64, got {probe.numel()}")
+        extra.update(PROBE=True, probe_ptr=probe)
     _gemv2_kernel[grid](xr, w.packed, w.packed.data_ptr(), w.norms, w.norms.data_ptr(), w.codebook,
                         w.codebook.data_ptr(), dst, n, groups, nblk, xr.stride(0), n, 0 if split == 1 else m * n, rt,
                         BITS=bits, BLOCK=block, BN=cfg.BN, G=g, A=a, F=f, SPLIT_K=split, MODE=_lut_mode(bits),
