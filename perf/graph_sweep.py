@@ -332,6 +332,30 @@ def sec_dqfixed():
             _dq_cases(m, (5,), [("n-sweep", n, 4096)], [("default", None)])
 
 
+def sec_dqwarps():
+    """M = 1, N > 4096: programs of 8 warps (2 per SM: fewer programs of different ages per SM, and half the x
+    loads) and finer 2-row tiles, against the default (4 warps, 4-row tiles, ~4 programs per SM). S12-12's probe: on
+    each SM the older programs end first (rank 0..3: 28.9 / 29.4 / 30.2 / 31.2 µs on gate_up)."""
+    from hlwq_kernels.dequant_matmul.triton import _pick
+
+    for bits, shapes in ((5, [s for s in LINEARS if s[0] in ("gdn_qkv|attn_q", "gate_up", "lm_head")]),
+                         (4, [s for s in LINEARS if s[0] == "gate_up"])):
+        for shape in shapes:
+            name, n, k = shape
+            base = _pick(1, n, k, HLWQ_BLOCK, "gemv2", bits)
+            tiles = -(-n // base.BN)
+            sms = torch.cuda.get_device_properties(0).multi_processor_count
+            rt4 = -(-tiles // (4 * sms))
+            cfgs = [("default", None), ("w8-rt2x", base._replace(num_warps=8, row_tiles=2 * rt4)),
+                    ("w8-bn8", base._replace(num_warps=8, BN=8, row_tiles=rt4)),
+                    ("bn2-rt2x", base._replace(BN=2, row_tiles=2 * rt4)),
+                    ("p5", base._replace(row_tiles=-(-tiles // (5 * sms)))), ("default-again", None)]
+            if base.unroll > 1:  # whole trips
+                cfgs = [(lbl, c if c is None else c._replace(row_tiles=-(-c.row_tiles // c.unroll) * c.unroll))
+                        for lbl, c in cfgs]
+            _dq_cases(1, (bits,), [shape], cfgs)
+
+
 def sec_dqcfg():
     """Untimed opt-in decode configs against the current default (M = 1). S4-2 timed programmatic
     dependent launch for gemv2 (1: launch overlap; 2: + the first tile's weights before the wait): slower on
@@ -664,7 +688,7 @@ def sec_gdn():
         for s in sets], rec_b, base)
 
 
-SECTIONS = {"dq16more": sec_dq16more, "dq16lean": sec_dq16lean, "dq16ab": sec_dq16ab, "dq16pipe": sec_dq16pipe, "dqi32ab": sec_dqi32ab, "dqfixed": sec_dqfixed,
+SECTIONS = {"dq16more": sec_dq16more, "dq16lean": sec_dq16lean, "dq16ab": sec_dq16ab, "dq16pipe": sec_dq16pipe, "dqi32ab": sec_dqi32ab, "dqfixed": sec_dqfixed, "dqwarps": sec_dqwarps,
             "fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dq8": sec_dq8, "dqcfg": sec_dqcfg, "dqg2x": sec_dqg2x,
             "dqg3": sec_dqg3, "dq16cfg": sec_dq16cfg, "dq16split": sec_dq16split, "dqlowbit": sec_dqlowbit,
             "dq16pf": sec_dq16pf,
