@@ -356,6 +356,21 @@ def sec_dqwarps():
             _dq_cases(1, (bits,), [shape], cfgs)
 
 
+def sec_dqwaves():
+    """M = 1, N > 4096, 5 and 4 bits: several waves of shorter programs (row_tiles 6 / 4 / 2: the hardware hands
+    freed slots to the next programs, which balances the SMs) against the default's one wave of ~4 programs per SM."""
+    from hlwq_kernels.dequant_matmul.triton import _pick
+
+    for bits, shapes in ((5, [s for s in LINEARS if s[0] in ("gdn_qkv|attn_q", "gate_up", "lm_head")]),
+                         (4, [s for s in LINEARS if s[0] == "gate_up"])):
+        for shape in shapes:
+            name, n, k = shape
+            base = _pick(1, n, k, HLWQ_BLOCK, "gemv2", bits)
+            cfgs = [("default", None)] + [(f"rt{rt}", base._replace(row_tiles=rt)) for rt in (6, 4, 2)]
+            cfgs.append(("default-again", None))
+            _dq_cases(1, (bits,), [shape], cfgs)
+
+
 def sec_dqcfg():
     """Untimed opt-in decode configs against the current default (M = 1). S4-2 timed programmatic
     dependent launch for gemv2 (1: launch overlap; 2: + the first tile's weights before the wait): slower on
@@ -688,7 +703,7 @@ def sec_gdn():
         for s in sets], rec_b, base)
 
 
-SECTIONS = {"dq16more": sec_dq16more, "dq16lean": sec_dq16lean, "dq16ab": sec_dq16ab, "dq16pipe": sec_dq16pipe, "dqi32ab": sec_dqi32ab, "dqfixed": sec_dqfixed, "dqwarps": sec_dqwarps,
+SECTIONS = {"dq16more": sec_dq16more, "dq16lean": sec_dq16lean, "dq16ab": sec_dq16ab, "dq16pipe": sec_dq16pipe, "dqi32ab": sec_dqi32ab, "dqfixed": sec_dqfixed, "dqwarps": sec_dqwarps, "dqwaves": sec_dqwaves,
             "fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dq8": sec_dq8, "dqcfg": sec_dqcfg, "dqg2x": sec_dqg2x,
             "dqg3": sec_dqg3, "dq16cfg": sec_dq16cfg, "dq16split": sec_dq16split, "dqlowbit": sec_dqlowbit,
             "dq16pf": sec_dq16pf,
