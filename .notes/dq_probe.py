@@ -58,8 +58,12 @@ def main(names):
             p = probes[c].view(-1, 8).cpu()
             p = p[p[:, 0] > 0]
             rows.append(p)
-        if os.environ.get("OUT"):  # the raw timestamps: [calls, programs, 8] int64
-            torch.save(torch.stack(rows), os.path.join(os.environ["OUT"], f"probe_{name}.pt"))
+        if os.environ.get("OUT"):  # the raw timestamps as text: one line per (call, program)
+            with open(os.path.join(os.environ["OUT"], f"probe_{name}.csv"), "w") as f:
+                f.write("call,program,start_ns,trip2_ns,last_trip_ns,end_ns,smid\n")
+                for c, p in enumerate(rows):
+                    for i, r in enumerate(p[:, :5].tolist()):
+                        f.write(f"{c},{i}," + ",".join(str(v) for v in r) + "\n")
         t00 = int(rows[0][:, 0].min())
         prev_end = None
         for c, p in enumerate(rows):
