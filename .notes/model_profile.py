@@ -15,27 +15,14 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from hlwq_models.cli import quantize  # noqa: E402
-from hlwq_models.qwen35 import Transformer  # noqa: E402
 from hlwq_models.qwen35.generate import DecodeGraph  # noqa: E402
-from test_model import CTX, _config  # noqa: E402
+from test_model import CTX, random_model9b  # noqa: E402
 
 STEPS = 10
 
 
 def main():
-    torch.manual_seed(0)
-    model = Transformer(_config(), dtype=torch.bfloat16, device="cuda")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("A_log"):
-                p.copy_(torch.empty_like(p, dtype=torch.float32).uniform_(1, 16).log())
-            elif name.endswith("dt_bias") or name.endswith("linear_attn.norm.weight"):
-                p.fill_(1.0)
-            elif "norm" in name:
-                p.normal_(0.0, 0.05)
-            else:
-                p.normal_(0.0, 0.02)
-    model.eval()
+    model = random_model9b()
     model.compile_elementwise()
     quantize(model, wbits=5, kvbits=3, progress=False)
     model.setup_cache(1, CTX + 64)

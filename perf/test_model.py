@@ -42,8 +42,8 @@ def _free():
     torch.cuda.empty_cache()
 
 
-@pytest.fixture(scope="class")
-def model9b():
+def random_model9b() -> Transformer:
+    """The Qwen3.5-9B-shaped model with random bf16 weights on the GPU (seed 0), in eval mode."""
     torch.manual_seed(0)
     model = Transformer(_config(), dtype=torch.bfloat16, device="cuda")
     with torch.no_grad():
@@ -56,7 +56,13 @@ def model9b():
                 p.normal_(0.0, 0.05)  # zero-centred weights
             else:
                 p.normal_(0.0, 0.02)
-    yield model.eval()
+    return model.eval()
+
+
+@pytest.fixture(scope="class")
+def model9b():
+    model = random_model9b()
+    yield model
     del model
     _free()
 
