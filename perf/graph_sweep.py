@@ -141,6 +141,10 @@ def _dq_cases(m, bits_list, shapes, configs, grid=False):
                     c = _pick(m, n, k, HLWQ_BLOCK, cfg, bits)
                     make = lambda c=c: [lambda x=x, w=w: dequant_matmul_rotated(x, w, torch.bfloat16, config=c)  # noqa: E731
                                         for x, w in zip(xq, qws)]
+                elif isinstance(cfg, tuple) and cfg[0] == "gemvt":  # the TMA-ring GEMV with explicit options
+                    from hlwq_kernels.dequant_matmul.gemvt import gemvt
+                    make = lambda kw=cfg[1]: [lambda x=x, w=w: gemvt(x, w, torch.bfloat16, **kw)  # noqa: E731
+                                              for x, w in zip(xq, qws)]
                 elif isinstance(cfg, dict):  # gemv8 with explicit plan options
                     from hlwq_kernels.dequant_matmul.gluon import gemv8
                     from hlwq_kernels.quant.grid import int8_tables
@@ -159,6 +163,22 @@ def sec_dq():
     gate_up = [s for s in LINEARS if s[0] == "gate_up"]
     _dq_cases(1, (4, 3), gate_up, [("rotated-default", None)])
     _dq_cases(16, (5,), LINEARS[:5], [("rotated-default", None)])
+
+
+def sec_dqt():
+    """M = 1: the TMA-ring GEMV (gemvt, session 13) against the default gemv2 on the same weights: rows per ring
+    slot, ring depth, programs per SM, warp groups."""
+    opts = [("gemv2-default", None),
+            ("t-r4-s8-p2", ("gemvt", dict(rows=4, stages=8, per_sm=2))),
+            ("t-r4-s6-p3", ("gemvt", dict(rows=4, stages=6, per_sm=3))),
+            ("t-r8-s4-p2", ("gemvt", dict(rows=8, stages=4, per_sm=2))),
+            ("t-r8-s4-p2-wg2", ("gemvt", dict(rows=8, stages=4, per_sm=2, wg=2))),
+            ("t-r16-s4-p1-wg2", ("gemvt", dict(rows=16, stages=4, per_sm=1, wg=2))),
+            ("t-r8-s8-p1-wg2", ("gemvt", dict(rows=8, stages=8, per_sm=1, wg=2))),
+            ("gemv2-again", None)]
+    _dq_cases(1, (5,), LINEARS, opts)
+    gate_up = [s for s in LINEARS if s[0] == "gate_up"]
+    _dq_cases(1, (4,), gate_up, opts)
 
 
 def sec_dq8():
@@ -703,7 +723,7 @@ def sec_gdn():
         for s in sets], rec_b, base)
 
 
-SECTIONS = {"dq16more": sec_dq16more, "dq16lean": sec_dq16lean, "dq16ab": sec_dq16ab, "dq16pipe": sec_dq16pipe, "dqi32ab": sec_dqi32ab, "dqfixed": sec_dqfixed, "dqwarps": sec_dqwarps, "dqwaves": sec_dqwaves,
+SECTIONS = {"dqt": sec_dqt, "dq16more": sec_dq16more, "dq16lean": sec_dq16lean, "dq16ab": sec_dq16ab, "dq16pipe": sec_dq16pipe, "dqi32ab": sec_dqi32ab, "dqfixed": sec_dqfixed, "dqwarps": sec_dqwarps, "dqwaves": sec_dqwaves,
             "fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dq8": sec_dq8, "dqcfg": sec_dqcfg, "dqg2x": sec_dqg2x,
             "dqg3": sec_dqg3, "dq16cfg": sec_dq16cfg, "dq16split": sec_dq16split, "dqlowbit": sec_dqlowbit,
             "dq16pf": sec_dq16pf,

@@ -1,0 +1,59 @@
+"""Compile the TMA-ring GEMV (hlwq_kernels/dequant_matmul/gemvt.py) for sm_90 without a GPU (Triton 3.6 at
+/tmp/tri36); print registers, shared memory and the SASS instruction mix.
+
+    PYTHONPATH=/tmp/tri36 python .notes/gemvt_compile.py [bits] [rows] [stages] [splits] [wg]
+"""
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+os.environ.pop("TRITON_INTERPRET", None)
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
+
+from hlwq_kernels.dequant_matmul import gemvt as G  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+NVDISASM = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+
+
+def lay(bw):
+    return (f"NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth={bw}, rank=3, transposed=False, "
+            "fp4_padded=False, cga_layout=[])")
+
+
+def compile_t(bits=5, rows=4, stages=8, splits=1, wg=1):
+    fn = G.kernel(rows, stages, bits, wg)
+    sig = {"x_ptr": "*bf16", "cb_ptr": "*fp32", "out_ptr": "*bf16",
+           "wd": f"tensordesc<i32[4, {rows}, 128],{lay(32)}>",
+           "bd": f"tensordesc<i32[4, {rows}, {32 if bits == 5 else 128}],{lay(32)}>",
+           "nd": f"tensordesc<fp16[4, {rows}, 8],{lay(16)}>",
+           "N": "i32", "n_tiles": "i32", "HB": "i32", "SPLITS": "constexpr"}
+    src = GluonASTSource(fn, sig, constexprs={"SPLITS": splits}, attrs={(i,): [["tt.divisibility", 16]] for i in range(3)})
+    return triton.compile(src, target=TARGET, options={"num_warps": 4 * wg})
+
+
+if __name__ == "__main__":
+    a = [int(v) for v in sys.argv[1:]]
+    k = compile_t(*a)
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(k.asm["cubin"])
+    cuobjdump = NVDISASM.replace("nvdisasm", "cuobjdump")
+    out = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+    print(re.search(r"REG:(\d+).*?STACK:(\d+).*?SHARED:(\d+).*?LOCAL:(\d+)", out).group(0))
+    s = subprocess.run([NVDISASM, "-c", f.name], capture_output=True, text=True).stdout
+    lines = [ln for ln in s.splitlines() if re.search(r"/\*[0-9a-f]{4}\*/", ln)]
+    print("instructions", len(lines))
+    ops = [re.sub(r"^\s*/\*[0-9a-f]+\*/\s*", "", ln).split()[0] for ln in lines]
+    c = collections.Counter(o.split(".")[0] if not o.startswith("@") else "pred" for o in ops)
+    print(c.most_common(30))
+    tag = "_".join(map(str, a)) or "default"
+    open(f"/tmp/gemvt_{tag}.sass", "w").write(s)
+    open(f"/tmp/gemvt_{tag}.ttgir", "w").write(k.asm["ttgir"])
+    print(f"/tmp/gemvt_{tag}.sass")

@@ -1,0 +1,269 @@
+"""M = 1 decode GEMV that streams the packed codes through a TMA ring (Gluon): ``y [1, N] = x_rot @ W_rot.T``
+for 4- and 5-bit weights, K a multiple of 4096.
+
+Status: OPT-IN (``method="gemvt"``), being measured against the default Triton GEMV (``_gemv2_kernel``).
+
+Why. ``_gemv2_kernel`` loads the code words straight into registers, one row tile ahead. Its profile (perf/RESULTS.md,
+S9-19, S12-2, S12-9) shows DRAM at ~65% of peak, long-scoreboard stalls on those words, a slow first trip and a
+streaming rate of ~2.47 TB/s against cuBLAS's ~2.86. Here the copy engine (TMA) moves whole row tiles into a ring of
+``stages`` shared-memory slots, ``stages - 1`` tiles ahead of their use: the bytes in flight no longer cost
+registers or issue slots, and every program asks for its first ``stages - 1`` tiles at its first instruction.
+
+Floor (H100 SXM, 3.35 TB/s HBM3; 5 bits: 0.625 bytes per weight + 2 / 128 for the norms = 0.641): 24576 x 4096
+64.5 MB -> 19.3 us; 4096 x 12288 32.3 MB -> 9.6 us; 4096 x 4096 10.8 MB -> 3.2 us (plus ~1 us per launch).
+
+Layout. A program owns a contiguous run of row tiles (``R`` rows) and walks them; for each it walks the K slices
+of 4096 codes (one ring slot per (tile, slice)). 4 warps: thread ``j = 32 c + l`` (warp c, lane l) owns codes
+``32 j .. 32 j + 31`` of the slice, whose x values it keeps in registers (fp32). Per slot the TMA unit copies
+three boxes, each through a 3-D view of the global array whose middle dimension is the row, so that the box lands
+as ``[warp chunk c, row, ...]``:
+* the 4-bit plane: the packed rows viewed as ``[row_words / 128, N, 128]`` (strides 128, row_words, 1), box
+  ``[4, R, 128]``: thread (c, l) reads words ``4 l .. 4 l + 3`` of chunk c (one 16-byte load per row);
+* 5 bits, the 1-bit plane: ``[row_words / 32, N, 32]``, box ``[4, R, 32]``: thread (c, l) reads word l of chunk c;
+* the norms: ``[nblk / 8, N, 8]`` fp16, box ``[4, R, 8]``: the thread's block is ``l // 4`` of chunk c.
+
+Decode (5 bits, per nibble word w of 8 codes and the byte b of their bit 4, one LOP3 or shift each):
+``E = (w & 0x0F0F0F0F) | (S_e & 0xF0F0F0F0)``, ``O = ((w >> 4) & 0x0F0F0F0F) | (S_o & 0xF0F0F0F0)`` with
+``S_e = (b & 0x55) * 0x410410`` and ``S_o = (b & 0xAA) * 0x208208``: the multiplication moves bit ``2 k`` (``2 k +
+1``) of b to bit ``8 k + 4``. The product's terms land at bits ``2 (k + 3 j) + 4``; at the four bits ``8 k + 4``
+only the term j = k lands (k + 3 j = 4 k has no other solution for k, j in 0..3), and the two pairs of terms that
+share a bit elsewhere (k + 3 j = 3, 6, 9) carry into an odd bit that the masks drop or that the shuffle does not
+read. Code ``2 k`` is then ``E >> 8 k`` and code ``2 k + 1`` is ``O >> 8 k``: the level comes from a warp shuffle
+(``shfl`` reads only the low 5 bits of its lane operand, so the bits above the code need no mask), then one FFMA.
+4 bits: code i is ``w >> 4 i`` (the codebook table repeats every 16 lanes).
+
+Gluon does not run under the interpreter: ``decode_words`` replays the integer decode on the CPU (tested against
+``unpack_bits``) and the GPU tests compare the compiled kernel with the reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._common import cdiv
+
+KSLICE = 4096  # codes per K slice: 4 warps x 32 lanes x 32 codes
+BITS_OK = (4, 5)
+
+
+def decode_words(w: torch.Tensor, b: torch.Tensor | None, bits: int) -> torch.Tensor:
+    """The kernel's integer decode, on the CPU: nibble words ``w`` [..., 4] (one thread's 4 words of one row) and,
+    at 5 bits, their bit-plane word ``b`` [...] -> the 5 low bits the shuffle reads, [..., 32] in code order
+    (code 8 m + i of word m). int64 arithmetic on 32-bit patterns (masked to 32 bits where the kernel's int32
+    arithmetic would wrap)."""
+    w = w.to(torch.int64) & 0xFFFFFFFF
+    i = torch.arange(8)
+    if bits == 4:
+        code = w[..., None] >> (4 * i)
+        return (code & 0x1F).reshape(*w.shape[:-1], 32)
+    m = torch.arange(4)
+    bm = (b.to(torch.int64)[..., None] & 0xFFFFFFFF) >> (8 * m)
+    se = ((bm & 0x55) * 0x410410) & 0xFFFFFFFF
+    so = ((bm & 0xAA) * 0x208208) & 0xFFFFFFFF
+    e = (w & 0x0F0F0F0F) | (se & 0xF0F0F0F0)
+    o = ((w >> 4) & 0x0F0F0F0F) | (so & 0xF0F0F0F0)
+    eo = torch.where((i & 1) == 0, e[..., None], o[..., None])
+    code = eo >> (8 * (i >> 1))
+    return (code & 0x1F).reshape(*w.shape[:-1], 32)
+
+
+def _build(R: int, STAGES: int, BITS: int, WG: int):
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
+
+    # [c (K chunk), row, l8, l4 (lane = 4 l8 + l4), m (word), i (code in word)]; WG warp groups split the rows
+    P6 = gl.BlockedLayout(size_per_thread=[1, R // WG, 1, 1, 4, 8], threads_per_warp=[1, 1, 8, 4, 1, 1],
+                          warps_per_cta=[4, WG, 1, 1, 1, 1], order=[5, 4, 3, 2, 1, 0])
+    P5 = gl.SliceLayout(5, P6)  # the words [c, row, l8, l4, m]
+    P4 = gl.SliceLayout(4, P5)  # per thread and row [c, row, l8, l4]
+    P3 = gl.SliceLayout(3, P4)  # the norms [c, row, l8]
+
+    def _nest(dims, L):
+        for o in reversed(dims):
+            L = gl.SliceLayout(o, L)
+        return L
+
+    A6 = [gl.constexpr(_nest([o for o in range(6) if o != d], P6)) for d in range(6)]
+    A4 = [gl.constexpr(_nest([o for o in range(4) if o != d], P4)) for d in range(4)]
+    A3 = [gl.constexpr(_nest([o for o in range(3) if o != d], P3)) for d in range(3)]
+    AC, AR, AL8, AL4, AM, AI = A6
+    P6c = gl.constexpr(P6)
+    P5c = gl.constexpr(P5)
+    P4c = gl.constexpr(P4)
+    P3c = gl.constexpr(P3)
+    RY = gl.constexpr(gl.SliceLayout(0, gl.SliceLayout(2, P3)))  # [row] after summing l4, l8 and c
+    LW = gl.constexpr(gl.BlockedLayout(size_per_thread=[1, R // WG, 4], threads_per_warp=[1, 1, 32],
+                                       warps_per_cta=[4, WG, 1], order=[2, 1, 0]))
+    LB = gl.constexpr(gl.BlockedLayout(size_per_thread=[1, R // WG, 1], threads_per_warp=[1, 1, 32],
+                                       warps_per_cta=[4, WG, 1], order=[2, 1, 0]))
+    A4R = gl.constexpr(A4[1])
+    A4L8 = gl.constexpr(A4[2])
+    A4L4 = gl.constexpr(A4[3])
+    A4C = gl.constexpr(A4[0])
+    A4M = gl.constexpr(_nest([0, 1, 2, 3], P5))  # m of the words [c, row, l8, l4, m]
+    R_ = gl.constexpr(R)
+    STAGES_ = gl.constexpr(STAGES)
+    BITS_ = gl.constexpr(BITS)
+    
+    @gluon.jit
+    def _x6(x_ptr, s):
+        """x of K slice s in the thread's code order: [4 c, 1, 8 l8, 4 l4, 4 m, 8 i] fp32."""
+        c = gl.arange(0, 4, layout=AC)[:, None, None, None, None, None]
+        l8 = gl.arange(0, 8, layout=AL8)[None, None, :, None, None, None]
+        l4 = gl.arange(0, 4, layout=AL4)[None, None, None, :, None, None]
+        m = gl.arange(0, 4, layout=AM)[None, None, None, None, :, None]
+        i = gl.arange(0, 8, layout=AI)[None, None, None, None, None, :]
+        off = s * 4096 + (1024 * c + 128 * l8 + 32 * l4) + (8 * m + i)
+        return gl.load(x_ptr + off).to(gl.float32)
+
+    @gluon.jit
+    def _issue(wd, bd, nd, wring, bring, nring, bars, step, n_steps, t_lo, HB, SPLITS: gl.constexpr):
+        """Start the TMA copies of step ``step`` (row tile t_lo + step // SPLITS, K slice step % SPLITS) into ring
+        slot step % STAGES; nothing past the program's last step."""
+        gl.static_assert(SPLITS >= 1)  # (also puts gl in this closure, which the annotation needs)
+        pr = step < n_steps
+        row = (t_lo + step // SPLITS) * R_
+        s = step % SPLITS
+        st = step % STAGES_
+        bar = bars.index(st)
+        if BITS_ == 5:
+            mbarrier.expect(bar, R_ * (4 * 128 * 4 + 4 * 32 * 4 + 4 * 8 * 2), pred=pr)
+            tma.async_copy_global_to_shared(bd, [HB + 4 * s, row, 0], bar, bring.index(st), pred=pr)
+        else:
+            mbarrier.expect(bar, R_ * (4 * 128 * 4 + 4 * 8 * 2), pred=pr)
+        tma.async_copy_global_to_shared(wd, [4 * s, row, 0], bar, wring.index(st), pred=pr)
+        tma.async_copy_global_to_shared(nd, [4 * s, row, 0], bar, nring.index(st), pred=pr)
+
+    @gluon.jit
+    def _merge(w, s):
+        """(w & 0x0F0F0F0F) | (s & 0xF0F0F0F0) in one LOP3 (written out, LLVM narrows the second mask from the known
+        bits of s and ptxas then needs two)."""
+        return gl.inline_asm_elementwise("lop3.b32 $0, $1, $2, 0x0F0F0F0F, 0xE4;", "=r,r,r", [w, s], dtype=gl.int32,
+                                         is_pure=True, pack=1)
+
+    @gluon.jit
+    def _slot(wring, bring, nring, st, xv, lane_cb):
+        """One ring slot: R rows x one K slice -> the thread's norm-scaled partial sums [4 c, R, 8 l8, 4 l4]."""
+        w = gl.convert_layout(gl.reshape(wring.index(st).load(LW), [4, R_, 8, 4, 4]), P5c, assert_trivial=True)
+        i = gl.arange(0, 8, layout=AI)[None, None, None, None, None, :]
+        if BITS_ == 5:
+            b = gl.convert_layout(gl.reshape(bring.index(st).load(LB), [4, R_, 8, 4]), P4c, assert_trivial=True)
+            m = gl.arange(0, 4, layout=A4M)[None, None, None, None, :]
+            bm = b[:, :, :, :, None] >> (8 * m)
+            se = (bm & 0x55) * 0x410410
+            so = (bm & 0xAA) * 0x208208
+            e = _merge(w, se)
+            o = _merge(w >> 4, so)
+            code = gl.where((i & 1) == 0, e[:, :, :, :, :, None], o[:, :, :, :, :, None]) >> (8 * (i >> 1))
+        else:
+            code = w[:, :, :, :, :, None] >> (4 * i)
+        vals = gl.inline_asm_elementwise("shfl.sync.idx.b32 $0, $1, $2, 0x1f, 0xffffffff;", "=f,f,r",
+                                         [lane_cb, code], dtype=gl.float32, is_pure=True, pack=1)
+        part = gl.sum(gl.sum(vals * xv, axis=5), axis=4)  # [4, R, 8, 4]
+        nrm = nring.index(st).load(P3c).to(gl.float32)  # [4, R, 8]
+        return part * nrm[:, :, :, None]
+
+    @gluon.jit
+    def _gemvt_kernel(x_ptr, cb_ptr, out_ptr, wd, bd, nd, N, n_tiles, HB, SPLITS: gl.constexpr):
+        gl.static_assert(SPLITS >= 1)
+        pid = gl.program_id(0)
+        nprog = gl.num_programs(0)
+        t_lo = (pid * n_tiles) // nprog
+        t_hi = ((pid + 1) * n_tiles) // nprog
+        n_steps = (t_hi - t_lo) * SPLITS
+        wring = gl.allocate_shared_memory(gl.int32, [STAGES_, 4, R_, 128], wd.layout)
+        if BITS_ == 5:
+            bring = gl.allocate_shared_memory(gl.int32, [STAGES_, 4, R_, 32], bd.layout)
+        else:
+            bring = wring
+        nring = gl.allocate_shared_memory(gl.float16, [STAGES_, 4, R_, 8], nd.layout)
+        bars = gl.allocate_shared_memory(gl.int64, [STAGES_, 1], mbarrier.MBarrierLayout())
+        for st in gl.static_range(STAGES_):
+            mbarrier.init(bars.index(st), count=1)
+        fence_async_shared()
+        for st in gl.static_range(STAGES_ - 1):
+            _issue(wd, bd, nd, wring, bring, nring, bars, st, n_steps, t_lo, HB, SPLITS)
+        # the codebook entry of each lane (entry lane % 2**BITS), for the shuffles
+        l8 = gl.arange(0, 8, layout=AL8)[None, None, :, None, None, None]
+        l4 = gl.arange(0, 4, layout=AL4)[None, None, None, :, None, None]
+        lane_cb = gl.load(cb_ptr + ((4 * l8 + l4) & ((1 << BITS_) - 1)))
+        xv = _x6(x_ptr, 0)
+        rr = gl.arange(0, R_, layout=RY)
+        acc = gl.zeros([4, R_, 8, 4], gl.float32, layout=P4c)
+        for i in range(n_steps):  # step i: row tile t_lo + i // SPLITS, K slice i % SPLITS
+            _issue(wd, bd, nd, wring, bring, nring, bars, i + (STAGES_ - 1), n_steps, t_lo, HB, SPLITS)
+            slot = i % STAGES_
+            mbarrier.wait(bars.index(slot), (i // STAGES_) & 1)
+            if SPLITS > 1:  # (a runtime slice index: x of one slice in registers at a time)
+                s = i % SPLITS
+                xv = _x6(x_ptr, s)
+            acc += _slot(wring, bring, nring, slot, xv, lane_cb)
+            if SPLITS == 1 or s == SPLITS - 1:
+                y = gl.sum(gl.sum(gl.sum(acc, axis=3), axis=2), axis=0)
+                rows = (t_lo + i // SPLITS) * R_ + rr
+                gl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=rows < N)
+                acc = gl.zeros([4, R_, 8, 4], gl.float32, layout=P4c)
+        for sb in gl.static_range(STAGES_):
+            mbarrier.invalidate(bars.index(sb))
+
+    return _gemvt_kernel
+
+
+_KERNELS: dict = {}
+
+
+def kernel(rows: int, stages: int, bits: int, wg: int = 1):
+    key = (rows, stages, bits, wg)
+    if key not in _KERNELS:
+        _KERNELS[key] = _build(rows, stages, bits, wg)
+    return _KERNELS[key]
+
+
+def supported(m: int, bits: int, block: int, kp: int, packed: torch.Tensor, norms: torch.Tensor) -> bool:
+    """What this kernel covers: one token, 4 or 5 bits, 128-blocks, K a multiple of 4096, contiguous 16-byte
+    aligned codes and norms (TMA's rules)."""
+    return (m == 1 and bits in BITS_OK and block == 128 and kp % KSLICE == 0 and packed.is_contiguous()
+            and norms.is_contiguous() and packed.data_ptr() % 16 == 0 and norms.data_ptr() % 16 == 0
+            and packed.shape[0] < 2**31)
+
+
+def descriptors(packed: torch.Tensor, norms: torch.Tensor, bits: int, rows: int):
+    """The three TMA descriptors (see the module docstring): nibble plane, 1-bit plane (5 bits; else None), norms."""
+    from triton.experimental.gluon.language import NVMMASharedLayout
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    n, rw = packed.shape
+    nblk = norms.shape[1]
+    l32 = NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=3)
+    l16 = NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=3)
+    wd = TensorDescriptor(packed, [rw // 128, n, 128], [128, rw, 1], [4, rows, 128], l32)
+    bd = TensorDescriptor(packed, [rw // 32, n, 32], [32, rw, 1], [4, rows, 32], l32) if bits == 5 else None
+    nd = TensorDescriptor(norms, [nblk // 8, n, 8], [8, nblk, 1], [4, rows, 8], l16)
+    return wd, bd, nd
+
+
+def gemvt(xr: torch.Tensor, w, out_dtype: torch.dtype, *, rows: int = 4, stages: int = 8, per_sm: int = 2,
+          programs: int | None = None, wg: int = 1) -> torch.Tensor:
+    """``xr [1, Kp]`` (rotated, contiguous) @ W_rot.T -> ``[1, N]`` in ``out_dtype``. ``rows`` per ring slot,
+    ``stages`` slots, about ``per_sm`` programs per SM (or exactly ``programs``), ``wg`` groups of 4 warps per
+    program (each takes rows / wg rows of a slot)."""
+    from .triton import _num_sms
+
+    m, kp = xr.shape
+    n, bits = w.out_features, w.bits
+    if not supported(m, bits, w.block, kp, w.packed, w.norms):
+        raise ValueError(f"gemvt covers M = 1, 4/5 bits, block 128, K % {KSLICE} == 0 and contiguous aligned "
+                         f"weights; got M={m}, bits={bits}, block={w.block}, Kp={kp}")
+    if rows not in (1, 2, 4, 8, 16) or stages < 2 or wg not in (1, 2) or rows % wg:
+        raise ValueError(f"gemvt: rows must be 1, 2, 4, 8 or 16, stages >= 2, wg 1 or 2 dividing rows; got "
+                         f"rows={rows}, stages={stages}, wg={wg}")
+    n_tiles = cdiv(n, rows)
+    grid = min(n_tiles, programs or per_sm * _num_sms(xr.device))
+    wd, bd, nd = descriptors(w.packed, w.norms, bits, rows)
+    out = torch.empty(1, n, dtype=out_dtype, device=xr.device)
+    splits = kp // KSLICE
+    hb = (kp // 8) // 32 if bits == 5 else 0  # the 1-bit plane's first 32-word chunk
+    kernel(rows, stages, bits, wg)[(grid,)](xr, w.codebook, out, wd, bd if bd is not None else wd, nd, n, n_tiles,
+                                            hb, SPLITS=splits, num_warps=4 * wg)
+    return out
