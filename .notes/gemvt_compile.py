@@ -35,7 +35,15 @@ def compile_t(bits=5, rows=4, stages=8, splits=1, wg=1):
            "bd": f"tensordesc<i32[4, {rows}, {32 if bits == 5 else 128}],{lay(32)}>",
            "nd": f"tensordesc<fp16[4, {rows}, 8],{lay(16)}>",
            "N": "i32", "n_tiles": "i32", "HB": "i32", "SPLITS": "constexpr"}
-    src = GluonASTSource(fn, sig, constexprs={"SPLITS": splits}, attrs={(i,): [["tt.divisibility", 16]] for i in range(3)})
+    const = {"SPLITS": splits}
+    for opt in ("STAGGER", "PROBE"):  # (environment: the kernel's diagnostic / opt-in constexprs)
+        if os.environ.get(opt) == "1":
+            const[opt] = True
+            sig[opt] = "constexpr"
+    if "PROBE" in const:
+        sig["probe_ptr"] = "*i64"
+    sig = {k: sig[k] for k in fn.arg_names if k in sig}
+    src = GluonASTSource(fn, sig, constexprs=const, attrs={(i,): [["tt.divisibility", 16]] for i in range(3)})
     return triton.compile(src, target=TARGET, options={"num_warps": 4 * wg})
 
 

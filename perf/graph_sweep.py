@@ -134,7 +134,10 @@ def _dq_cases(m, bits_list, shapes, configs, grid=False):
             qws = [_hlwq_weight(n, k, bits, s, grid) for s in range(nq)]
             xq = [xs[i % len(xs)] for i in range(nq)]
             for label, cfg in configs:
-                if cfg == "public":
+                if cfg == "public-rotated":  # dequant_matmul_rotated's automatic choice (rotated x)
+                    make = lambda: [lambda x=x, w=w: dequant_matmul_rotated(x, w, torch.bfloat16)  # noqa: E731
+                                    for x, w in zip(xq, qws)]
+                elif cfg == "public":
                     make = lambda: [lambda x=x, w=w: dequant_matmul(x, w) for x, w in zip(xq, qws)]  # noqa: E731
                 elif isinstance(cfg, str):  # a method's default Config
                     from hlwq_kernels.dequant_matmul.triton import _pick
@@ -169,12 +172,13 @@ def sec_dqt():
     """M = 1: the TMA-ring GEMV (gemvt, session 13) against the default gemv2 on the same weights: rows per ring
     slot, ring depth, programs per SM, warp groups."""
     opts = [("gemv2-default", None),
-            ("t-r4-s8-p2", ("gemvt", dict(rows=4, stages=8, per_sm=2))),
-            ("t-r4-s6-p3", ("gemvt", dict(rows=4, stages=6, per_sm=3))),
             ("t-r8-s4-p2", ("gemvt", dict(rows=8, stages=4, per_sm=2))),
-            ("t-r8-s4-p2-wg2", ("gemvt", dict(rows=8, stages=4, per_sm=2, wg=2))),
-            ("t-r16-s4-p1-wg2", ("gemvt", dict(rows=16, stages=4, per_sm=1, wg=2))),
-            ("t-r8-s8-p1-wg2", ("gemvt", dict(rows=8, stages=8, per_sm=1, wg=2))),
+            ("t-r8-s4-p2-stag", ("gemvt", dict(rows=8, stages=4, per_sm=2, stagger=True))),
+            ("t-r8-s3-p3", ("gemvt", dict(rows=8, stages=3, per_sm=3))),
+            ("t-r8-s3-p3-stag", ("gemvt", dict(rows=8, stages=3, per_sm=3, stagger=True))),
+            ("t-r8-s5-p2", ("gemvt", dict(rows=8, stages=5, per_sm=2))),
+            ("t-r8-s2-p4", ("gemvt", dict(rows=8, stages=2, per_sm=4))),
+            ("auto", "public-rotated"),
             ("gemv2-again", None)]
     _dq_cases(1, (5,), LINEARS, opts)
     gate_up = [s for s in LINEARS if s[0] == "gate_up"]

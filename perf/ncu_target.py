@@ -37,6 +37,14 @@ elif what == "gemv8":  # the opt-in int8 GEMV, 24576x4096 5 bits (GEMV8_BITS, GE
     ks = int(os.environ["GEMV8_KS"]) if "GEMV8_KS" in os.environ else None
     for _ in range(3):
         gemv8(x, w, torch.bfloat16, int8_tables(w.codebook, bits), ks=ks, pf=int(os.environ.get("GEMV8_PF", "2")))
+elif what == "gemvt":  # the TMA-ring GEMV on gate_up (GEMVT_BITS, GEMVT_ROWS, GEMVT_STAGES, GEMVT_PER_SM, GEMVT_WG)
+    from hlwq_kernels.dequant_matmul.gemvt import gemvt
+    e = os.environ.get
+    w = gs._hlwq_weight(int(e("GEMVT_N", "24576")), 4096, int(e("GEMVT_BITS", "5")), 0)
+    x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        gemvt(x, w, torch.bfloat16, rows=int(e("GEMVT_ROWS", "8")), stages=int(e("GEMVT_STAGES", "4")),
+              per_sm=int(e("GEMVT_PER_SM", "2")), wg=int(e("GEMVT_WG", "1")))
 elif what == "kv":
     from hlwq_kernels import kv_quant_attn
     n = int(os.environ.get("KV_LEN", "32768"))  # (KV_LEN: the context length)

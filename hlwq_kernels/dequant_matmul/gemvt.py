@@ -1,7 +1,8 @@
 """M = 1 decode GEMV that streams the packed codes through a TMA ring (Gluon): ``y [1, N] = x_rot @ W_rot.T``
 for 4- and 5-bit weights, K a multiple of 4096.
 
-Status: OPT-IN (``method="gemvt"``), being measured against the default Triton GEMV (``_gemv2_kernel``).
+Status: dequant_matmul's default for M = 1 at 4/5 bits with K = 4096 and N >= 16384 (gate+up, lm_head), where it
+measured faster than the Triton GEMV (``_gemv2_kernel``); elsewhere opt-in (``method="gemvt"``). See ``DEFAULTS``.
 
 Why. ``_gemv2_kernel`` loads the code words straight into registers, one row tile ahead. Its profile (perf/RESULTS.md,
 S9-19, S12-2, S12-9) shows DRAM at ~65% of peak, long-scoreboard stalls on those words, a slow first trip and a
@@ -92,7 +93,12 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
     P5c = gl.constexpr(P5)
     P4c = gl.constexpr(P4)
     P3c = gl.constexpr(P3)
-    RY = gl.constexpr(gl.SliceLayout(0, gl.SliceLayout(2, P3)))  # [row] after summing l4, l8 and c
+    RT = R // WG  # rows per thread
+    assert RT in (2, 4, 8), "rows / wg must be 2, 4 or 8"
+    LT = gl.BlockedLayout(size_per_thread=[1, 1, RT, 1], threads_per_warp=[1, RT, 8 // RT, 4],
+                          warps_per_cta=[4, WG, 1, 1], order=[3, 2, 1, 0])
+    LTc = gl.constexpr(LT)
+    RY = gl.constexpr(gl.SliceLayout(0, gl.SliceLayout(2, gl.SliceLayout(2, LT))))  # [row] after the sums
     LW = gl.constexpr(gl.BlockedLayout(size_per_thread=[1, R // WG, 4], threads_per_warp=[1, 1, 32],
                                        warps_per_cta=[4, WG, 1], order=[2, 1, 0]))
     LB = gl.constexpr(gl.BlockedLayout(size_per_thread=[1, R // WG, 1], threads_per_warp=[1, 1, 32],
@@ -160,13 +166,29 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
             code = w[:, :, :, :, :, None] >> (4 * i)
         vals = gl.inline_asm_elementwise("shfl.sync.idx.b32 $0, $1, $2, 0x1f, 0xffffffff;", "=f,f,r",
                                          [lane_cb, code], dtype=gl.float32, is_pure=True, pack=1)
-        part = gl.sum(gl.sum(vals * xv, axis=5), axis=4)  # [4, R, 8, 4]
+        # one FFMA chain per row over the thread's 32 codes (summing i then m adds 4 FMUL + 3 FADD per row)
+        part = gl.sum(gl.reshape(vals * xv, [4, R_, 8, 4, 32]), axis=4)  # [4, R, 8, 4]
+        part = gl.convert_layout(part, P4c, assert_trivial=True)
         nrm = nring.index(st).load(P3c).to(gl.float32)  # [4, R, 8]
         return part * nrm[:, :, :, None]
 
     @gluon.jit
-    def _gemvt_kernel(x_ptr, cb_ptr, out_ptr, wd, bd, nd, N, n_tiles, HB, SPLITS: gl.constexpr):
+    def _probe(probe_ptr, k: gl.constexpr):
+        """(diagnostics) %globaltimer at point k into probe_ptr[program, k]; the program's %smid in column 4."""
+        pid = gl.program_id(0)
+        t = gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [pid], dtype=gl.int64, is_pure=False,
+                                      pack=1)
+        gl.store(probe_ptr + pid * 8 + k, t)
+        if k == 0:
+            sm = gl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r,r", [pid], dtype=gl.int32, is_pure=False, pack=1)
+            gl.store(probe_ptr + pid * 8 + 4, sm.to(gl.int64))
+
+    @gluon.jit
+    def _gemvt_kernel(x_ptr, cb_ptr, out_ptr, wd, bd, nd, N, n_tiles, HB, SPLITS: gl.constexpr,
+                      STAGGER: gl.constexpr = False, PROBE: gl.constexpr = False, probe_ptr=None):
         gl.static_assert(SPLITS >= 1)
+        if PROBE:
+            _probe(probe_ptr, 0)
         pid = gl.program_id(0)
         nprog = gl.num_programs(0)
         t_lo = (pid * n_tiles) // nprog
@@ -182,30 +204,47 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
         for st in gl.static_range(STAGES_):
             mbarrier.init(bars.index(st), count=1)
         fence_async_shared()
-        for st in gl.static_range(STAGES_ - 1):
+        # STAGGER: only the first slot's copies before the x and codebook loads, the others after them (so that the
+        # SM's TMA unit sees both programs' first slots before either one's later slots)
+        for st in gl.static_range(1 if STAGGER else STAGES_ - 1):
             _issue(wd, bd, nd, wring, bring, nring, bars, st, n_steps, t_lo, HB, SPLITS)
         # the codebook entry of each lane (entry lane % 2**BITS), for the shuffles
         l8 = gl.arange(0, 8, layout=AL8)[None, None, :, None, None, None]
         l4 = gl.arange(0, 4, layout=AL4)[None, None, None, :, None, None]
         lane_cb = gl.load(cb_ptr + ((4 * l8 + l4) & ((1 << BITS_) - 1)))
         xv = _x6(x_ptr, 0)
+        if STAGGER:
+            for st in gl.static_range(1, STAGES_ - 1):
+                _issue(wd, bd, nd, wring, bring, nring, bars, st, n_steps, t_lo, HB, SPLITS)
         rr = gl.arange(0, R_, layout=RY)
         acc = gl.zeros([4, R_, 8, 4], gl.float32, layout=P4c)
         for i in range(n_steps):  # step i: row tile t_lo + i // SPLITS, K slice i % SPLITS
+            # refill the slot of step i - 1 with step i + STAGES - 1 (Triton's membar pass puts CTA barriers around
+            # the copies: every warp's reads of that slot come first)
             _issue(wd, bd, nd, wring, bring, nring, bars, i + (STAGES_ - 1), n_steps, t_lo, HB, SPLITS)
             slot = i % STAGES_
             mbarrier.wait(bars.index(slot), (i // STAGES_) & 1)
+            if PROBE:
+                if i == 0:
+                    _probe(probe_ptr, 1)
+                if i == n_steps - 1:
+                    _probe(probe_ptr, 2)
             if SPLITS > 1:  # (a runtime slice index: x of one slice in registers at a time)
                 s = i % SPLITS
                 xv = _x6(x_ptr, s)
             acc += _slot(wring, bring, nring, slot, xv, lane_cb)
             if SPLITS == 1 or s == SPLITS - 1:
-                y = gl.sum(gl.sum(gl.sum(acc, axis=3), axis=2), axis=0)
+                # the row sums over 128 threads: transposed through shared memory first (LT: each thread holds RT
+                # of its warp's partials of one row), then 2-3 lane steps and the warps; summed in place, every
+                # thread would pay 5 shuffles + 5 adds per row
+                y = gl.sum(gl.sum(gl.sum(gl.convert_layout(acc, LTc), axis=2), axis=2), axis=0)
                 rows = (t_lo + i // SPLITS) * R_ + rr
                 gl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=rows < N)
                 acc = gl.zeros([4, R_, 8, 4], gl.float32, layout=P4c)
         for sb in gl.static_range(STAGES_):
             mbarrier.invalidate(bars.index(sb))
+        if PROBE:
+            _probe(probe_ptr, 3)
 
     return _gemvt_kernel
 
@@ -228,6 +267,22 @@ def supported(m: int, bits: int, block: int, kp: int, packed: torch.Tensor, norm
             and packed.shape[0] < 2**31)
 
 
+# The default options per bit width, where they beat gemv2 (H100, M = 1, graph timing, gemv2 and cuBLAS bf16 in the
+# same run; perf/RESULTS.md S13-2): 5 bits 24576 x 4096 27.49 vs 30.81 / 31.36 us (cuBLAS 72.28), 248320 x 4096
+# 226.70 vs 265.23 / 270.48 (715.42); 4 bits 24576 x 4096 (8 rows, 3 stages, 3 per SM) 24.91 vs 26.71 / 26.54.
+# Slower than gemv2 at N <= 8192 and at K = 12288 (the per-call cost: a program's first slot arrives late and its
+# last one is computed after everything else has landed), so those keep gemv2.
+DEFAULTS = {5: dict(rows=8, stages=4, per_sm=2), 4: dict(rows=8, stages=3, per_sm=3)}
+DEFAULT_MIN_N = 16384
+
+
+def default_options(n: int, kp: int, bits: int) -> dict | None:
+    """gemvt's options where it is dequant_matmul's M = 1 default (K = 4096, N >= 16384, 4/5 bits), else None."""
+    if kp == KSLICE and n >= DEFAULT_MIN_N and bits in DEFAULTS:
+        return dict(DEFAULTS[bits])
+    return None
+
+
 def descriptors(packed: torch.Tensor, norms: torch.Tensor, bits: int, rows: int):
     """The three TMA descriptors (see the module docstring): nibble plane, 1-bit plane (5 bits; else None), norms."""
     from triton.experimental.gluon.language import NVMMASharedLayout
@@ -244,10 +299,12 @@ def descriptors(packed: torch.Tensor, norms: torch.Tensor, bits: int, rows: int)
 
 
 def gemvt(xr: torch.Tensor, w, out_dtype: torch.dtype, *, rows: int = 4, stages: int = 8, per_sm: int = 2,
-          programs: int | None = None, wg: int = 1) -> torch.Tensor:
+          programs: int | None = None, wg: int = 1, stagger: bool = False,
+          probe: torch.Tensor | None = None) -> torch.Tensor:
     """``xr [1, Kp]`` (rotated, contiguous) @ W_rot.T -> ``[1, N]`` in ``out_dtype``. ``rows`` per ring slot,
     ``stages`` slots, about ``per_sm`` programs per SM (or exactly ``programs``), ``wg`` groups of 4 warps per
-    program (each takes rows / wg rows of a slot)."""
+    program (each takes rows / wg rows of a slot). ``stagger``: the first slot's copies before the others' (see the
+    kernel). ``probe`` (diagnostics): int64 [programs, 8] for per-program timestamps (``.notes/gemvt_probe.py``)."""
     from .triton import _num_sms
 
     m, kp = xr.shape
@@ -255,15 +312,23 @@ def gemvt(xr: torch.Tensor, w, out_dtype: torch.dtype, *, rows: int = 4, stages:
     if not supported(m, bits, w.block, kp, w.packed, w.norms):
         raise ValueError(f"gemvt covers M = 1, 4/5 bits, block 128, K % {KSLICE} == 0 and contiguous aligned "
                          f"weights; got M={m}, bits={bits}, block={w.block}, Kp={kp}")
-    if rows not in (1, 2, 4, 8, 16) or stages < 2 or wg not in (1, 2) or rows % wg:
-        raise ValueError(f"gemvt: rows must be 1, 2, 4, 8 or 16, stages >= 2, wg 1 or 2 dividing rows; got "
-                         f"rows={rows}, stages={stages}, wg={wg}")
+    if wg not in (1, 2) or rows % wg or rows // wg not in (2, 4, 8) or stages < 2:
+        # (rows >= 2: a ring slot of norms is 64 * rows bytes, and TMA writes 128-byte aligned shared memory)
+        raise ValueError(f"gemvt: wg must be 1 or 2, rows / wg 2, 4 or 8, stages >= 2; got rows={rows}, wg={wg}, "
+                         f"stages={stages}")
     n_tiles = cdiv(n, rows)
     grid = min(n_tiles, programs or per_sm * _num_sms(xr.device))
     wd, bd, nd = descriptors(w.packed, w.norms, bits, rows)
     out = torch.empty(1, n, dtype=out_dtype, device=xr.device)
     splits = kp // KSLICE
     hb = (kp // 8) // 32 if bits == 5 else 0  # the 1-bit plane's first 32-word chunk
+    extra = {}  # (only when set: the default launch specializes as before)
+    if stagger:
+        extra["STAGGER"] = True
+    if probe is not None:
+        if probe.numel() < 8 * grid:
+            raise ValueError(f"gemvt: probe needs {8 * grid} int64, got {probe.numel()}")
+        extra.update(PROBE=True, probe_ptr=probe)
     kernel(rows, stages, bits, wg)[(grid,)](xr, w.codebook, out, wd, bd if bd is not None else wd, nd, n, n_tiles,
-                                            hb, SPLITS=splits, num_warps=4 * wg)
+                                            hb, SPLITS=splits, num_warps=4 * wg, **extra)
     return out

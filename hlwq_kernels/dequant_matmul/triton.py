@@ -46,6 +46,7 @@ Measured numbers, what limits them, and tuning notes: .notes/dequant_matmul.md.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -1339,6 +1340,39 @@ def _gemv8_table(xr: torch.Tensor, w: HLWQWeight) -> torch.Tensor | None:
     return int8_tables(w.codebook, w.bits)
 
 
+_GEMVT_BROKEN: set = set()  # (device, bits) whose TMA-ring GEMV failed to compile (then: gemv2 + a warning)
+
+
+def _try_gemvt(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, forced: bool) -> torch.Tensor | None:
+    """The TMA-ring GEMV (``gemvt.py``) where it is the default (``gemvt.default_options``: M = 1, 4/5 bits, K = 4096,
+    N >= 16384, measured faster than gemv2) or ``forced`` (method="gemvt": wherever ``gemvt.supported``); None
+    where it does not apply (or failed to compile: then a warning, and gemv2 from then on)."""
+    from . import gemvt as T
+    from ..kv_quant_attn.gluon import available
+
+    m, kp = xr.shape
+    n, bits = w.out_features, w.bits
+    ok = (xr.is_cuda and not interpreting() and T.supported(m, bits, w.block, kp, w.packed, w.norms)
+          and (xr.device, bits) not in _GEMVT_BROKEN and available())
+    if forced and not ok:
+        raise ValueError("method='gemvt' needs a GPU with Gluon, M = 1, 4 or 5 bits, block 128, K a multiple of "
+                         f"{T.KSLICE} and contiguous codes and norms")
+    opts = T.default_options(n, kp, bits) if ok else None
+    if opts is None and forced:
+        opts = {}
+    if opts is None:
+        return None
+    try:
+        return T.gemvt(xr, w, out_dtype, **opts)
+    except Exception as e:  # noqa: BLE001  a Triton whose Gluon differs (compile failure): gemv2 from now on
+        if forced:
+            raise
+        _GEMVT_BROKEN.add((xr.device, bits))
+        warnings.warn(f"dequant_matmul: the TMA-ring GEMV failed ({type(e).__name__}: {e}); using gemv2",
+                      RuntimeWarning, stacklevel=3)
+        return None
+
+
 def dequant_matmul_rotated(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, method: str = "auto",
                            config: Config | None = None) -> torch.Tensor:
     """``xr [M, Kp]`` (already rotated and padded) @ W_rot.T -> ``[M, N]`` in ``out_dtype``."""
@@ -1358,6 +1392,10 @@ def dequant_matmul_rotated(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dty
             return gemv8(xr, w, out_dtype, table)
         raise ValueError("method='gemv8' needs a GPU with Gluon, M <= 4, N % 64 == 0, bf16/fp16 x, 3-5 bits, "
                              "block 128 and the default (int8-grid) codebook")
+    if config is None and method in ("auto", "gemvt"):
+        y = _try_gemvt(xr, w, out_dtype, method == "gemvt")
+        if y is not None:
+            return y
     cfg = config or _pick(m, n, kp, block, method, bits)
     if cfg.method == "gemv2":
         return _gemv2(xr, w, out_dtype, cfg)
@@ -1411,7 +1449,8 @@ def dequant_matmul_rotated(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dty
                           MASKED=masked, MASK_M=bool(m % cfg.BM), UNROLL=unroll,
                           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     else:
-        raise ValueError(f"method must be 'auto', 'gemv', 'gemv2', 'dot', 'dot2', 'slab' or 'gemv8', got {cfg.method!r}")
+        raise ValueError(f"method must be 'auto', 'gemv', 'gemv2', 'gemvt', 'dot', 'dot2', 'slab' or 'gemv8', got "
+                         f"{cfg.method!r}")
     if split > 1:
         rb = 1024
         _splitk_reduce_kernel[(cdiv(m * n, rb),)](dst, out, m * n, SPLIT_K=split, BLOCK=rb, num_warps=4)

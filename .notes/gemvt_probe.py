@@ -1,0 +1,78 @@
+"""Where a gemvt call's time goes (hlwq_kernels/dequant_matmul/gemvt.py, PROBE): every program writes %globaltimer at
+its start, when its first ring slot has landed, at the start of its last step and at its end, plus its %smid. M = 1,
+5 bits; CALLS back-to-back calls on rotating weights in one CUDA graph (as graph_sweep times them); the last replay
+is read. Options from the environment: GEMVT_ROWS, GEMVT_STAGES, GEMVT_PER_SM, GEMVT_STAGGER.
+
+    PYTHONPATH=$PWD python .notes/gemvt_probe.py [name ...]     (gate_up, q, square, kv, lm_head)
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "perf"))
+
+import torch  # noqa: E402
+from graph_sweep import _hlwq_weight  # noqa: E402
+
+from hlwq_kernels.dequant_matmul.gemvt import gemvt  # noqa: E402
+
+SHAPES = {"gate_up": (24576, 4096), "q": (8192, 4096), "square": (4096, 4096), "kv": (2048, 4096),
+          "lm_head": (248320, 4096)}
+CALLS = 8
+
+
+def q(v, p):
+    return sorted(v)[min(len(v) - 1, int(p * len(v)))]
+
+
+def main(names):
+    e = os.environ.get
+    opts = dict(rows=int(e("GEMVT_ROWS", "8")), stages=int(e("GEMVT_STAGES", "4")), per_sm=int(e("GEMVT_PER_SM", "2")),
+                stagger=e("GEMVT_STAGGER", "0") == "1")
+    for name in names:
+        n, k = SHAPES[name]
+        nsets = max(2, -(-200_000_000 // (n * k * 5 // 8)))
+        ws = [_hlwq_weight(n, k, 5, s) for s in range(nsets)]
+        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+        probes = [torch.zeros(1 << 14, dtype=torch.int64, device="cuda") for _ in range(CALLS)]
+        for _ in range(2):  # compile outside the capture
+            gemvt(x, ws[0], torch.bfloat16, probe=probes[0], **opts)
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        keep = []
+        with torch.cuda.graph(g):
+            for c in range(CALLS):
+                keep.append(gemvt(x, ws[c % nsets], torch.bfloat16, probe=probes[c], **opts))
+        for _ in range(3):
+            g.replay()
+        torch.cuda.synchronize()
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+        ev[0].record()
+        g.replay()
+        ev[1].record()
+        torch.cuda.synchronize()
+        print(f"== {name} {n}x{k} {opts}: graph {ev[0].elapsed_time(ev[1]) * 1e3 / CALLS:.2f} us per call (with "
+              "probes); times in us from the call's first program start", flush=True)
+        prev_end = None
+        for c in range(CALLS):
+            p = probes[c].view(-1, 8).cpu()
+            p = p[p[:, 0] > 0]
+            st, t1, t2, en, sm = (p[:, i].tolist() for i in range(5))
+            t0, last = min(st), max(en)
+            f = [(v - t0) / 1e3 for v in t1 if v > 0]
+            l2 = [(v - t0) / 1e3 for v in t2 if v > 0]
+            per_sm = {}
+            for s_, e_ in zip(sm, en):
+                per_sm.setdefault(s_, []).append(e_)
+            sm_end = sorted((max(v) - t0) / 1e3 for v in per_sm.values())
+            gap = "" if prev_end is None else f" gap {(t0 - prev_end) / 1e3:.2f}"
+            prev_end = last
+            print(f"call {c}: span {(last - t0) / 1e3:6.2f}{gap}; start max {(max(st) - t0) / 1e3:.2f}; first slot "
+                  f"p10/p50/p90 {q(f, .1):.2f}/{q(f, .5):.2f}/{q(f, .9):.2f}; last step p50 {q(l2, .5):.2f}; end "
+                  f"p10/p50/max {(q(en, .1) - t0) / 1e3:.2f}/{(q(en, .5) - t0) / 1e3:.2f}/{(last - t0) / 1e3:.2f}; "
+                  f"SM ends p10/p50 {q(sm_end, .1):.2f}/{q(sm_end, .5):.2f}", flush=True)
+        del ws, keep, g
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or ["gate_up", "q", "square"])
