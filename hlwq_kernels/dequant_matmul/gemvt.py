@@ -268,11 +268,12 @@ def supported(m: int, bits: int, block: int, kp: int, packed: torch.Tensor, norm
 
 
 # The default options per bit width, where they beat gemv2 (H100, M = 1, graph timing, gemv2 and cuBLAS bf16 in the
-# same run; perf/RESULTS.md S13-2): 5 bits 24576 x 4096 27.49 vs 30.81 / 31.36 us (cuBLAS 72.28), 248320 x 4096
-# 226.70 vs 265.23 / 270.48 (715.42); 4 bits 24576 x 4096 (8 rows, 3 stages, 3 per SM) 24.91 vs 26.71 / 26.54.
-# Slower than gemv2 at N <= 8192 and at K = 12288 (the per-call cost: a program's first slot arrives late and its
-# last one is computed after everything else has landed), so those keep gemv2.
-DEFAULTS = {5: dict(rows=8, stages=4, per_sm=2), 4: dict(rows=8, stages=3, per_sm=3)}
+# same run; perf/RESULTS.md S13-4): 5 bits (8 rows, 4 stages, 2 programs per SM) 24576 x 4096 27.22 vs 30.64 /
+# 30.97 us (cuBLAS 72.08), 248320 x 4096 224.08 vs 268.75 / 272.52 (715.88); 4 bits (8 rows, 2 stages, 4 per SM)
+# 24576 x 4096 24.18 vs 26.61 / 26.47 (72.34; S13-3: 24.13). Slower than or equal to gemv2 at N <= 8192 and at
+# K = 12288 (the per-call cost: a program's first slot lands 3-6 us after its start, and the programs' ends spread
+# over several us; .notes/gemvt_probe.py), so those keep gemv2.
+DEFAULTS = {5: dict(rows=8, stages=4, per_sm=2), 4: dict(rows=8, stages=2, per_sm=4)}
 DEFAULT_MIN_N = 16384
 
 
