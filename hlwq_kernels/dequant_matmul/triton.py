@@ -1094,6 +1094,8 @@ def _num_sms(device: torch.device) -> int:
 def _pick(m: int, n: int, kp: int, block: int, method: str, bits: int = 5) -> Config:
     """Kernel and tiles by M (decode vs prefill); numbers in .notes/dequant_matmul.md.
 
+    * M = 1, 4/5 bits, K = 4096, N >= 16384 (gate+up, lm_head; on a GPU with Gluon): not a Config but the TMA-ring
+      GEMV of ``gemvt.py`` (``_try_gemvt``, before ``_pick``), measured faster there (perf/RESULTS.md, session 13).
     * M <= GEMV_MAX_M: gemv2 (K across the CTA), G=128 (4096-code K slices), prefetch, 4 warps,
       BN = 8 rows per tile for N <= 4096, else 4. H100, M=1, 5 bits, graph timing (perf/graph_sweep.py
       dqcfg, 2026-11-27 session 3 run 1; us, gemv2 BN4 / BN8 / old gemv default / cuBLAS bf16):
