@@ -145,3 +145,45 @@ def test_gpu_gemvt_probe_and_stagger():
     assert (p[:, 0] > 0).all() and (p[:, 1] >= p[:, 0]).all() and (p[:, 2] >= p[:, 1]).all()
     assert (p[:, 3] >= p[:, 2]).all() and (p[:, 4] >= 0).all()
     check(y0, x, qw, True, torch.bfloat16, "probe")
+
+
+def _tma_box(desc, coords):
+    """What a TMA copy of ``desc``'s box at ``coords`` delivers: element i of the box is element coords + i of the
+    descriptor's view (offset = sum of (coord + i) * stride over the dims), zero where coord + i is past the view."""
+    flat = desc.base.reshape(-1)
+    idx = torch.zeros(desc.block_shape, dtype=torch.int64)
+    ok = torch.ones(desc.block_shape, dtype=torch.bool)
+    for d, (c, size, stride, box) in enumerate(zip(coords, desc.shape, desc.strides, desc.block_shape)):
+        i = (c + torch.arange(box)).reshape([box if e == d else 1 for e in range(len(coords))])
+        idx = idx + i * stride
+        ok = ok & (i < size)
+    return torch.where(ok, flat[torch.where(ok, idx, 0)], torch.zeros((), dtype=flat.dtype))
+
+
+@pytest.mark.parametrize("bits,kp,rows", [(5, 8192, 4), (4, 12288, 8), (5, 4096, 2)])
+def test_descriptors_address_the_kernel_order(bits, kp, rows):
+    """The TMA views, replayed on the CPU: for every (row tile, K slice) the boxes the kernel asks for (nibble plane at
+    chunk 4 s, 1-bit plane at ``bit_plane_chunk`` + 4 s, norms at 4 s) hold [warp chunk c, row, ...] = the row's words
+    512 s + 128 c.., its 1-bit words Kp / 8 + 128 s + 32 c.., its norms 32 s + 8 c..; rows past N are zero."""
+    pytest.importorskip("triton.experimental.gluon.nvidia.hopper")
+    n = 3 * rows + 1  # a ragged last tile
+    g = torch.Generator().manual_seed(kp + bits)
+    packed = torch.randint(-2**31, 2**31 - 1, (n, kp * bits // 32), generator=g, dtype=torch.int32)
+    norms = torch.rand(n, kp // 128, generator=g).half()
+    wd, bd, nd = T.descriptors(packed, norms, bits, rows)
+    hb = T.bit_plane_chunk(kp, bits)
+    for t in range(-(-n // rows)):
+        r = torch.arange(t * rows, (t + 1) * rows)
+        live = (r < n)[None, :, None]
+        rr = r.clamp(max=n - 1)
+        for s in range(kp // T.KSLICE):
+            want = packed[rr, 512 * s: 512 * s + 512].reshape(rows, 4, 128).permute(1, 0, 2)
+            assert torch.equal(_tma_box(wd, [4 * s, t * rows, 0]), torch.where(live, want, 0))
+            if bits == 5:
+                base = kp // 8 + 128 * s
+                want = packed[rr, base: base + 128].reshape(rows, 4, 32).permute(1, 0, 2)
+                assert torch.equal(_tma_box(bd, [hb + 4 * s, t * rows, 0]), torch.where(live, want, 0))
+            else:
+                assert bd is None
+            want = norms[rr, 32 * s: 32 * s + 32].reshape(rows, 4, 8).permute(1, 0, 2)
+            assert torch.equal(_tma_box(nd, [4 * s, t * rows, 0]), torch.where(live, want, torch.zeros((), dtype=torch.float16)))

@@ -284,6 +284,11 @@ def default_options(n: int, kp: int, bits: int) -> dict | None:
     return None
 
 
+def bit_plane_chunk(kp: int, bits: int) -> int:
+    """The 1-bit plane's first 32-word chunk in a packed row (5 bits: after the Kp / 8 words of the 4-bit plane)."""
+    return (kp // 8) // 32 if bits == 5 else 0
+
+
 def descriptors(packed: torch.Tensor, norms: torch.Tensor, bits: int, rows: int):
     """The three TMA descriptors (see the module docstring): nibble plane, 1-bit plane (5 bits; else None), norms."""
     from triton.experimental.gluon.language import NVMMASharedLayout
@@ -322,7 +327,7 @@ def gemvt(xr: torch.Tensor, w, out_dtype: torch.dtype, *, rows: int = 4, stages:
     wd, bd, nd = descriptors(w.packed, w.norms, bits, rows)
     out = torch.empty(1, n, dtype=out_dtype, device=xr.device)
     splits = kp // KSLICE
-    hb = (kp // 8) // 32 if bits == 5 else 0  # the 1-bit plane's first 32-word chunk
+    hb = bit_plane_chunk(kp, bits)
     extra = {}  # (only when set: the default launch specializes as before)
     if stagger:
         extra["STAGGER"] = True
