@@ -26,6 +26,25 @@ def q(v, p):
     return sorted(v)[min(len(v) - 1, int(p * len(v)))]
 
 
+def graph_calls(call):
+    """CALLS calls ``call(c)`` captured in one CUDA graph, replayed 3 times, then timed once: (graph, the outputs,
+    us per call). The probe buffers hold the timed replay's stamps."""
+    g = torch.cuda.CUDAGraph()
+    keep = []
+    with torch.cuda.graph(g):
+        for c in range(CALLS):
+            keep.append(call(c))
+    for _ in range(3):
+        g.replay()
+    torch.cuda.synchronize()
+    ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+    ev[0].record()
+    g.replay()
+    ev[1].record()
+    torch.cuda.synchronize()
+    return g, keep, ev[0].elapsed_time(ev[1]) * 1e3 / CALLS
+
+
 def main(names):
     for name in names:
         n, k = SHAPES[name]
@@ -37,20 +56,7 @@ def main(names):
         for i in range(2):  # compile outside the capture
             dq._gemv2(x, ws[0], torch.bfloat16, cfg, probes[0])
         torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        keep = []
-        with torch.cuda.graph(g):
-            for c in range(CALLS):
-                keep.append(dq._gemv2(x, ws[c % nsets], torch.bfloat16, cfg, probes[c]))
-        for _ in range(3):
-            g.replay()
-        torch.cuda.synchronize()
-        ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-        ev[0].record()
-        g.replay()
-        ev[1].record()
-        torch.cuda.synchronize()
-        per_call = ev[0].elapsed_time(ev[1]) * 1e3 / CALLS
+        g, keep, per_call = graph_calls(lambda c: dq._gemv2(x, ws[c % nsets], torch.bfloat16, cfg, probes[c]))
         print(f"== {name} {n}x{k} cfg {cfg.BN=} {cfg.unroll=} {cfg.lean=}: graph {per_call:.2f} us per call "
               f"(with probes)", flush=True)
         rows = []

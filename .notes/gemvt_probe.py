@@ -10,19 +10,16 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "perf"))
+sys.path.insert(0, os.path.dirname(__file__))
 
+import dq_probe  # noqa: E402  (gemv2's probe script: the shapes, the call count and the quantile helper)
 import torch  # noqa: E402
+from dq_probe import CALLS, graph_calls, q  # noqa: E402
 from graph_sweep import _hlwq_weight  # noqa: E402
 
 from hlwq_kernels.dequant_matmul.gemvt import gemvt  # noqa: E402
 
-SHAPES = {"gate_up": (24576, 4096), "q": (8192, 4096), "square": (4096, 4096), "kv": (2048, 4096),
-          "lm_head": (248320, 4096)}
-CALLS = 8
-
-
-def q(v, p):
-    return sorted(v)[min(len(v) - 1, int(p * len(v)))]
+SHAPES = {**dq_probe.SHAPES, "lm_head": (248320, 4096)}
 
 
 def main(names):
@@ -38,21 +35,9 @@ def main(names):
         for _ in range(2):  # compile outside the capture
             gemvt(x, ws[0], torch.bfloat16, probe=probes[0], **opts)
         torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        keep = []
-        with torch.cuda.graph(g):
-            for c in range(CALLS):
-                keep.append(gemvt(x, ws[c % nsets], torch.bfloat16, probe=probes[c], **opts))
-        for _ in range(3):
-            g.replay()
-        torch.cuda.synchronize()
-        ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-        ev[0].record()
-        g.replay()
-        ev[1].record()
-        torch.cuda.synchronize()
-        print(f"== {name} {n}x{k} {opts}: graph {ev[0].elapsed_time(ev[1]) * 1e3 / CALLS:.2f} us per call (with "
-              "probes); times in us from the call's first program start", flush=True)
+        g, keep, per_call = graph_calls(lambda c: gemvt(x, ws[c % nsets], torch.bfloat16, probe=probes[c], **opts))
+        print(f"== {name} {n}x{k} {opts}: graph {per_call:.2f} us per call (with probes); times in us from the call's "
+              "first program start", flush=True)
         prev_end = None
         for c in range(CALLS):
             p = probes[c].view(-1, 8).cpu()
