@@ -27,11 +27,22 @@ Decode (5 bits, per nibble word w of 8 codes and the byte b of their bit 4, one 
 ``E = (w & 0x0F0F0F0F) | (S_e & 0xF0F0F0F0)``, ``O = ((w >> 4) & 0x0F0F0F0F) | (S_o & 0xF0F0F0F0)`` with
 ``S_e = (b & 0x55) * 0x410410`` and ``S_o = (b & 0xAA) * 0x208208``: the multiplication moves bit ``2 k`` (``2 k +
 1``) of b to bit ``8 k + 4``. The product's terms land at bits ``2 (k + 3 j) + 4``; at the four bits ``8 k + 4``
-only the term j = k lands (k + 3 j = 4 k has no other solution for k, j in 0..3), and the two pairs of terms that
+only the term j = k lands (k + 3 j = 4 k has no other solution for k, j in 0..3), and the three pairs of terms that
 share a bit elsewhere (k + 3 j = 3, 6, 9) carry into an odd bit that the masks drop or that the shuffle does not
 read. Code ``2 k`` is then ``E >> 8 k`` and code ``2 k + 1`` is ``O >> 8 k``: the level comes from a warp shuffle
 (``shfl`` reads only the low 5 bits of its lane operand, so the bits above the code need no mask), then one FFMA.
 4 bits: code i is ``w >> 4 i`` (the codebook table repeats every 16 lanes).
+
+Row sums: each thread's per-row partials (norm applied) go through shared memory into a transposed layout and are
+summed mostly in-thread (5 shuffles + 5 adds per row and thread otherwise). sm_90 SASS of the 5-bit loop: 1107
+instructions per 8-row step per thread, 4.3 per code (gemv2: ~4.9), 96 registers.
+
+Measured (H100, perf/RESULTS.md session 13): streaming ~2.94 TB/s (gemv2 2.47, cuBLAS 2.86) but a per-call cost of
+~5.6 us (gemv2 4.4, cuBLAS 2.65): each program's first slot lands 3-6 us after its start, and the programs' ends
+spread over several us (``probe``, ``.notes/gemvt_probe.py``). Hence the default only where N is large. Options:
+``rows`` per slot, ``stages``, ``per_sm`` (programs per SM, bounded by shared memory), ``wg`` (2: 8 warps, each half
+of the rows), ``stagger`` (the first slot's copies before the others: the first slot lands ~2.7 us earlier, but the
+ends spread more; slower on gate+up, faster than the plain ring but not than gemv2 on 8192 x 4096).
 
 Gluon does not run under the interpreter: ``decode_words`` replays the integer decode on the CPU (tested against
 ``unpack_bits``) and the GPU tests compare the compiled kernel with the reference.
