@@ -1,7 +1,8 @@
 """A few launches of one kernel for Nsight Compute (device.sh's ncu mode):
     ncu --clock-control none -k regex:_gemv_kernel -c 1 --section ... python3 perf/ncu_target.py gemv
 Targets: gemv (dequant_matmul M=1, 5 bits, gate_up 24576x4096), gemv-small (the same, 2048x4096), dot16 (M=16,
-the dot2 default; DOT16_N rows, default gate_up), gemv8 (the opt-in int8 GEMV on gate_up),
+the dot2 default; DOT16_N rows, default gate_up), gemv8 (the opt-in int8 GEMV on gate_up), gemvt (the TMA-ring
+GEMV, GEMVT_* options; session 13),
 kv (kv_quant_attn 3 bits, 32k or KV_LEN keys, batch 1), gdn (gated_delta_decode_step, batch 1)."""
 
 import os
