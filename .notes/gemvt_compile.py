@@ -61,6 +61,18 @@ if __name__ == "__main__":
     ops = [re.sub(r"^\s*/\*[0-9a-f]+\*/\s*", "", ln).split()[0] for ln in lines]
     c = collections.Counter(o.split(".")[0] if not o.startswith("@") else "pred" for o in ops)
     print(c.most_common(30))
+    # the main loop: the largest block between a label and a backward branch to it
+    labels = {m.group(1): i for i, ln in enumerate(s.splitlines()) if (m := re.match(r"^(\.L_x_\d+):", ln))}
+    best = None
+    for i, ln in enumerate(s.splitlines()):
+        m = re.search(r"BRA `\((\.L_x_\d+)\)", ln)
+        if m and m.group(1) in labels and labels[m.group(1)] < i and (best is None or i - labels[m.group(1)] > best[0]):
+            best = (i - labels[m.group(1)], labels[m.group(1)], i)
+    if best:
+        body = [ln for ln in s.splitlines()[best[1]:best[2] + 1] if re.search(r"/\*[0-9a-f]{4}\*/", ln)]
+        lops = [re.sub(r"^\s*/\*[0-9a-f]+\*/\s*", "", ln).split() for ln in body]
+        lops = [o[1] if o[0].startswith("@") else o[0] for o in lops]
+        print("loop instructions", len(body), collections.Counter(o.split(".")[0] for o in lops).most_common(12))
     tag = "_".join(map(str, a)) or "default"
     open(f"/tmp/gemvt_{tag}.sass", "w").write(s)
     open(f"/tmp/gemvt_{tag}.ttgir", "w").write(k.asm["ttgir"])
