@@ -96,11 +96,8 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
             L = gl.SliceLayout(o, L)
         return L
 
-    A6 = [gl.constexpr(_nest([o for o in range(6) if o != d], P6)) for d in range(6)]
-    A4 = [gl.constexpr(_nest([o for o in range(4) if o != d], P4)) for d in range(4)]
-    A3 = [gl.constexpr(_nest([o for o in range(3) if o != d], P3)) for d in range(3)]
-    AC, AR, AL8, AL4, AM, AI = A6
-    P6c = gl.constexpr(P6)
+    # 1-D layouts of each dimension of P6 (the others sliced away), for aranges broadcast back to 6-D
+    AC, _, AL8, AL4, AM, AI = (gl.constexpr(_nest([o for o in range(6) if o != d], P6)) for d in range(6))
     P5c = gl.constexpr(P5)
     P4c = gl.constexpr(P4)
     P3c = gl.constexpr(P3)
@@ -114,15 +111,11 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
                                        warps_per_cta=[4, WG, 1], order=[2, 1, 0]))
     LB = gl.constexpr(gl.BlockedLayout(size_per_thread=[1, R // WG, 1], threads_per_warp=[1, 1, 32],
                                        warps_per_cta=[4, WG, 1], order=[2, 1, 0]))
-    A4R = gl.constexpr(A4[1])
-    A4L8 = gl.constexpr(A4[2])
-    A4L4 = gl.constexpr(A4[3])
-    A4C = gl.constexpr(A4[0])
     A4M = gl.constexpr(_nest([0, 1, 2, 3], P5))  # m of the words [c, row, l8, l4, m]
     R_ = gl.constexpr(R)
     STAGES_ = gl.constexpr(STAGES)
     BITS_ = gl.constexpr(BITS)
-    
+
     @gluon.jit
     def _x6(x_ptr, s):
         """x of K slice s in the thread's code order: [4 c, 1, 8 l8, 4 l4, 4 m, 8 i] fp32."""

@@ -1354,16 +1354,17 @@ def _try_gemvt(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, forced: 
 
     m, kp = xr.shape
     n, bits = w.out_features, w.bits
-    ok = (xr.is_cuda and not interpreting() and T.supported(m, bits, w.block, kp, w.packed, w.norms)
-          and (xr.device, bits) not in _GEMVT_BROKEN and available())
-    if forced and not ok:
-        raise ValueError("method='gemvt' needs a GPU with Gluon, M = 1, 4 or 5 bits, block 128, K a multiple of "
-                         f"{T.KSLICE} and contiguous codes and norms")
-    opts = T.default_options(n, kp, bits) if ok else None
-    if opts is None and forced:
-        opts = {}
-    if opts is None:
+    if not (xr.is_cuda and not interpreting() and T.supported(m, bits, w.block, kp, w.packed, w.norms)
+            and (xr.device, bits) not in _GEMVT_BROKEN and available()):
+        if forced:
+            raise ValueError("method='gemvt' needs a GPU with Gluon, M = 1, 4 or 5 bits, block 128, K a multiple of "
+                             f"{T.KSLICE} and contiguous codes and norms")
         return None
+    opts = T.default_options(n, kp, bits)
+    if opts is None:
+        if not forced:
+            return None
+        opts = {}
     try:
         return T.gemvt(xr, w, out_dtype, **opts)
     except Exception as e:  # noqa: BLE001  a Triton whose Gluon differs (compile failure): gemv2 from now on
