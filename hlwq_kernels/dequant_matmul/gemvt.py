@@ -84,6 +84,8 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
+    from .triton import _g2_probe  # (diagnostics: gemv2's timestamp helper; a 1-D grid gives program_id(0))
+
     # [c (K chunk), row, l8, l4 (lane = 4 l8 + l4), m (word), i (code in word)]; WG warp groups split the rows
     P6 = gl.BlockedLayout(size_per_thread=[1, R // WG, 1, 1, 4, 8], threads_per_warp=[1, 1, 8, 4, 1, 1],
                           warps_per_cta=[4, WG, 1, 1, 1, 1], order=[5, 4, 3, 2, 1, 0])
@@ -177,22 +179,11 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
         return part * nrm[:, :, :, None]
 
     @gluon.jit
-    def _probe(probe_ptr, k: gl.constexpr):
-        """(diagnostics) %globaltimer at point k into probe_ptr[program, k]; the program's %smid in column 4."""
-        pid = gl.program_id(0)
-        t = gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [pid], dtype=gl.int64, is_pure=False,
-                                      pack=1)
-        gl.store(probe_ptr + pid * 8 + k, t)
-        if k == 0:
-            sm = gl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r,r", [pid], dtype=gl.int32, is_pure=False, pack=1)
-            gl.store(probe_ptr + pid * 8 + 4, sm.to(gl.int64))
-
-    @gluon.jit
     def _gemvt_kernel(x_ptr, cb_ptr, out_ptr, wd, bd, nd, N, n_tiles, HB, SPLITS: gl.constexpr,
                       STAGGER: gl.constexpr = False, PROBE: gl.constexpr = False, probe_ptr=None):
         gl.static_assert(SPLITS >= 1)
         if PROBE:
-            _probe(probe_ptr, 0)
+            _g2_probe(probe_ptr, 0)
         pid = gl.program_id(0)
         nprog = gl.num_programs(0)
         t_lo = (pid * n_tiles) // nprog
@@ -230,9 +221,9 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
             mbarrier.wait(bars.index(slot), (i // STAGES_) & 1)
             if PROBE:
                 if i == 0:
-                    _probe(probe_ptr, 1)
+                    _g2_probe(probe_ptr, 1)
                 if i == n_steps - 1:
-                    _probe(probe_ptr, 2)
+                    _g2_probe(probe_ptr, 2)
             if SPLITS > 1:  # (a runtime slice index: x of one slice in registers at a time)
                 s = i % SPLITS
                 xv = _x6(x_ptr, s)
@@ -248,7 +239,7 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
         for sb in gl.static_range(STAGES_):
             mbarrier.invalidate(bars.index(sb))
         if PROBE:
-            _probe(probe_ptr, 3)
+            _g2_probe(probe_ptr, 3)
 
     return _gemvt_kernel
 
