@@ -185,6 +185,32 @@ def sec_dqt():
     _dq_cases(1, (4,), gate_up, opts)
 
 
+def sec_dqt3():
+    """M = 1, 3 bits (session 14): the TMA-ring GEMV's 3-bit decode (2-bit plane + 1-bit plane) against gemv2 on
+    the same weights, every shape (run 1: 2 stages x 4 programs per SM was the best of six configs on gate+up,
+    down and 8192 x 4096, 4 stages x 3 on lm_head)."""
+    opts = [("gemv2", "gemv2"), ("auto", "public-rotated"),
+            ("t-r8-s2-p4", ("gemvt", dict(rows=8, stages=2, per_sm=4))),
+            ("t-r8-s2-p5", ("gemvt", dict(rows=8, stages=2, per_sm=5))),
+            ("t-r8-s3-p5", ("gemvt", dict(rows=8, stages=3, per_sm=5))),
+            ("t-r8-s2-p3", ("gemvt", dict(rows=8, stages=2, per_sm=3))),
+            ("t-r8-s3-p4-stag", ("gemvt", dict(rows=8, stages=3, per_sm=4, stagger=True))),
+            ("t-r8-s4-p3", ("gemvt", dict(rows=8, stages=4, per_sm=3))),
+            ("t-r4-s2-p5", ("gemvt", dict(rows=4, stages=2, per_sm=5))),
+            ("gemv2-again", "gemv2")]
+    _dq_cases(1, (3,), LINEARS, opts)
+
+
+def sec_dqt4():
+    """M = 1, 4 bits (session 14): gemvt (the gate+up default, 2 stages x 4 programs per SM) against gemv2 on every
+    shape, to see whether the 3-bit result (faster everywhere) holds at 4 bits."""
+    opts = [("gemv2", "gemv2"), ("auto", "public-rotated"),
+            ("t-r8-s2-p4", ("gemvt", dict(rows=8, stages=2, per_sm=4))),
+            ("t-r8-s2-p3", ("gemvt", dict(rows=8, stages=2, per_sm=3))),
+            ("gemv2-again", "gemv2")]
+    _dq_cases(1, (4,), LINEARS, opts)
+
+
 def sec_dq8():
     """The opt-in int8 GEMV (gemv8, int8-grid codebook) against the default gemv2 on the same weights: plan options
     ks blocks per K slice, rt row tiles per program, one block per trip, and the untimed early loads (session 7:
@@ -727,7 +753,7 @@ def sec_gdn():
         for s in sets], rec_b, base)
 
 
-SECTIONS = {"dqt": sec_dqt, "dq16more": sec_dq16more, "dq16lean": sec_dq16lean, "dq16ab": sec_dq16ab, "dq16pipe": sec_dq16pipe, "dqi32ab": sec_dqi32ab, "dqfixed": sec_dqfixed, "dqwarps": sec_dqwarps, "dqwaves": sec_dqwaves,
+SECTIONS = {"dqt": sec_dqt, "dqt3": sec_dqt3, "dqt4": sec_dqt4, "dq16more": sec_dq16more, "dq16lean": sec_dq16lean, "dq16ab": sec_dq16ab, "dq16pipe": sec_dq16pipe, "dqi32ab": sec_dqi32ab, "dqfixed": sec_dqfixed, "dqwarps": sec_dqwarps, "dqwaves": sec_dqwaves,
             "fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dq8": sec_dq8, "dqcfg": sec_dqcfg, "dqg2x": sec_dqg2x,
             "dqg3": sec_dqg3, "dq16cfg": sec_dq16cfg, "dq16split": sec_dq16split, "dqlowbit": sec_dqlowbit,
             "dq16pf": sec_dq16pf,

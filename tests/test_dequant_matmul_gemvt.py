@@ -24,10 +24,12 @@ needs_gpu = pytest.mark.skipif(not ON_GPU, reason="needs CUDA")
 @settings(max_examples=60, deadline=None)
 @given(bits=st.sampled_from(T.BITS_OK), seed=st.integers(0, 2**31 - 1))
 @example(bits=5, seed=0)
+@example(bits=3, seed=0)
 def test_decode_words_matches_unpack(bits, seed):
-    """One thread's view of a 128-code block of rows: nibble words 4 t .. 4 t + 3 and 1-bit word t give codes
-    32 t .. 32 t + 31 in the 5 bits the shuffle reads; the levels' table repeats every 2**bits lanes, so the low
-    ``bits`` bits must equal the code (at 4 bits bit 4 is another code's bit, read but ignored by the table)."""
+    """One thread's view of a 128-code block of rows: nibble words 4 t .. 4 t + 3 (2-bit words 2 t, 2 t + 1 at 3
+    bits) and 1-bit word t give codes 32 t .. 32 t + 31 as the 5 bits each shuffle reads, and the lane they name
+    must hold that code's level: at 4/5 bits the table repeats every 2**bits lanes (the low ``bits`` bits must equal
+    the code; at 4 bits bit 4 is another code's), at 3 bits two tables read bit 4 or bit 3 (``table_entry``)."""
     g = torch.Generator().manual_seed(seed)
     codes = torch.randint(0, 1 << bits, (8, 128), generator=g, dtype=torch.int32)
     if seed % 3 == 0:  # the extremes: all-ones and alternating patterns
@@ -36,10 +38,12 @@ def test_decode_words_matches_unpack(bits, seed):
         codes[1, 1::2] = 0
     packed = pack_bits(codes, bits, impl="reference")  # [8, 128 * bits / 32]
     assert torch.equal(unpack_bits(packed, bits, 128, impl="reference"), codes)
-    nib = packed[:, :16].reshape(8, 4, 4)  # 4-bit plane: thread t's words 4 t .. 4 t + 3
-    bitw = packed[:, 16:20] if bits == 5 else None  # 1-bit plane: thread t's word t
-    got = T.decode_words(nib, bitw, bits)  # [8, 4 threads, 32]
-    assert torch.equal(got & ((1 << bits) - 1), codes.reshape(8, 4, 32).long())
+    mw = T.main_width(bits)  # the widest plane: 4 * mw words of a 128-code block, mw per thread
+    nib = packed[:, :4 * mw].reshape(8, 4, mw)
+    bitw = packed[:, 4 * mw: 4 * mw + 4] if bits in (3, 5) else None  # 1-bit plane: thread t's word t
+    got = T.decode_words(nib, bitw, bits)  # [8, 4 threads, 32]: the 5 bits each shuffle reads
+    assert ((got >= 0) & (got < 32)).all()
+    assert torch.equal(T.table_entry(got, bits), codes.reshape(8, 4, 32).long())
 
 
 def test_supported():
@@ -47,10 +51,23 @@ def test_supported():
     nrm = torch.zeros(8, 32, dtype=torch.float16)
     assert T.supported(1, 5, 128, 4096, w, nrm)
     assert not T.supported(2, 5, 128, 4096, w, nrm)  # one token only
-    assert not T.supported(1, 3, 128, 4096, w, nrm)  # 4 and 5 bits
+    assert T.supported(1, 3, 128, 4096, torch.zeros(8, 384, dtype=torch.int32), nrm)
+    assert not T.supported(1, 2, 128, 4096, torch.zeros(8, 256, dtype=torch.int32), nrm)  # 3, 4 and 5 bits
     assert not T.supported(1, 5, 64, 4096, w, nrm)  # 128-blocks
     assert not T.supported(1, 5, 128, 2048, w, nrm)  # whole 4096-code K slices
     assert not T.supported(1, 5, 128, 4096, w[:, ::2], nrm)  # contiguous rows
+
+
+def test_default_options():
+    """Where gemvt is the M = 1 default (measured faster than gemv2, perf/RESULTS.md S13-4, S14-2)."""
+    assert T.default_options(24576, 4096, 5) == T.DEFAULTS[5]
+    assert T.default_options(248320, 4096, 4) == T.DEFAULTS[4]
+    assert T.default_options(8192, 4096, 5) is None  # 4/5 bits: gemv2 at N <= 8192
+    assert T.default_options(24576, 12288, 4) is None  # and at K = 12288
+    assert T.default_options(4096, 12288, 3) == T.DEFAULTS[3]  # 3 bits: every measured shape
+    assert T.default_options(2048, 4096, 3) == T.DEFAULTS[3]
+    assert T.default_options(1024, 4096, 3) is None  # (not measured)
+    assert T.default_options(24576, 4096, 2) is None
 
 
 @pytest.mark.parametrize("kw", [dict(rows=1), dict(rows=16), dict(rows=8, wg=4), dict(rows=4, stages=1)])
@@ -95,10 +112,11 @@ def test_gpu_gemvt_options(bits, rows, stages, per_sm, programs, wg):
 
 
 @needs_gpu
-@pytest.mark.parametrize("bits", T.BITS_OK)
+@pytest.mark.parametrize("bits", sorted(T.DEFAULTS))
 def test_gpu_gemvt_is_the_default_where_measured(bits):
-    """dequant_matmul at M = 1 takes gemvt for K = 4096, N >= 16384 (``gemvt.DEFAULTS``), and gemv2 below that; the
-    default path is right, captures in a CUDA graph and replays with new inputs; method="gemvt" forces it."""
+    """dequant_matmul at M = 1 takes gemvt for K = 4096 and N >= ``gemvt.DEFAULT_MIN_N`` (16384 at 4/5 bits, 2048
+    at 3), and gemv2 below that; the default path is right, captures in a CUDA graph and replays with new inputs;
+    method="gemvt" forces it."""
     from hlwq_kernels.dequant_matmul import dequant_matmul, dequant_matmul_triton_method
 
     calls = []
@@ -118,8 +136,9 @@ def test_gpu_gemvt_is_the_default_where_measured(bits):
         g.replay()
         check(ys, x2, qw, False, torch.bfloat16, "graph replay")
         calls.clear()
-        small = make_weight(8192, 4096, bits, 128, 1, "cuda")
-        check(dequant_matmul(x, small), x, small, False, torch.bfloat16, "auto, N = 8192")
+        n_small = T.DEFAULT_MIN_N[bits] // 2
+        small = make_weight(n_small, 4096, bits, 128, 1, "cuda")
+        check(dequant_matmul(x, small), x, small, False, torch.bfloat16, f"auto, N = {n_small}")
         assert not calls  # gemv2 there
         check(dequant_matmul_triton_method(x, small, False, torch.bfloat16, method="gemvt"), x, small, False,
               torch.bfloat16, "forced")
@@ -160,11 +179,12 @@ def _tma_box(desc, coords):
     return torch.where(ok, flat[torch.where(ok, idx, 0)], torch.zeros((), dtype=flat.dtype))
 
 
-@pytest.mark.parametrize("bits,kp,rows", [(5, 8192, 4), (4, 12288, 8), (5, 4096, 2)])
+@pytest.mark.parametrize("bits,kp,rows", [(5, 8192, 4), (4, 12288, 8), (5, 4096, 2), (3, 8192, 4), (3, 4096, 8)])
 def test_descriptors_address_the_kernel_order(bits, kp, rows):
-    """The TMA views, replayed on the CPU: for every (row tile, K slice) the boxes the kernel asks for (nibble plane at
+    """The TMA views, replayed on the CPU: for every (row tile, K slice) the boxes the kernel asks for (widest plane at
     chunk 4 s, 1-bit plane at ``bit_plane_chunk`` + 4 s, norms at 4 s) hold [warp chunk c, row, ...] = the row's words
-    512 s + 128 c.., its 1-bit words Kp / 8 + 128 s + 32 c.., its norms 32 s + 8 c..; rows past N are zero."""
+    4 cw s + cw c.. (cw = 128 nibble words, 64 2-bit words), its 1-bit words Kp mw / 32 + 128 s + 32 c.., its norms
+    32 s + 8 c..; rows past N are zero."""
     pytest.importorskip("triton.experimental.gluon.nvidia.hopper")
     n = 3 * rows + 1  # a ragged last tile
     g = torch.Generator().manual_seed(kp + bits)
@@ -177,10 +197,11 @@ def test_descriptors_address_the_kernel_order(bits, kp, rows):
         live = (r < n)[None, :, None]
         rr = r.clamp(max=n - 1)
         for s in range(kp // T.KSLICE):
-            want = packed[rr, 512 * s: 512 * s + 512].reshape(rows, 4, 128).permute(1, 0, 2)
+            cw = 32 * T.main_width(bits)
+            want = packed[rr, 4 * cw * s: 4 * cw * (s + 1)].reshape(rows, 4, cw).permute(1, 0, 2)
             assert torch.equal(_tma_box(wd, [4 * s, t * rows, 0]), torch.where(live, want, 0))
-            if bits == 5:
-                base = kp // 8 + 128 * s
+            if bits in (3, 5):
+                base = kp * T.main_width(bits) // 32 + 128 * s
                 want = packed[rr, base: base + 128].reshape(rows, 4, 32).permute(1, 0, 2)
                 assert torch.equal(_tma_box(bd, [hb + 4 * s, t * rows, 0]), torch.where(live, want, 0))
             else:

@@ -1,8 +1,9 @@
 """M = 1 decode GEMV that streams the packed codes through a TMA ring (Gluon): ``y [1, N] = x_rot @ W_rot.T``
-for 4- and 5-bit weights, K a multiple of 4096.
+for 3-, 4- and 5-bit weights, K a multiple of 4096.
 
-Status: dequant_matmul's default for M = 1 at 4/5 bits with K = 4096 and N >= 16384 (gate+up, lm_head), where it
-measured faster than the Triton GEMV (``_gemv2_kernel``); elsewhere opt-in (``method="gemvt"``). See ``DEFAULTS``.
+Status: dequant_matmul's default for M = 1 at 4/5 bits with K = 4096 and N >= 16384 (gate+up, lm_head), and at 3 bits
+with N >= 2048 (every Qwen3.5 shape), where it measured faster than the Triton GEMV (``_gemv2_kernel``); elsewhere
+opt-in (``method="gemvt"``). See ``DEFAULTS``.
 
 Why. ``_gemv2_kernel`` loads the code words straight into registers, one row tile ahead. Its profile (perf/RESULTS.md,
 S9-19, S12-2, S12-9) shows DRAM at ~65% of peak, long-scoreboard stalls on those words, a slow first trip and a
@@ -18,9 +19,10 @@ of 4096 codes (one ring slot per (tile, slice)). 4 warps: thread ``j = 32 c + l`
 ``32 j .. 32 j + 31`` of the slice, whose x values it keeps in registers (fp32). Per slot the TMA unit copies
 three boxes, each through a 3-D view of the global array whose middle dimension is the row, so that the box lands
 as ``[warp chunk c, row, ...]``:
-* the 4-bit plane: the packed rows viewed as ``[row_words / 128, N, 128]`` (strides 128, row_words, 1), box
-  ``[4, R, 128]``: thread (c, l) reads words ``4 l .. 4 l + 3`` of chunk c (one 16-byte load per row);
-* 5 bits, the 1-bit plane: ``[row_words / 32, N, 32]``, box ``[4, R, 32]``: thread (c, l) reads word l of chunk c;
+* the widest plane: 4/5 bits, the 4-bit plane: the packed rows viewed as ``[row_words / 128, N, 128]`` (strides
+  128, row_words, 1), box ``[4, R, 128]``: thread (c, l) reads words ``4 l .. 4 l + 3`` of chunk c (one 16-byte
+  load per row); 3 bits, the 2-bit plane: ``[row_words / 64, N, 64]``, box ``[4, R, 64]``, words ``2 l, 2 l + 1``;
+* 3/5 bits, the 1-bit plane: ``[row_words / 32, N, 32]``, box ``[4, R, 32]``: thread (c, l) reads word l of chunk c;
 * the norms: ``[nblk / 8, N, 8]`` fp16, box ``[4, R, 8]``: the thread's block is ``l // 4`` of chunk c.
 
 Decode (5 bits, per nibble word w of 8 codes and the byte b of their bit 4, one LOP3 or shift each):
@@ -31,15 +33,22 @@ only the term j = k lands (k + 3 j = 4 k has no other solution for k, j in 0..3)
 share a bit elsewhere (k + 3 j = 3, 6, 9) carry into an odd bit that the masks drop or that the shuffle does not
 read. Code ``2 k`` is then ``E >> 8 k`` and code ``2 k + 1`` is ``O >> 8 k``: the level comes from a warp shuffle
 (``shfl`` reads only the low 5 bits of its lane operand, so the bits above the code need no mask), then one FFMA.
-4 bits: code i is ``w >> 4 i`` (the codebook table repeats every 16 lanes).
+4 bits: code i is ``w >> 4 i`` (the codebook table repeats every 16 lanes). 3 bits (2-bit word w of 16 codes, their
+16 high bits h): one PRMT and one shift-or-mask step put h's nibble k in byte k; ``E = (w & 0x0F0F0F0F) | ((h << 4)
+& 0xF0F0F0F0)``, ``F = ((w >> 4) & 0x0F0F0F0F) | ((h << 2) & 0xF0F0F0F0)`` (one LOP3 each): code ``4 k + e`` is ``E``
+(e < 2) or ``F`` (e >= 2) shifted right by ``8 k + 2 (e & 1)``, its 2-bit field in bits 0-1 and its high bit in bit
+4 (e even) or bit 3 (e odd). Two level tables serve the two cases: lane l holds level ``(l & 3) | (bit 4 of l) << 2``
+or ``(l & 3) | (bit 3 of l) << 2``. 8 instructions per 16 codes before the per-code shift, shuffle and FFMA.
 
 Row sums: each thread's per-row partials (norm applied) go through shared memory into a transposed layout and are
-summed mostly in-thread (5 shuffles + 5 adds per row and thread otherwise). sm_90 SASS of the 5-bit loop: 1107
-instructions per 8-row step per thread, 4.3 per code (gemv2: ~4.9), 96 registers.
+summed mostly in-thread (5 shuffles + 5 adds per row and thread otherwise). sm_90 SASS of the loop per 8-row step
+per thread (256 codes): 5 bits 1107 instructions (4.3 per code; gemv2: ~4.9), 96 registers; 4 bits 866 (3.4); 3
+bits 1019 (4.0), 95 registers.
 
-Measured (H100, perf/RESULTS.md session 13): streaming ~2.94 TB/s (gemv2 2.47, cuBLAS 2.86) but a per-call cost of
-~5.6 us (gemv2 4.4, cuBLAS 2.65): each program's first slot lands 3-6 us after its start, and the programs' ends
-spread over several us (``probe``, ``.notes/gemvt_probe.py``). Hence the default only where N is large. Options:
+Measured (H100, perf/RESULTS.md session 13, 5 bits): streaming ~2.94 TB/s (gemv2 2.47, cuBLAS 2.86) but a per-call
+cost of ~5.6 us (gemv2 4.4, cuBLAS 2.65): each program's first slot lands 3-6 us after its start, and the programs'
+ends spread over several us (``probe``, ``.notes/gemvt_probe.py``). Hence the 4/5-bit default only where N is large.
+At 3 bits (session 14) it beat gemv2 on every shape measured, by 10-30%. Options:
 ``rows`` per slot, ``stages``, ``per_sm`` (programs per SM, bounded by shared memory), ``wg`` (2: 8 warps, each half
 of the rows), ``stagger`` (the first slot's copies before the others: the first slot lands ~2.7 us earlier, but the
 ends spread more; slower on gate+up, faster than the plain ring but not than gemv2 on 8192 x 4096).
@@ -55,15 +64,37 @@ import torch
 from .._common import cdiv
 
 KSLICE = 4096  # codes per K slice: 4 warps x 32 lanes x 32 codes
-BITS_OK = (4, 5)
+BITS_OK = (3, 4, 5)
+
+
+def main_width(bits: int) -> int:
+    """Width of the widest plane (the code's low bits): 4 at 4/5 bits, 2 at 3 bits (then the 1-bit plane)."""
+    return 2 if bits == 3 else 4
+
+
+def words_per_thread(bits: int) -> int:
+    """Words of the widest plane per thread and row in a K slice (32 codes): 4 nibble words, or 2 2-bit words."""
+    return main_width(bits)
 
 
 def decode_words(w: torch.Tensor, b: torch.Tensor | None, bits: int) -> torch.Tensor:
-    """The kernel's integer decode, on the CPU: nibble words ``w`` [..., 4] (one thread's 4 words of one row) and,
-    at 5 bits, their bit-plane word ``b`` [...] -> the 5 low bits the shuffle reads, [..., 32] in code order
-    (code 8 m + i of word m). int64 arithmetic on 32-bit patterns (masked to 32 bits where the kernel's int32
-    arithmetic would wrap)."""
+    """The kernel's integer decode, on the CPU: the thread's words of the widest plane ``w`` [..., 4] (4/5 bits:
+    nibble words) or [..., 2] (3 bits: 2-bit words) and, at 3/5 bits, their 1-bit-plane word ``b`` [...] -> the 5
+    low bits the shuffle reads, [..., 32] in code order (code 8 m + i of nibble word m, 16 m + i of 2-bit word m).
+    int64 arithmetic on 32-bit patterns (masked to 32 bits where the kernel's int32 arithmetic would wrap; the
+    kernel's arithmetic right shifts only differ from these in bits above the ones used)."""
     w = w.to(torch.int64) & 0xFFFFFFFF
+    if bits == 3:  # -> the field in bits 0-1 and the high bit in bit 4 (code 4 k + e, e even) or bit 3 (e odd)
+        i = torch.arange(16)
+        m = torch.arange(2)
+        hb = ((b.to(torch.int64)[..., None] & 0xFFFFFFFF) >> (16 * m)) & 0xFFFF
+        h = (hb & 0xFF) | ((hb >> 8) << 16)  # (the kernel: one PRMT)
+        h = (h | (h << 4)) & 0x0F0F0F0F  # byte k: the high bits of codes 4 k .. 4 k + 3
+        e = (w & 0x0F0F0F0F) | ((h << 4) & 0xF0F0F0F0)
+        f = ((w >> 4) & 0x0F0F0F0F) | ((h << 2) & 0xF0F0F0F0)
+        ef = torch.where((i & 2) == 0, e[..., None], f[..., None])
+        code = ef >> (8 * (i >> 2) + 2 * (i & 1))
+        return (code & 0x1F).reshape(*w.shape[:-1], 32)
     i = torch.arange(8)
     if bits == 4:
         code = w[..., None] >> (4 * i)
@@ -79,6 +110,16 @@ def decode_words(w: torch.Tensor, b: torch.Tensor | None, bits: int) -> torch.Te
     return (code & 0x1F).reshape(*w.shape[:-1], 32)
 
 
+def table_entry(v: torch.Tensor, bits: int) -> torch.Tensor:
+    """The codebook entry that lane ``v`` (the 5 bits a shuffle reads, [..., 32] in the thread's code order, as
+    ``decode_words`` gives them) holds in the kernel's level table: ``v mod 2**bits`` at 4/5 bits; at 3 bits the
+    field ``v & 3`` and the high bit from bit 4 (even codes) or bit 3 (odd codes: the second table)."""
+    if bits != 3:
+        return v & ((1 << bits) - 1)
+    odd = (torch.arange(v.shape[-1]) & 1) == 1
+    return (v & 3) | (torch.where(odd, v >> 3, v >> 4) & 1) << 2
+
+
 def _build(R: int, STAGES: int, BITS: int, WG: int):
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
@@ -86,8 +127,10 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
 
     from .triton import _g2_probe  # (diagnostics: gemv2's timestamp helper; a 1-D grid gives program_id(0))
 
+    WPT = words_per_thread(BITS)  # words of the widest plane per thread and row (4 nibble or 2 2-bit words)
+    CPW = 32 // WPT  # codes per word
     # [c (K chunk), row, l8, l4 (lane = 4 l8 + l4), m (word), i (code in word)]; WG warp groups split the rows
-    P6 = gl.BlockedLayout(size_per_thread=[1, R // WG, 1, 1, 4, 8], threads_per_warp=[1, 1, 8, 4, 1, 1],
+    P6 = gl.BlockedLayout(size_per_thread=[1, R // WG, 1, 1, WPT, CPW], threads_per_warp=[1, 1, 8, 4, 1, 1],
                           warps_per_cta=[4, WG, 1, 1, 1, 1], order=[5, 4, 3, 2, 1, 0])
     P5 = gl.SliceLayout(5, P6)  # the words [c, row, l8, l4, m]
     P4 = gl.SliceLayout(4, P5)  # per thread and row [c, row, l8, l4]
@@ -109,7 +152,7 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
                           warps_per_cta=[4, WG, 1, 1], order=[3, 2, 1, 0])
     LTc = gl.constexpr(LT)
     RY = gl.constexpr(gl.SliceLayout(0, gl.SliceLayout(2, gl.SliceLayout(2, LT))))  # [row] after the sums
-    LW = gl.constexpr(gl.BlockedLayout(size_per_thread=[1, R // WG, 4], threads_per_warp=[1, 1, 32],
+    LW = gl.constexpr(gl.BlockedLayout(size_per_thread=[1, R // WG, WPT], threads_per_warp=[1, 1, 32],
                                        warps_per_cta=[4, WG, 1], order=[2, 1, 0]))
     LB = gl.constexpr(gl.BlockedLayout(size_per_thread=[1, R // WG, 1], threads_per_warp=[1, 1, 32],
                                        warps_per_cta=[4, WG, 1], order=[2, 1, 0]))
@@ -117,16 +160,19 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
     R_ = gl.constexpr(R)
     STAGES_ = gl.constexpr(STAGES)
     BITS_ = gl.constexpr(BITS)
+    WPT_ = gl.constexpr(WPT)
+    CPW_ = gl.constexpr(CPW)
+    PLANE1_ = gl.constexpr(BITS in (3, 5))  # a 1-bit plane after the widest one
 
     @gluon.jit
     def _x6(x_ptr, s):
-        """x of K slice s in the thread's code order: [4 c, 1, 8 l8, 4 l4, 4 m, 8 i] fp32."""
+        """x of K slice s in the thread's code order: [4 c, 1, 8 l8, 4 l4, WPT m, CPW i] fp32."""
         c = gl.arange(0, 4, layout=AC)[:, None, None, None, None, None]
         l8 = gl.arange(0, 8, layout=AL8)[None, None, :, None, None, None]
         l4 = gl.arange(0, 4, layout=AL4)[None, None, None, :, None, None]
-        m = gl.arange(0, 4, layout=AM)[None, None, None, None, :, None]
-        i = gl.arange(0, 8, layout=AI)[None, None, None, None, None, :]
-        off = s * 4096 + (1024 * c + 128 * l8 + 32 * l4) + (8 * m + i)
+        m = gl.arange(0, WPT_, layout=AM)[None, None, None, None, :, None]
+        i = gl.arange(0, CPW_, layout=AI)[None, None, None, None, None, :]
+        off = s * 4096 + (1024 * c + 128 * l8 + 32 * l4) + (CPW_ * m + i)
         return gl.load(x_ptr + off).to(gl.float32)
 
     @gluon.jit
@@ -139,11 +185,11 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
         s = step % SPLITS
         st = step % STAGES_
         bar = bars.index(st)
-        if BITS_ == 5:
-            mbarrier.expect(bar, R_ * (4 * 128 * 4 + 4 * 32 * 4 + 4 * 8 * 2), pred=pr)
+        if PLANE1_:
+            mbarrier.expect(bar, R_ * (4 * 32 * WPT_ * 4 + 4 * 32 * 4 + 4 * 8 * 2), pred=pr)
             tma.async_copy_global_to_shared(bd, [HB + 4 * s, row, 0], bar, bring.index(st), pred=pr)
         else:
-            mbarrier.expect(bar, R_ * (4 * 128 * 4 + 4 * 8 * 2), pred=pr)
+            mbarrier.expect(bar, R_ * (4 * 32 * WPT_ * 4 + 4 * 8 * 2), pred=pr)
         tma.async_copy_global_to_shared(wd, [4 * s, row, 0], bar, wring.index(st), pred=pr)
         tma.async_copy_global_to_shared(nd, [4 * s, row, 0], bar, nring.index(st), pred=pr)
 
@@ -155,11 +201,39 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
                                          is_pure=True, pack=1)
 
     @gluon.jit
+    def _merge2(w, s):
+        """(w & 0x33333333) | (s & 0xCCCCCCCC) in one LOP3 (3 bits: a 2-bit field and the bit above it per nibble)."""
+        return gl.inline_asm_elementwise("lop3.b32 $0, $1, $2, 0x33333333, 0xE4;", "=r,r,r", [w, s], dtype=gl.int32,
+                                         is_pure=True, pack=1)
+
+    @gluon.jit
+    def _prmt(a, sel):
+        """Bytes of ``a`` (4..7: zero) picked by the nibbles of ``sel`` (PRMT)."""
+        return gl.inline_asm_elementwise("prmt.b32 $0, $1, 0, $2;", "=r,r,r", [a, sel], dtype=gl.int32,
+                                         is_pure=True, pack=1)
+
+    @gluon.jit
     def _slot(wring, bring, nring, st, xv, lane_cb):
         """One ring slot: R rows x one K slice -> the thread's norm-scaled partial sums [4 c, R, 8 l8, 4 l4]."""
-        w = gl.convert_layout(gl.reshape(wring.index(st).load(LW), [4, R_, 8, 4, 4]), P5c, assert_trivial=True)
-        i = gl.arange(0, 8, layout=AI)[None, None, None, None, None, :]
-        if BITS_ == 5:
+        w = gl.convert_layout(gl.reshape(wring.index(st).load(LW), [4, R_, 8, 4, WPT_]), P5c, assert_trivial=True)
+        i = gl.arange(0, CPW_, layout=AI)[None, None, None, None, None, :]
+        if BITS_ == 3:
+            # 2-bit words w (16 codes) and the 1-bit word b of the thread's 32 codes (the high bit of code j of word
+            # m is bit 16 m + j of b). PRMT puts b's bytes 2 m, 2 m + 1 in bytes 0 and 2, one shift-or-mask step
+            # spreads their nibbles to bytes: byte k of h = the high bits of codes 4 k .. 4 k + 3. Byte k of E =
+            # (fields of codes 4 k, 4 k + 1 in bits 0-3 | their high bits in bits 4-5), from w and h << 4 (one
+            # LOP3); F the same for codes 4 k + 2, 4 k + 3 from w >> 4 and h << 2. Code 4 k + e is then E or F >>
+            # (8 k + 2 (e & 1)): the field in bits 0-1, the high bit in bit 4 (e even) or 3 (e odd), which two
+            # tables of the levels read (``lane_cb``: entry (l & 3) | bit 4 (or 3) of lane l << 2).
+            b = gl.convert_layout(gl.reshape(bring.index(st).load(LB), [4, R_, 8, 4]), P4c, assert_trivial=True)
+            m = gl.arange(0, 2, layout=A4M)[None, None, None, None, :]
+            bb, sel = gl.broadcast(b[:, :, :, :, None], 0x4140 + 0x202 * m)
+            h = _prmt(bb, sel)
+            h = (h | (h << 4)) & 0x0F0F0F0F
+            e = _merge(w, h << 4)
+            f = _merge(w >> 4, h << 2)
+            code = gl.where((i & 2) == 0, e[:, :, :, :, :, None], f[:, :, :, :, :, None]) >> (8 * (i >> 2) + 2 * (i & 1))
+        elif BITS_ == 5:
             b = gl.convert_layout(gl.reshape(bring.index(st).load(LB), [4, R_, 8, 4]), P4c, assert_trivial=True)
             m = gl.arange(0, 4, layout=A4M)[None, None, None, None, :]
             bm = b[:, :, :, :, None] >> (8 * m)
@@ -189,8 +263,8 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
         t_lo = (pid * n_tiles) // nprog
         t_hi = ((pid + 1) * n_tiles) // nprog
         n_steps = (t_hi - t_lo) * SPLITS
-        wring = gl.allocate_shared_memory(gl.int32, [STAGES_, 4, R_, 128], wd.layout)
-        if BITS_ == 5:
+        wring = gl.allocate_shared_memory(gl.int32, [STAGES_, 4, R_, 32 * WPT_], wd.layout)
+        if PLANE1_:
             bring = gl.allocate_shared_memory(gl.int32, [STAGES_, 4, R_, 32], bd.layout)
         else:
             bring = wring
@@ -206,7 +280,14 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
         # the codebook entry of each lane (entry lane % 2**BITS), for the shuffles
         l8 = gl.arange(0, 8, layout=AL8)[None, None, :, None, None, None]
         l4 = gl.arange(0, 4, layout=AL4)[None, None, None, :, None, None]
-        lane_cb = gl.load(cb_ptr + ((4 * l8 + l4) & ((1 << BITS_) - 1)))
+        lane = 4 * l8 + l4
+        if BITS_ == 3:  # two tables: the high bit read from bit 4 (even codes of a pair) or bit 3 (odd ones)
+            ta = gl.load(cb_ptr + ((lane & 3) | (((lane >> 4) & 1) << 2)))
+            tb = gl.load(cb_ptr + ((lane & 3) | (((lane >> 3) & 1) << 2)))
+            ii = gl.arange(0, CPW_, layout=AI)[None, None, None, None, None, :]
+            lane_cb = gl.where((ii & 1) == 0, ta, tb)
+        else:
+            lane_cb = gl.load(cb_ptr + (lane & ((1 << BITS_) - 1)))
         xv = _x6(x_ptr, 0)
         if STAGGER:
             for st in gl.static_range(1, STAGES_ - 1):
@@ -263,29 +344,38 @@ def supported(m: int, bits: int, block: int, kp: int, packed: torch.Tensor, norm
 
 
 # The default options per bit width, where they beat gemv2 (H100, M = 1, graph timing, gemv2 and cuBLAS bf16 in the
-# same run; perf/RESULTS.md S13-4): 5 bits (8 rows, 4 stages, 2 programs per SM) 24576 x 4096 27.22 vs 30.64 /
-# 30.97 us (cuBLAS 72.08), 248320 x 4096 224.08 vs 268.75 / 272.52 (715.88); 4 bits (8 rows, 2 stages, 4 per SM)
-# 24576 x 4096 24.18 vs 26.61 / 26.47 (72.34; S13-3: 24.13). Slower than or equal to gemv2 at N <= 8192 and at
-# K = 12288 (the per-call cost: a program's first slot lands 3-6 us after its start, and the programs' ends spread
-# over several us; .notes/gemvt_probe.py), so those keep gemv2.
-DEFAULTS = {5: dict(rows=8, stages=4, per_sm=2), 4: dict(rows=8, stages=2, per_sm=4)}
-DEFAULT_MIN_N = 16384
+# same run; perf/RESULTS.md S13-4, S14-2): 5 bits (8 rows, 4 stages, 2 programs per SM) 24576 x 4096 27.22 vs
+# 30.64 / 30.97 us (cuBLAS 72.08), 248320 x 4096 224.08 vs 268.75 / 272.52 (715.88); 4 bits (8 rows, 2 stages, 4 per
+# SM) 24576 x 4096 24.18 vs 26.61 / 26.47 (72.34; S13-3: 24.13). At 4/5 bits slower than or equal to gemv2 at N <=
+# 8192 and at K = 12288 (the per-call cost: a program's first slot lands 3-6 us after its start, and the programs'
+# ends spread over several us; .notes/gemvt_probe.py), so those keep gemv2. 3 bits (8 rows, 2 stages, 4 per SM):
+# faster than gemv2 on all six shapes (S14-2, us, gemvt vs gemv2 / again): 8192 x 4096 10.29 vs 12.63 / 12.44,
+# 4096^2 6.95 vs 7.53 / 7.56, 24576 x 4096 22.22 vs 28.12 / 28.05, 4096 x 12288 16.04 vs 22.72 / 22.64,
+# 2048 x 4096 4.86 vs 5.51 / 5.54, 248320 x 4096 182.15 vs 238.67 / 243.18; N < 2048 was not measured.
+DEFAULTS = {5: dict(rows=8, stages=4, per_sm=2), 4: dict(rows=8, stages=2, per_sm=4),
+            3: dict(rows=8, stages=2, per_sm=4)}
+DEFAULT_MIN_N = {5: 16384, 4: 16384, 3: 2048}
+DEFAULT_K = {5: (KSLICE,), 4: (KSLICE,), 3: None}  # K values where it is the default (None: any multiple of 4096)
 
 
 def default_options(n: int, kp: int, bits: int) -> dict | None:
-    """gemvt's options where it is dequant_matmul's M = 1 default (K = 4096, N >= 16384, 4/5 bits), else None."""
-    if kp == KSLICE and n >= DEFAULT_MIN_N and bits in DEFAULTS:
-        return dict(DEFAULTS[bits])
-    return None
+    """gemvt's options where it is dequant_matmul's M = 1 default, else None: 4/5 bits at K = 4096 and N >= 16384,
+    3 bits at N >= 2048 (any K that ``supported`` takes)."""
+    if bits not in DEFAULTS or n < DEFAULT_MIN_N[bits]:
+        return None
+    if DEFAULT_K[bits] is not None and kp not in DEFAULT_K[bits]:
+        return None
+    return dict(DEFAULTS[bits])
 
 
 def bit_plane_chunk(kp: int, bits: int) -> int:
-    """The 1-bit plane's first 32-word chunk in a packed row (5 bits: after the Kp / 8 words of the 4-bit plane)."""
-    return (kp // 8) // 32 if bits == 5 else 0
+    """The 1-bit plane's first 32-word chunk in a packed row (after the widest plane: Kp / 8 words of the 4-bit plane
+    at 5 bits, Kp / 16 of the 2-bit plane at 3 bits)."""
+    return (kp * main_width(bits) // 32) // 32 if bits in (3, 5) else 0
 
 
 def descriptors(packed: torch.Tensor, norms: torch.Tensor, bits: int, rows: int):
-    """The three TMA descriptors (see the module docstring): nibble plane, 1-bit plane (5 bits; else None), norms."""
+    """The three TMA descriptors (see the module docstring): widest plane, 1-bit plane (3/5 bits; else None), norms."""
     from triton.experimental.gluon.language import NVMMASharedLayout
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
@@ -293,8 +383,9 @@ def descriptors(packed: torch.Tensor, norms: torch.Tensor, bits: int, rows: int)
     nblk = norms.shape[1]
     l32 = NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=3)
     l16 = NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=3)
-    wd = TensorDescriptor(packed, [rw // 128, n, 128], [128, rw, 1], [4, rows, 128], l32)
-    bd = TensorDescriptor(packed, [rw // 32, n, 32], [32, rw, 1], [4, rows, 32], l32) if bits == 5 else None
+    cw = 32 * words_per_thread(bits)  # words of the widest plane per warp chunk (1024 codes)
+    wd = TensorDescriptor(packed, [rw // cw, n, cw], [cw, rw, 1], [4, rows, cw], l32)
+    bd = TensorDescriptor(packed, [rw // 32, n, 32], [32, rw, 1], [4, rows, 32], l32) if bits in (3, 5) else None
     nd = TensorDescriptor(norms, [nblk // 8, n, 8], [8, nblk, 1], [4, rows, 8], l16)
     return wd, bd, nd
 
@@ -311,7 +402,7 @@ def gemvt(xr: torch.Tensor, w, out_dtype: torch.dtype, *, rows: int = 4, stages:
     m, kp = xr.shape
     n, bits = w.out_features, w.bits
     if not supported(m, bits, w.block, kp, w.packed, w.norms):
-        raise ValueError(f"gemvt covers M = 1, 4/5 bits, block 128, K % {KSLICE} == 0 and contiguous aligned "
+        raise ValueError(f"gemvt covers M = 1, 3/4/5 bits, block 128, K % {KSLICE} == 0 and contiguous aligned "
                          f"weights; got M={m}, bits={bits}, block={w.block}, Kp={kp}")
     if wg not in (1, 2) or rows % wg or rows // wg not in (2, 4, 8) or stages < 2:
         # (rows >= 2: a ring slot of norms is 64 * rows bytes, and TMA writes 128-byte aligned shared memory)
