@@ -2,6 +2,7 @@
 /tmp/tri36); print registers, shared memory and the SASS instruction mix.
 
     PYTHONPATH=/tmp/tri36 python .notes/gemvt_compile.py [bits] [rows] [stages] [splits] [wg]
+    (env DYN=1: the kernel with row tiles handed out at run time; STAGGER=1, PROBE=1: those constexprs)
 """
 import collections
 import os
@@ -29,14 +30,15 @@ def lay(bw):
 
 
 def compile_t(bits=5, rows=4, stages=8, splits=1, wg=1):
-    fn = G.kernel(rows, stages, bits, wg)
+    dyn = os.environ.get("DYN") == "1"  # (env: the run-time tile kernel)
+    fn = G.kernel(rows, stages, bits, wg, dyn=dyn)
     sig = {"x_ptr": "*bf16", "cb_ptr": "*fp32", "out_ptr": "*bf16",
            "wd": f"tensordesc<i32[4, {rows}, {32 * G.words_per_thread(bits)}],{lay(32)}>",
            "bd": f"tensordesc<i32[4, {rows}, {32 if bits in (3, 5) else 32 * G.words_per_thread(bits)}],{lay(32)}>",
            "nd": f"tensordesc<fp16[4, {rows}, 8],{lay(16)}>",
-           "N": "i32", "n_tiles": "i32", "HB": "i32", "SPLITS": "constexpr"}
-    const = {"SPLITS": splits}
-    for opt in ("STAGGER", "PROBE"):  # (environment: the kernel's diagnostic / opt-in constexprs)
+           "N": "i32", "n_tiles": "i32", "HB": "i32", "SPLITS": "constexpr", "ctr_ptr": "*i32"}
+    const = {} if dyn else {"SPLITS": splits}
+    for opt in ("PROBE",) if dyn else ("STAGGER", "PROBE"):  # (environment: the kernel's diagnostic / opt-in constexprs)
         if os.environ.get(opt) == "1":
             const[opt] = True
             sig[opt] = "constexpr"

@@ -1,7 +1,7 @@
 """Where a gemvt call's time goes (hlwq_kernels/dequant_matmul/gemvt.py, PROBE): every program writes %globaltimer at
 its start, when its first ring slot has landed, at the start of its last step and at its end, plus its %smid. M = 1,
-5 bits; CALLS back-to-back calls on rotating weights in one CUDA graph (as graph_sweep times them); the last replay
-is read. Options from the environment: GEMVT_ROWS, GEMVT_STAGES, GEMVT_PER_SM, GEMVT_STAGGER.
+GEMVT_BITS bits (default 5); CALLS back-to-back calls on rotating weights in one CUDA graph (as graph_sweep times them); the last replay
+is read. Options from the environment: GEMVT_ROWS, GEMVT_STAGES, GEMVT_PER_SM, GEMVT_STAGGER, GEMVT_DYN.
 
     PYTHONPATH=$PWD python .notes/gemvt_probe.py [name ...]     (gate_up, q, square, kv, lm_head)
 """
@@ -26,17 +26,20 @@ def main(names):
     e = os.environ.get
     opts = dict(rows=int(e("GEMVT_ROWS", "8")), stages=int(e("GEMVT_STAGES", "4")), per_sm=int(e("GEMVT_PER_SM", "2")),
                 stagger=e("GEMVT_STAGGER", "0") == "1")
+    bits = int(e("GEMVT_BITS", "5"))
+    if e("GEMVT_DYN", "0") == "1":  # row tiles handed out at run time
+        opts["counter"] = torch.zeros(2, dtype=torch.int32, device="cuda")
     for name in names:
         n, k = SHAPES[name]
-        nsets = max(2, -(-200_000_000 // (n * k * 5 // 8)))
-        ws = [_hlwq_weight(n, k, 5, s) for s in range(nsets)]
+        nsets = max(2, -(-200_000_000 // (n * k * bits // 8)))
+        ws = [_hlwq_weight(n, k, bits, s) for s in range(nsets)]
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         probes = [torch.zeros(1 << 14, dtype=torch.int64, device="cuda") for _ in range(CALLS)]
         for _ in range(2):  # compile outside the capture
             gemvt(x, ws[0], torch.bfloat16, probe=probes[0], **opts)
         torch.cuda.synchronize()
         g, keep, per_call = graph_calls(lambda c: gemvt(x, ws[c % nsets], torch.bfloat16, probe=probes[c], **opts))
-        print(f"== {name} {n}x{k} {opts}: graph {per_call:.2f} us per call (with probes); times in us from the call's "
+        print(f"== {name} {n}x{k} {bits} bits {dict(opts, counter='yes' if 'counter' in opts else 'no')}: graph {per_call:.2f} us per call (with probes); times in us from the call's "
               "first program start", flush=True)
         prev_end = None
         for c in range(CALLS):

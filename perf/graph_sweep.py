@@ -163,8 +163,7 @@ def _dq_cases(m, bits_list, shapes, configs, grid=False):
 
 def sec_dq():
     _dq_cases(1, (5,), LINEARS, [("rotated-default", None), ("public(+fwht)", "public")])
-    gate_up = [s for s in LINEARS if s[0] == "gate_up"]
-    _dq_cases(1, (4, 3), gate_up, [("rotated-default", None)])
+    _dq_cases(1, (4, 3), LINEARS, [("rotated-default", None)])  # (session 14: every shape; before, gate+up only)
     _dq_cases(16, (5,), LINEARS[:5], [("rotated-default", None)])
 
 
@@ -209,6 +208,50 @@ def sec_dqt4():
             ("t-r8-s2-p3", ("gemvt", dict(rows=8, stages=2, per_sm=3))),
             ("gemv2-again", "gemv2")]
     _dq_cases(1, (4,), LINEARS, opts)
+
+
+def sec_dqt3b():
+    """M = 1, 3 bits, gate+up and lm_head (session 14, run 5): gemvt's default (8 rows, 2 stages, 4 programs per SM)
+    against two warp groups per program (16-row slots, 8 rows per thread) and an exact split of gate+up's 3072 row
+    tiles (512 programs of 6)."""
+    opts = [("auto", "public-rotated"),
+            ("t-r8-s2-p4", ("gemvt", dict(rows=8, stages=2, per_sm=4))),
+            ("t-r16-wg2-s2-p2", ("gemvt", dict(rows=16, wg=2, stages=2, per_sm=2))),
+            ("t-r16-wg2-s3-p2", ("gemvt", dict(rows=16, wg=2, stages=3, per_sm=2))),
+            ("t-r8-s2-g512", ("gemvt", dict(rows=8, stages=2, programs=512))),
+            ("t-r8-s2-g396", ("gemvt", dict(rows=8, stages=2, programs=396))),
+            ("gemv2", "gemv2")]
+    _dq_cases(1, (3,), [s for s in LINEARS if s[0] in ("gate_up", "lm_head")], opts)
+
+
+def sec_dqtd():
+    """M = 1, K = 4096 (session 14, run 6): gemvt with row tiles handed out at run time ("d-": a ticket counter;
+    steps 0 .. stages - 1 static) against the static split ("t-") and the automatic choice, 3/4/5 bits."""
+    ctr = torch.zeros(2, dtype=torch.int32, device=DEV)
+    opts = [("auto", "public-rotated"),
+            ("t-r8-s2-p4", ("gemvt", dict(rows=8, stages=2, per_sm=4))),
+            ("d-r8-s2-p4", ("gemvt", dict(rows=8, stages=2, per_sm=4, counter=ctr))),
+            ("d-r8-s3-p4", ("gemvt", dict(rows=8, stages=3, per_sm=4, counter=ctr))),
+            ("d-r8-s2-p3", ("gemvt", dict(rows=8, stages=2, per_sm=3, counter=ctr))),
+            ("d-r8-s4-p2", ("gemvt", dict(rows=8, stages=4, per_sm=2, counter=ctr))),
+            ("d-r4-s2-p5", ("gemvt", dict(rows=4, stages=2, per_sm=5, counter=ctr))),
+            ("gemv2", "gemv2")]
+    k4096 = [s for s in LINEARS if s[2] == 4096]
+    _dq_cases(1, (3,), k4096, opts)
+    _dq_cases(1, (4, 5), [s for s in LINEARS if s[0] in ("gate_up", "lm_head", "square")], opts)
+    assert ctr.tolist() == [0, 0], ctr.tolist()
+
+
+def sec_dqtd5():
+    """M = 1, 5 bits, gate+up and lm_head (session 14, run 8): the static default against row tiles handed out at
+    run time (a repeat of run 7's A/B, with the default timed first and last)."""
+    ctr = torch.zeros(2, dtype=torch.int32, device=DEV)
+    opts = [("auto", "public-rotated"),
+            ("d-r8-s2-p4", ("gemvt", dict(rows=8, stages=2, per_sm=4, counter=ctr))),
+            ("d-r8-s2-p3", ("gemvt", dict(rows=8, stages=2, per_sm=3, counter=ctr))),
+            ("auto-again", "public-rotated")]
+    _dq_cases(1, (5,), [s for s in LINEARS if s[0] in ("gate_up", "lm_head")], opts)
+    assert ctr.tolist() == [0, 0], ctr.tolist()
 
 
 def sec_dq8():
@@ -753,7 +796,7 @@ def sec_gdn():
         for s in sets], rec_b, base)
 
 
-SECTIONS = {"dqt": sec_dqt, "dqt3": sec_dqt3, "dqt4": sec_dqt4, "dq16more": sec_dq16more, "dq16lean": sec_dq16lean, "dq16ab": sec_dq16ab, "dq16pipe": sec_dq16pipe, "dqi32ab": sec_dqi32ab, "dqfixed": sec_dqfixed, "dqwarps": sec_dqwarps, "dqwaves": sec_dqwaves,
+SECTIONS = {"dqt": sec_dqt, "dqt3": sec_dqt3, "dqt4": sec_dqt4, "dqt3b": sec_dqt3b, "dqtd": sec_dqtd, "dqtd5": sec_dqtd5, "dq16more": sec_dq16more, "dq16lean": sec_dq16lean, "dq16ab": sec_dq16ab, "dq16pipe": sec_dq16pipe, "dqi32ab": sec_dqi32ab, "dqfixed": sec_dqfixed, "dqwarps": sec_dqwarps, "dqwaves": sec_dqwaves,
             "fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dq8": sec_dq8, "dqcfg": sec_dqcfg, "dqg2x": sec_dqg2x,
             "dqg3": sec_dqg3, "dq16cfg": sec_dq16cfg, "dq16split": sec_dq16split, "dqlowbit": sec_dqlowbit,
             "dq16pf": sec_dq16pf,

@@ -62,8 +62,11 @@ def test_default_options():
     """Where gemvt is the M = 1 default (measured faster than gemv2, perf/RESULTS.md S13-4, S14-2)."""
     assert T.default_options(24576, 4096, 5) == T.DEFAULTS[5]
     assert T.default_options(248320, 4096, 4) == T.DEFAULTS[4]
-    assert T.default_options(8192, 4096, 5) is None  # 4/5 bits: gemv2 at N <= 8192
-    assert T.default_options(24576, 12288, 4) is None  # and at K = 12288
+    assert T.default_options(8192, 4096, 5) is None  # 5 bits: gemv2 at N <= 8192
+    assert T.default_options(4096, 12288, 5) is None  # and at K = 12288
+    assert T.default_options(8192, 4096, 4) is None  # 4 bits: gemv2 on 8192 x 4096 only
+    assert T.default_options(4096, 4096, 4) == T.DEFAULTS[4]
+    assert T.default_options(4096, 12288, 4) == T.DEFAULTS[4]
     assert T.default_options(4096, 12288, 3) == T.DEFAULTS[3]  # 3 bits: every measured shape
     assert T.default_options(2048, 4096, 3) == T.DEFAULTS[3]
     assert T.default_options(1024, 4096, 3) is None  # (not measured)
@@ -114,9 +117,9 @@ def test_gpu_gemvt_options(bits, rows, stages, per_sm, programs, wg):
 @needs_gpu
 @pytest.mark.parametrize("bits", sorted(T.DEFAULTS))
 def test_gpu_gemvt_is_the_default_where_measured(bits):
-    """dequant_matmul at M = 1 takes gemvt for K = 4096 and N >= ``gemvt.DEFAULT_MIN_N`` (16384 at 4/5 bits, 2048
-    at 3), and gemv2 below that; the default path is right, captures in a CUDA graph and replays with new inputs;
-    method="gemvt" forces it."""
+    """dequant_matmul at M = 1 takes gemvt where ``gemvt.default_options`` says (N = 16384 at every width) and gemv2
+    elsewhere (N = 8192 at 5 bits, 1024 at 3/4); the default path is right, captures in a CUDA graph and replays with
+    new inputs; method="gemvt" forces it."""
     from hlwq_kernels.dequant_matmul import dequant_matmul, dequant_matmul_triton_method
 
     calls = []
@@ -136,7 +139,7 @@ def test_gpu_gemvt_is_the_default_where_measured(bits):
         g.replay()
         check(ys, x2, qw, False, torch.bfloat16, "graph replay")
         calls.clear()
-        n_small = T.DEFAULT_MIN_N[bits] // 2
+        n_small = 8192 if bits == 5 else 1024
         small = make_weight(n_small, 4096, bits, 128, 1, "cuda")
         check(dequant_matmul(x, small), x, small, False, torch.bfloat16, f"auto, N = {n_small}")
         assert not calls  # gemv2 there
@@ -148,6 +151,30 @@ def test_gpu_gemvt_is_the_default_where_measured(bits):
                                          method="gemvt")
     finally:
         T.gemvt = real
+
+
+@needs_gpu
+@pytest.mark.parametrize("bits", T.BITS_OK)
+@pytest.mark.parametrize("rows,stages,programs", [(8, 2, None), (8, 4, None), (4, 3, 5), (2, 2, 1), (8, 2, 3000)])
+def test_gpu_gemvt_tiles_at_run_time(bits, rows, stages, programs):
+    """Row tiles handed out by a ticket counter (``counter=``): every tile done once, the output right on repeated
+    calls with one counter (the last program puts it back to zero), also with few programs (most tiles drawn at
+    run time), one program, and more programs than tiles (none drawn)."""
+    n = 2999  # a ragged last tile
+    qw = make_weight(n, 4096, bits, 128, rows + stages, "cuda")
+    ctr = torch.zeros(2, dtype=torch.int32, device="cuda")
+    for call in range(3):
+        x = make_x((1,), 4096, torch.bfloat16, call, "cuda")
+        y = T.gemvt(x, qw, torch.bfloat16, rows=rows, stages=stages, programs=programs, counter=ctr)
+        check(y, x, qw, True, torch.bfloat16, f"call {call}")
+        assert ctr.tolist() == [0, 0]
+        assert torch.equal(y, T.gemvt(x, qw, torch.bfloat16, rows=rows, stages=stages, programs=programs))
+
+
+def test_gemvt_counter_checks():
+    qw = make_weight(8, 8192, 5, 128, 0, "cpu")
+    with pytest.raises(ValueError, match="K = 4096"):
+        T.gemvt(torch.zeros(1, 8192), qw, torch.float32, counter=torch.zeros(2, dtype=torch.int32))
 
 
 @needs_gpu

@@ -34,8 +34,9 @@ def dequant_matmul(x: torch.Tensor, w: HLWQWeight, *, x_rotated: bool = False, o
         ``[..., N]`` in ``out_dtype``.
 
     Legend: M = prod(leading dims) tokens, N = out features, K = in features, Kp = K rounded up
-    to a multiple of ``w.block``. Kernel choice by M (documented in ``triton.py``): at M = 1 with K = 4096 and
-    N >= 16384 (4/5 bits), or N >= 2048 (3 bits), the TMA-ring GEMV of ``gemvt.py``; otherwise GEMV for
+    to a multiple of ``w.block``. Kernel choice by M (documented in ``triton.py``): at M = 1 the TMA-ring GEMV of
+    ``gemvt.py`` where it measured faster (``gemvt.default_options``: 5 bits at K = 4096 and N >= 16384, 4 bits on
+    every Qwen3.5 shape but 8192 x 4096, 3 bits on all of them); otherwise GEMV for
     M <= ``GEMV_MAX_M``, the fused tensor-core kernel up to ``SLAB_MIN_M``, above it bounded
     slabs of the dequantized weight + cuBLAS. Rotation: a separate ``fwht`` pass.
     """

@@ -1,9 +1,9 @@
 """M = 1 decode GEMV that streams the packed codes through a TMA ring (Gluon): ``y [1, N] = x_rot @ W_rot.T``
 for 3-, 4- and 5-bit weights, K a multiple of 4096.
 
-Status: dequant_matmul's default for M = 1 at 4/5 bits with K = 4096 and N >= 16384 (gate+up, lm_head), and at 3 bits
-with N >= 2048 (every Qwen3.5 shape), where it measured faster than the Triton GEMV (``_gemv2_kernel``); elsewhere
-opt-in (``method="gemvt"``). See ``DEFAULTS``.
+Status: dequant_matmul's default for M = 1 where it measured faster than the Triton GEMV (``_gemv2_kernel``): 5 bits
+at K = 4096 and N >= 16384 (gate+up, lm_head), 4 bits on every Qwen3.5 shape but 8192 x 4096, 3 bits on all of them
+(N >= 2048); elsewhere opt-in (``method="gemvt"``). See ``DEFAULTS``.
 
 Why. ``_gemv2_kernel`` loads the code words straight into registers, one row tile ahead. Its profile (perf/RESULTS.md,
 S9-19, S12-2, S12-9) shows DRAM at ~65% of peak, long-scoreboard stalls on those words, a slow first trip and a
@@ -52,6 +52,12 @@ At 3 bits (session 14) it beat gemv2 on every shape measured, by 10-30%. Options
 ``rows`` per slot, ``stages``, ``per_sm`` (programs per SM, bounded by shared memory), ``wg`` (2: 8 warps, each half
 of the rows), ``stagger`` (the first slot's copies before the others: the first slot lands ~2.7 us earlier, but the
 ends spread more; slower on gate+up, faster than the plain ring but not than gemv2 on 8192 x 4096).
+``counter`` (opt-in, K = 4096): row tiles handed out at run time by a ticket counter (``_gemvt_dyn_kernel``; the
+first ``stages`` tiles of each program static, each later one drawn a step before its copies are issued). It evens
+out the programs' ends (gate+up, 3 bits: ends spread 19.4-22.0 us against 16.1-21.1 static) but measured slower at
+3 bits on every shape (gate+up 23.2 vs 21.8 us) and faster at 5 bits on gate+up and lm_head (S14-7: 27.3 vs 28.0,
+214.3 vs 230.4 us); not a default (one A/B run, and a counter shared between calls on different streams would
+corrupt both: calls that may overlap need different counters).
 
 Gluon does not run under the interpreter: ``decode_words`` replays the integer decode on the CPU (tested against
 ``unpack_bits``) and the GPU tests compare the compiled kernel with the reference.
@@ -322,17 +328,125 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
         if PROBE:
             _g2_probe(probe_ptr, 3)
 
-    return _gemvt_kernel
+    IDN = 1 << max(STAGES - 1, 1).bit_length()  # the ring's tile ids: a power of two >= STAGES
+    IDN_ = gl.constexpr(IDN)
+    LID = gl.constexpr(gl.BlockedLayout(size_per_thread=[IDN], threads_per_warp=[32], warps_per_cta=[4 * WG],
+                                        order=[0]))
+    NT_ = gl.constexpr(128 * WG)  # threads per program
+    LONE = gl.constexpr(gl.BlockedLayout(size_per_thread=[1], threads_per_warp=[32], warps_per_cta=[4 * WG],
+                                         order=[0]))
+
+    @gluon.jit
+    def _ticket(ptr, on):
+        """Threads with ``on`` != 0 add 1 to ``*ptr`` and get the old value (others 0). Inline PTX: the compiled
+        atomic_add is warp-aggregated, whose shuffle of the result waits for the atomic's round trip at once."""
+        return gl.inline_asm_elementwise(
+            "{ .reg .pred p; mov.u32 $0, 0; setp.ne.u32 p, $2, 0; @p atom.relaxed.gpu.global.inc.u32 $0, [$1], 0x7fffffff; }",
+            "=r,l,r", [ptr, on], dtype=gl.int32, is_pure=False, pack=1)
+
+    @gluon.jit
+    def _issue_tile(wd, bd, nd, wring, bring, nring, bars, tile, st, n_tiles, HB):
+        """Start the TMA copies of row tile ``tile`` (K = 4096: one slice) into ring slot ``st``; nothing for a tile
+        past the last one."""
+        gl.static_assert(STAGES_ >= 2)
+        pr = tile < n_tiles
+        row = tile * R_
+        bar = bars.index(st)
+        if PLANE1_:
+            mbarrier.expect(bar, R_ * (4 * 32 * WPT_ * 4 + 4 * 32 * 4 + 4 * 8 * 2), pred=pr)
+            tma.async_copy_global_to_shared(bd, [HB, row, 0], bar, bring.index(st), pred=pr)
+        else:
+            mbarrier.expect(bar, R_ * (4 * 32 * WPT_ * 4 + 4 * 8 * 2), pred=pr)
+        tma.async_copy_global_to_shared(wd, [0, row, 0], bar, wring.index(st), pred=pr)
+        tma.async_copy_global_to_shared(nd, [0, row, 0], bar, nring.index(st), pred=pr)
+
+    @gluon.jit
+    def _gemvt_dyn_kernel(x_ptr, cb_ptr, out_ptr, wd, bd, nd, N, n_tiles, HB, ctr_ptr, PROBE: gl.constexpr = False,
+                          probe_ptr=None):
+        """The same ring and decode with row tiles handed out at run time (K = 4096 only). Steps 0 .. STAGES - 1 of
+        program p take tiles p, p + P, .. (P programs); every later tile comes from a ticket counter ``ctr_ptr[0]``:
+        tile STAGES P + ticket. The ticket for step i + STAGES is drawn at step i by one thread (an atomic whose
+        result nothing waits for until step i + 1, when the copies of that step are issued: a scalar atomic would
+        stall every thread for its round trip); a program stops at its first tile past the end (its tickets only grow, so every tile it drew before
+        is in range and done). The last program to finish (``ctr_ptr[1]`` counts them) puts both counters back to 0
+        for the next call."""
+        if PROBE:
+            _g2_probe(probe_ptr, 0)
+        pid = gl.program_id(0)
+        nprog = gl.num_programs(0)
+        n_static = STAGES_ * nprog
+        wring = gl.allocate_shared_memory(gl.int32, [STAGES_, 4, R_, 32 * WPT_], wd.layout)
+        if PLANE1_:
+            bring = gl.allocate_shared_memory(gl.int32, [STAGES_, 4, R_, 32], bd.layout)
+        else:
+            bring = wring
+        nring = gl.allocate_shared_memory(gl.float16, [STAGES_, 4, R_, 8], nd.layout)
+        bars = gl.allocate_shared_memory(gl.int64, [STAGES_, 1], mbarrier.MBarrierLayout())
+        for st in gl.static_range(STAGES_):
+            mbarrier.init(bars.index(st), count=1)
+        fence_async_shared()
+        for st in gl.static_range(STAGES_ - 1):
+            _issue_tile(wd, bd, nd, wring, bring, nring, bars, pid + st * nprog, st, n_tiles, HB)
+        l8 = gl.arange(0, 8, layout=AL8)[None, None, :, None, None, None]
+        l4 = gl.arange(0, 4, layout=AL4)[None, None, None, :, None, None]
+        lane = 4 * l8 + l4
+        if BITS_ == 3:
+            ta = gl.load(cb_ptr + ((lane & 3) | (((lane >> 4) & 1) << 2)))
+            tb = gl.load(cb_ptr + ((lane & 3) | (((lane >> 3) & 1) << 2)))
+            ii = gl.arange(0, CPW_, layout=AI)[None, None, None, None, None, :]
+            lane_cb = gl.where((ii & 1) == 0, ta, tb)
+        else:
+            lane_cb = gl.load(cb_ptr + (lane & ((1 << BITS_) - 1)))
+        xv = _x6(x_ptr, 0)
+        rr = gl.arange(0, R_, layout=RY)
+        ar = gl.arange(0, IDN_, layout=LID)
+        ids = pid + ar * nprog  # the tile of the step in each ring slot (slots 0 .. STAGES - 1: steps 0 .. STAGES - 1)
+        nxt = pid + (STAGES_ - 1) * nprog  # the tile of step i + STAGES - 1
+        oi = gl.arange(0, NT_, layout=LONE)
+        first = oi == 0
+        tkt = gl.zeros([NT_], gl.int32, layout=LONE)  # thread 0's last ticket
+        cur = pid
+        i = 0
+        while cur < n_tiles:
+            if i > 0:
+                if nxt < n_tiles:  # the ticket drawn at step i - 1 names the tile of step i + STAGES - 1
+                    nxt = n_static + gl.max(gl.where(first, tkt, 0), axis=0)
+            sn = (i + STAGES_ - 1) % STAGES_
+            _issue_tile(wd, bd, nd, wring, bring, nring, bars, nxt, sn, n_tiles, HB)
+            ids = gl.where(ar == sn, nxt, ids)
+            if nxt < n_tiles:  # draw the ticket of step i + STAGES
+                tkt = _ticket(ctr_ptr + oi * 0, first.to(gl.int32))
+            slot = i % STAGES_
+            mbarrier.wait(bars.index(slot), (i // STAGES_) & 1)
+            if PROBE:
+                if i == 0:
+                    _g2_probe(probe_ptr, 1)
+                _g2_probe(probe_ptr, 2)
+            acc = _slot(wring, bring, nring, slot, xv, lane_cb)
+            y = gl.sum(gl.sum(gl.sum(gl.convert_layout(acc, LTc), axis=2), axis=2), axis=0)
+            rows = cur * R_ + rr
+            gl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=rows < N)
+            i += 1
+            cur = gl.sum(gl.where(ar == i % STAGES_, ids, 0), axis=0)
+        for sb in gl.static_range(STAGES_):
+            mbarrier.invalidate(bars.index(sb))
+        if gl.atomic_add(ctr_ptr + 1, 1) == nprog - 1:  # the last program out resets the counters
+            gl.store(ctr_ptr, 0)
+            gl.store(ctr_ptr + 1, 0)
+        if PROBE:
+            _g2_probe(probe_ptr, 3)
+
+    return _gemvt_kernel, _gemvt_dyn_kernel
 
 
 _KERNELS: dict = {}
 
 
-def kernel(rows: int, stages: int, bits: int, wg: int = 1):
+def kernel(rows: int, stages: int, bits: int, wg: int = 1, dyn: bool = False):
     key = (rows, stages, bits, wg)
     if key not in _KERNELS:
         _KERNELS[key] = _build(rows, stages, bits, wg)
-    return _KERNELS[key]
+    return _KERNELS[key][1 if dyn else 0]
 
 
 def supported(m: int, bits: int, block: int, kp: int, packed: torch.Tensor, norms: torch.Tensor) -> bool:
@@ -344,26 +458,33 @@ def supported(m: int, bits: int, block: int, kp: int, packed: torch.Tensor, norm
 
 
 # The default options per bit width, where they beat gemv2 (H100, M = 1, graph timing, gemv2 and cuBLAS bf16 in the
-# same run; perf/RESULTS.md S13-4, S14-2): 5 bits (8 rows, 4 stages, 2 programs per SM) 24576 x 4096 27.22 vs
-# 30.64 / 30.97 us (cuBLAS 72.08), 248320 x 4096 224.08 vs 268.75 / 272.52 (715.88); 4 bits (8 rows, 2 stages, 4 per
-# SM) 24576 x 4096 24.18 vs 26.61 / 26.47 (72.34; S13-3: 24.13). At 4/5 bits slower than or equal to gemv2 at N <=
-# 8192 and at K = 12288 (the per-call cost: a program's first slot lands 3-6 us after its start, and the programs'
-# ends spread over several us; .notes/gemvt_probe.py), so those keep gemv2. 3 bits (8 rows, 2 stages, 4 per SM):
-# faster than gemv2 on all six shapes (S14-2, us, gemvt vs gemv2 / again): 8192 x 4096 10.29 vs 12.63 / 12.44,
-# 4096^2 6.95 vs 7.53 / 7.56, 24576 x 4096 22.22 vs 28.12 / 28.05, 4096 x 12288 16.04 vs 22.72 / 22.64,
-# 2048 x 4096 4.86 vs 5.51 / 5.54, 248320 x 4096 182.15 vs 238.67 / 243.18; N < 2048 was not measured.
+# same run; perf/RESULTS.md S13-4, S14-2, S14-3, S14-5):
+# * 5 bits (8 rows, 4 stages, 2 programs per SM): 24576 x 4096 27.22 vs 30.64 / 30.97 us (cuBLAS 72.08), 248320 x
+#   4096 224.08 vs 268.75 / 272.52 (715.88). Slower than or equal to gemv2 at N <= 8192 and at K = 12288 (the
+#   per-call cost: a program's first slot lands 3-6 us after its start, and the programs' ends spread over several
+#   us; .notes/gemvt_probe.py), so those keep gemv2.
+# * 4 bits (8 rows, 2 stages, 4 per SM): faster than gemv2 in two runs (S14-3 / S14-5, us, gemvt vs gemv2) on
+#   24576 x 4096 23.57 / 24.12 vs 25.81 / 25.98, 248320 x 4096 183.21 / 190.03 vs 219.71 / 220.31, 4096 x 12288
+#   17.15 / 17.24 vs 18.33 / 18.45, 4096^2 7.37 / 7.47 vs 7.62 / 7.65, 2048 x 4096 5.10 / 5.08 vs 5.67 / 5.71;
+#   slower on 8192 x 4096 (11.27 / 11.40 vs 10.94 / 10.98), which keeps gemv2.
+# * 3 bits (8 rows, 2 stages, 4 per SM): faster than gemv2 on all six shapes (S14-2, us, gemvt vs gemv2 / again):
+#   8192 x 4096 10.29 vs 12.63 / 12.44, 4096^2 6.95 vs 7.53 / 7.56, 24576 x 4096 22.22 vs 28.12 / 28.05, 4096 x
+#   12288 16.04 vs 22.72 / 22.64, 2048 x 4096 4.86 vs 5.51 / 5.54, 248320 x 4096 182.15 vs 238.67 / 243.18.
+# N < 2048 was not measured (gemv2 there).
 DEFAULTS = {5: dict(rows=8, stages=4, per_sm=2), 4: dict(rows=8, stages=2, per_sm=4),
             3: dict(rows=8, stages=2, per_sm=4)}
-DEFAULT_MIN_N = {5: 16384, 4: 16384, 3: 2048}
-DEFAULT_K = {5: (KSLICE,), 4: (KSLICE,), 3: None}  # K values where it is the default (None: any multiple of 4096)
+DEFAULT_MIN_N = {5: 16384, 4: 2048, 3: 2048}
 
 
 def default_options(n: int, kp: int, bits: int) -> dict | None:
-    """gemvt's options where it is dequant_matmul's M = 1 default, else None: 4/5 bits at K = 4096 and N >= 16384,
-    3 bits at N >= 2048 (any K that ``supported`` takes)."""
+    """gemvt's options where it is dequant_matmul's M = 1 default (``DEFAULTS``' measurements), else None: 5 bits at
+    K = 4096 and N >= 16384; 4 bits at N >= 2048 except 4096 < N < 16384 with K = 4096; 3 bits at N >= 2048 (any K
+    that ``supported`` takes)."""
     if bits not in DEFAULTS or n < DEFAULT_MIN_N[bits]:
         return None
-    if DEFAULT_K[bits] is not None and kp not in DEFAULT_K[bits]:
+    if bits == 5 and kp != KSLICE:
+        return None
+    if bits == 4 and kp == KSLICE and 4096 < n < 16384:
         return None
     return dict(DEFAULTS[bits])
 
@@ -392,11 +513,13 @@ def descriptors(packed: torch.Tensor, norms: torch.Tensor, bits: int, rows: int)
 
 def gemvt(xr: torch.Tensor, w, out_dtype: torch.dtype, *, rows: int = 4, stages: int = 8, per_sm: int = 2,
           programs: int | None = None, wg: int = 1, stagger: bool = False,
-          probe: torch.Tensor | None = None) -> torch.Tensor:
+          probe: torch.Tensor | None = None, counter: torch.Tensor | None = None) -> torch.Tensor:
     """``xr [1, Kp]`` (rotated, contiguous) @ W_rot.T -> ``[1, N]`` in ``out_dtype``. ``rows`` per ring slot,
     ``stages`` slots, about ``per_sm`` programs per SM (or exactly ``programs``), ``wg`` groups of 4 warps per
     program (each takes rows / wg rows of a slot). ``stagger``: the first slot's copies before the others' (see the
-    kernel). ``probe`` (diagnostics): int64 [programs, 8] for per-program timestamps (``.notes/gemvt_probe.py``)."""
+    kernel). ``probe`` (diagnostics): int64 [programs, 8] for per-program timestamps (``.notes/gemvt_probe.py``).
+    ``counter``: int32 [2] on the device, zero, for row tiles handed out at run time (K = 4096; the kernel leaves
+    it zero; calls that may run at the same time need different counters)."""
     from .triton import _num_sms
 
     m, kp = xr.shape
@@ -421,6 +544,15 @@ def gemvt(xr: torch.Tensor, w, out_dtype: torch.dtype, *, rows: int = 4, stages:
         if probe.numel() < 8 * grid:
             raise ValueError(f"gemvt: probe needs {8 * grid} int64, got {probe.numel()}")
         extra.update(PROBE=True, probe_ptr=probe)
+    if counter is not None:
+        if splits != 1 or stagger:
+            raise ValueError(f"gemvt: tiles handed out at run time need K = {KSLICE} and no stagger; got Kp={kp}, "
+                             f"stagger={stagger}")
+        if counter.dtype != torch.int32 or counter.numel() < 2 or counter.device != xr.device:
+            raise ValueError("gemvt: counter must be int32 with 2 elements on x's device")
+        kernel(rows, stages, bits, wg, dyn=True)[(grid,)](xr, w.codebook, out, wd, bd if bd is not None else wd, nd, n,
+                                                          n_tiles, hb, counter, num_warps=4 * wg, **extra)
+        return out
     kernel(rows, stages, bits, wg)[(grid,)](xr, w.codebook, out, wd, bd if bd is not None else wd, nd, n, n_tiles,
                                             hb, SPLITS=splits, num_warps=4 * wg, **extra)
     return out

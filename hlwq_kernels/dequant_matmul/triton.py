@@ -1094,9 +1094,9 @@ def _num_sms(device: torch.device) -> int:
 def _pick(m: int, n: int, kp: int, block: int, method: str, bits: int = 5) -> Config:
     """Kernel and tiles by M (decode vs prefill); numbers in .notes/dequant_matmul.md.
 
-    * M = 1, 4/5 bits, K = 4096, N >= 16384 (gate+up, lm_head), and 3 bits, N >= 2048, K a multiple of 4096 (on a
-      GPU with Gluon): not a Config but the TMA-ring GEMV of ``gemvt.py`` (``_try_gemvt``, before ``_pick``),
-      measured faster there (perf/RESULTS.md, sessions 13 and 14).
+    * M = 1 where ``gemvt.default_options`` says (5 bits: K = 4096, N >= 16384; 4 bits: N >= 2048 but 8192 x 4096;
+      3 bits: N >= 2048; on a GPU with Gluon): not a Config but the TMA-ring GEMV of ``gemvt.py`` (``_try_gemvt``,
+      before ``_pick``), measured faster there (perf/RESULTS.md, sessions 13 and 14).
     * M <= GEMV_MAX_M: gemv2 (K across the CTA), G=128 (4096-code K slices), prefetch, 4 warps,
       BN = 8 rows per tile for N <= 4096, else 4. H100, M=1, 5 bits, graph timing (perf/graph_sweep.py
       dqcfg, 2026-11-27 session 3 run 1; us, gemv2 BN4 / BN8 / old gemv default / cuBLAS bf16):
@@ -1347,8 +1347,8 @@ _GEMVT_BROKEN: set = set()  # (device, bits) whose TMA-ring GEMV failed to compi
 
 
 def _try_gemvt(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, forced: bool) -> torch.Tensor | None:
-    """The TMA-ring GEMV (``gemvt.py``) where it is the default (``gemvt.default_options``: M = 1; 4/5 bits at K =
-    4096, N >= 16384; 3 bits at N >= 2048; measured faster than gemv2) or ``forced`` (method="gemvt": wherever ``gemvt.supported``); None
+    """The TMA-ring GEMV (``gemvt.py``) where it is the default (``gemvt.default_options``: M = 1 and the shapes
+    where it measured faster than gemv2) or ``forced`` (method="gemvt": wherever ``gemvt.supported``); None
     where it does not apply (or failed to compile: then a warning, and gemv2 from then on)."""
     from . import gemvt as T
     from ..kv_quant_attn.gluon import available
