@@ -55,9 +55,9 @@ ends spread more; slower on gate+up, faster than the plain ring but not than gem
 ``counter`` (opt-in, K = 4096): row tiles handed out at run time by a ticket counter (``_gemvt_dyn_kernel``; the
 first ``stages`` tiles of each program static, each later one drawn a step before its copies are issued). It evens
 out the programs' ends (gate+up, 3 bits: ends spread 19.4-22.0 us against 16.1-21.1 static) but measured slower at
-3 bits on every shape (gate+up 23.2 vs 21.8 us) and faster at 5 bits on gate+up and lm_head (S14-7: 27.3 vs 28.0,
-214.3 vs 230.4 us); not a default (one A/B run, and a counter shared between calls on different streams would
-corrupt both: calls that may overlap need different counters).
+3 bits on every shape (gate+up 23.2 vs 21.8 us) and faster at 5 bits on gate+up and lm_head (S14-7 / S14-8: 27.3 /
+27.5 vs 28.0-28.3 us, 214.3 / 212.0 vs 229.6-231.0 us). Not a default: the counter is state shared between calls,
+and calls that may overlap (other streams) need different counters, which nothing manages yet.
 
 Gluon does not run under the interpreter: ``decode_words`` replays the integer decode on the CPU (tested against
 ``unpack_bits``) and the GPU tests compare the compiled kernel with the reference.
