@@ -259,16 +259,9 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
         return part * nrm[:, :, :, None]
 
     @gluon.jit
-    def _gemvt_kernel(x_ptr, cb_ptr, out_ptr, wd, bd, nd, N, n_tiles, HB, SPLITS: gl.constexpr,
-                      STAGGER: gl.constexpr = False, PROBE: gl.constexpr = False, probe_ptr=None):
-        gl.static_assert(SPLITS >= 1)
-        if PROBE:
-            _g2_probe(probe_ptr, 0)
-        pid = gl.program_id(0)
-        nprog = gl.num_programs(0)
-        t_lo = (pid * n_tiles) // nprog
-        t_hi = ((pid + 1) * n_tiles) // nprog
-        n_steps = (t_hi - t_lo) * SPLITS
+    def _rings(wd, bd, nd):
+        """The ring's shared memory (STAGES slots of the widest plane, the 1-bit plane at 3/5 bits, the norms) and
+        its mbarriers, initialized."""
         wring = gl.allocate_shared_memory(gl.int32, [STAGES_, 4, R_, 32 * WPT_], wd.layout)
         if PLANE1_:
             bring = gl.allocate_shared_memory(gl.int32, [STAGES_, 4, R_, 32], bd.layout)
@@ -279,21 +272,41 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
         for st in gl.static_range(STAGES_):
             mbarrier.init(bars.index(st), count=1)
         fence_async_shared()
-        # STAGGER: only the first slot's copies before the x and codebook loads, the others after them (so that the
-        # SM's TMA unit sees both programs' first slots before either one's later slots)
-        for st in gl.static_range(1 if STAGGER else STAGES_ - 1):
-            _issue(wd, bd, nd, wring, bring, nring, bars, st, n_steps, t_lo, HB, SPLITS)
-        # the codebook entry of each lane (entry lane % 2**BITS), for the shuffles
+        return wring, bring, nring, bars
+
+    @gluon.jit
+    def _level_tables(cb_ptr):
+        """The codebook entry each lane holds for the shuffles: entry lane % 2**BITS; at 3 bits two tables, the high
+        bit read from bit 4 of the lane (even codes of a pair) or bit 3 (odd ones), per code position i."""
         l8 = gl.arange(0, 8, layout=AL8)[None, None, :, None, None, None]
         l4 = gl.arange(0, 4, layout=AL4)[None, None, None, :, None, None]
         lane = 4 * l8 + l4
-        if BITS_ == 3:  # two tables: the high bit read from bit 4 (even codes of a pair) or bit 3 (odd ones)
+        if BITS_ == 3:
             ta = gl.load(cb_ptr + ((lane & 3) | (((lane >> 4) & 1) << 2)))
             tb = gl.load(cb_ptr + ((lane & 3) | (((lane >> 3) & 1) << 2)))
             ii = gl.arange(0, CPW_, layout=AI)[None, None, None, None, None, :]
             lane_cb = gl.where((ii & 1) == 0, ta, tb)
         else:
             lane_cb = gl.load(cb_ptr + (lane & ((1 << BITS_) - 1)))
+        return lane_cb
+
+    @gluon.jit
+    def _gemvt_kernel(x_ptr, cb_ptr, out_ptr, wd, bd, nd, N, n_tiles, HB, SPLITS: gl.constexpr,
+                      STAGGER: gl.constexpr = False, PROBE: gl.constexpr = False, probe_ptr=None):
+        gl.static_assert(SPLITS >= 1)
+        if PROBE:
+            _g2_probe(probe_ptr, 0)
+        pid = gl.program_id(0)
+        nprog = gl.num_programs(0)
+        t_lo = (pid * n_tiles) // nprog
+        t_hi = ((pid + 1) * n_tiles) // nprog
+        n_steps = (t_hi - t_lo) * SPLITS
+        wring, bring, nring, bars = _rings(wd, bd, nd)
+        # STAGGER: only the first slot's copies before the x and codebook loads, the others after them (so that the
+        # SM's TMA unit sees both programs' first slots before either one's later slots)
+        for st in gl.static_range(1 if STAGGER else STAGES_ - 1):
+            _issue(wd, bd, nd, wring, bring, nring, bars, st, n_steps, t_lo, HB, SPLITS)
+        lane_cb = _level_tables(cb_ptr)
         xv = _x6(x_ptr, 0)
         if STAGGER:
             for st in gl.static_range(1, STAGES_ - 1):
@@ -367,36 +380,18 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
         program p take tiles p, p + P, .. (P programs); every later tile comes from a ticket counter ``ctr_ptr[0]``:
         tile STAGES P + ticket. The ticket for step i + STAGES is drawn at step i by one thread (an atomic whose
         result nothing waits for until step i + 1, when the copies of that step are issued: a scalar atomic would
-        stall every thread for its round trip); a program stops at its first tile past the end (its tickets only grow, so every tile it drew before
-        is in range and done). The last program to finish (``ctr_ptr[1]`` counts them) puts both counters back to 0
-        for the next call."""
+        stall every thread for its round trip); a program stops at its first tile past the end (its tickets only
+        grow, so every tile it drew before is in range and done). The last program to finish (``ctr_ptr[1]`` counts
+        them) puts both counters back to 0 for the next call."""
         if PROBE:
             _g2_probe(probe_ptr, 0)
         pid = gl.program_id(0)
         nprog = gl.num_programs(0)
         n_static = STAGES_ * nprog
-        wring = gl.allocate_shared_memory(gl.int32, [STAGES_, 4, R_, 32 * WPT_], wd.layout)
-        if PLANE1_:
-            bring = gl.allocate_shared_memory(gl.int32, [STAGES_, 4, R_, 32], bd.layout)
-        else:
-            bring = wring
-        nring = gl.allocate_shared_memory(gl.float16, [STAGES_, 4, R_, 8], nd.layout)
-        bars = gl.allocate_shared_memory(gl.int64, [STAGES_, 1], mbarrier.MBarrierLayout())
-        for st in gl.static_range(STAGES_):
-            mbarrier.init(bars.index(st), count=1)
-        fence_async_shared()
+        wring, bring, nring, bars = _rings(wd, bd, nd)
         for st in gl.static_range(STAGES_ - 1):
             _issue_tile(wd, bd, nd, wring, bring, nring, bars, pid + st * nprog, st, n_tiles, HB)
-        l8 = gl.arange(0, 8, layout=AL8)[None, None, :, None, None, None]
-        l4 = gl.arange(0, 4, layout=AL4)[None, None, None, :, None, None]
-        lane = 4 * l8 + l4
-        if BITS_ == 3:
-            ta = gl.load(cb_ptr + ((lane & 3) | (((lane >> 4) & 1) << 2)))
-            tb = gl.load(cb_ptr + ((lane & 3) | (((lane >> 3) & 1) << 2)))
-            ii = gl.arange(0, CPW_, layout=AI)[None, None, None, None, None, :]
-            lane_cb = gl.where((ii & 1) == 0, ta, tb)
-        else:
-            lane_cb = gl.load(cb_ptr + (lane & ((1 << BITS_) - 1)))
+        lane_cb = _level_tables(cb_ptr)
         xv = _x6(x_ptr, 0)
         rr = gl.arange(0, R_, layout=RY)
         ar = gl.arange(0, IDN_, layout=LID)
