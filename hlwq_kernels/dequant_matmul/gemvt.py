@@ -238,7 +238,8 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
             h = (h | (h << 4)) & 0x0F0F0F0F
             e = _merge(w, h << 4)
             f = _merge(w >> 4, h << 2)
-            code = gl.where((i & 2) == 0, e[:, :, :, :, :, None], f[:, :, :, :, :, None]) >> (8 * (i >> 2) + 2 * (i & 1))
+            ef = gl.where((i & 2) == 0, e[:, :, :, :, :, None], f[:, :, :, :, :, None])
+            code = ef >> (8 * (i >> 2) + 2 * (i & 1))
         elif BITS_ == 5:
             b = gl.convert_layout(gl.reshape(bring.index(st).load(LB), [4, R_, 8, 4]), P4c, assert_trivial=True)
             m = gl.arange(0, 4, layout=A4M)[None, None, None, None, :]
@@ -354,7 +355,8 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
         """Threads with ``on`` != 0 add 1 to ``*ptr`` and get the old value (others 0). Inline PTX: the compiled
         atomic_add is warp-aggregated, whose shuffle of the result waits for the atomic's round trip at once."""
         return gl.inline_asm_elementwise(
-            "{ .reg .pred p; mov.u32 $0, 0; setp.ne.u32 p, $2, 0; @p atom.relaxed.gpu.global.inc.u32 $0, [$1], 0x7fffffff; }",
+            "{ .reg .pred p; mov.u32 $0, 0; setp.ne.u32 p, $2, 0; "
+            "@p atom.relaxed.gpu.global.inc.u32 $0, [$1], 0x7fffffff; }",
             "=r,l,r", [ptr, on], dtype=gl.int32, is_pure=False, pack=1)
 
     @gluon.jit
