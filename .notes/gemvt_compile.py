@@ -33,8 +33,8 @@ def compile_t(bits=5, rows=4, stages=8, splits=1, wg=1):
     dyn = os.environ.get("DYN") == "1"  # (env: the run-time tile kernel)
     fn = G.kernel(rows, stages, bits, wg, dyn=dyn)
     sig = {"x_ptr": "*bf16", "cb_ptr": "*fp32", "out_ptr": "*bf16",
-           "wd": f"tensordesc<i32[4, {rows}, {32 * G.words_per_thread(bits)}],{lay(32)}>",
-           "bd": f"tensordesc<i32[4, {rows}, {32 if bits in (3, 5) else 32 * G.words_per_thread(bits)}],{lay(32)}>",
+           "wd": f"tensordesc<i32[4, {rows}, {32 * G.main_width(bits)}],{lay(32)}>",
+           "bd": f"tensordesc<i32[4, {rows}, {32 if bits in (3, 5) else 32 * G.main_width(bits)}],{lay(32)}>",
            "nd": f"tensordesc<fp16[4, {rows}, 8],{lay(16)}>",
            "N": "i32", "n_tiles": "i32", "HB": "i32", "SPLITS": "constexpr", "ctr_ptr": "*i32"}
     const = {} if dyn else {"SPLITS": splits}

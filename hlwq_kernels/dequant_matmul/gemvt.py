@@ -74,13 +74,9 @@ BITS_OK = (3, 4, 5)
 
 
 def main_width(bits: int) -> int:
-    """Width of the widest plane (the code's low bits): 4 at 4/5 bits, 2 at 3 bits (then the 1-bit plane)."""
+    """Width of the widest plane (the code's low bits): 4 at 4/5 bits, 2 at 3 bits (then the 1-bit plane). It is
+    also the number of that plane's words per thread and row in a K slice (32 codes)."""
     return 2 if bits == 3 else 4
-
-
-def words_per_thread(bits: int) -> int:
-    """Words of the widest plane per thread and row in a K slice (32 codes): 4 nibble words, or 2 2-bit words."""
-    return main_width(bits)
 
 
 def decode_words(w: torch.Tensor, b: torch.Tensor | None, bits: int) -> torch.Tensor:
@@ -133,7 +129,7 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
 
     from .triton import _g2_probe  # (diagnostics: gemv2's timestamp helper; a 1-D grid gives program_id(0))
 
-    WPT = words_per_thread(BITS)  # words of the widest plane per thread and row (4 nibble or 2 2-bit words)
+    WPT = main_width(BITS)  # words of the widest plane per thread and row (4 nibble or 2 2-bit words)
     CPW = 32 // WPT  # codes per word
     # [c (K chunk), row, l8, l4 (lane = 4 l8 + l4), m (word), i (code in word)]; WG warp groups split the rows
     P6 = gl.BlockedLayout(size_per_thread=[1, R // WG, 1, 1, WPT, CPW], threads_per_warp=[1, 1, 8, 4, 1, 1],
@@ -182,14 +178,9 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
         return gl.load(x_ptr + off).to(gl.float32)
 
     @gluon.jit
-    def _issue(wd, bd, nd, wring, bring, nring, bars, step, n_steps, t_lo, HB, SPLITS: gl.constexpr):
-        """Start the TMA copies of step ``step`` (row tile t_lo + step // SPLITS, K slice step % SPLITS) into ring
-        slot step % STAGES; nothing past the program's last step."""
-        gl.static_assert(SPLITS >= 1)  # (also puts gl in this closure, which the annotation needs)
-        pr = step < n_steps
-        row = (t_lo + step // SPLITS) * R_
-        s = step % SPLITS
-        st = step % STAGES_
+    def _copy(wd, bd, nd, wring, bring, nring, bars, tile, s, st, pr, HB):
+        """Start the TMA copies of row tile ``tile``, K slice ``s`` into ring slot ``st`` (only where ``pr``)."""
+        row = tile * R_
         bar = bars.index(st)
         if PLANE1_:
             mbarrier.expect(bar, R_ * (4 * 32 * WPT_ * 4 + 4 * 32 * 4 + 4 * 8 * 2), pred=pr)
@@ -200,16 +191,27 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
         tma.async_copy_global_to_shared(nd, [4 * s, row, 0], bar, nring.index(st), pred=pr)
 
     @gluon.jit
+    def _issue(wd, bd, nd, wring, bring, nring, bars, step, n_steps, t_lo, HB, SPLITS: gl.constexpr):
+        """Start the TMA copies of step ``step`` (row tile t_lo + step // SPLITS, K slice step % SPLITS) into ring
+        slot step % STAGES; nothing past the program's last step."""
+        gl.static_assert(SPLITS >= 1)  # (also puts gl in this closure, which the annotation needs)
+        _copy(wd, bd, nd, wring, bring, nring, bars, t_lo + step // SPLITS, step % SPLITS, step % STAGES_,
+              step < n_steps, HB)
+
+    @gluon.jit
+    def _store_tile(acc, tile, out_ptr, N):
+        """A row tile's output: the row sums over 128 threads, transposed through shared memory first (LT: each
+        thread holds RT of its warp's partials of one row), then 2-3 lane steps and the warps (summed in place,
+        every thread would pay 5 shuffles + 5 adds per row)."""
+        y = gl.sum(gl.sum(gl.sum(gl.convert_layout(acc, LTc), axis=2), axis=2), axis=0)
+        rows = tile * R_ + gl.arange(0, R_, layout=RY)
+        gl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=rows < N)
+
+    @gluon.jit
     def _merge(w, s):
         """(w & 0x0F0F0F0F) | (s & 0xF0F0F0F0) in one LOP3 (written out, LLVM narrows the second mask from the known
         bits of s and ptxas then needs two)."""
         return gl.inline_asm_elementwise("lop3.b32 $0, $1, $2, 0x0F0F0F0F, 0xE4;", "=r,r,r", [w, s], dtype=gl.int32,
-                                         is_pure=True, pack=1)
-
-    @gluon.jit
-    def _merge2(w, s):
-        """(w & 0x33333333) | (s & 0xCCCCCCCC) in one LOP3 (3 bits: a 2-bit field and the bit above it per nibble)."""
-        return gl.inline_asm_elementwise("lop3.b32 $0, $1, $2, 0x33333333, 0xE4;", "=r,r,r", [w, s], dtype=gl.int32,
                                          is_pure=True, pack=1)
 
     @gluon.jit
@@ -312,7 +314,6 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
         if STAGGER:
             for st in gl.static_range(1, STAGES_ - 1):
                 _issue(wd, bd, nd, wring, bring, nring, bars, st, n_steps, t_lo, HB, SPLITS)
-        rr = gl.arange(0, R_, layout=RY)
         acc = gl.zeros([4, R_, 8, 4], gl.float32, layout=P4c)
         for i in range(n_steps):  # step i: row tile t_lo + i // SPLITS, K slice i % SPLITS
             # refill the slot of step i - 1 with step i + STAGES - 1 (Triton's membar pass puts CTA barriers around
@@ -330,12 +331,7 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
                 xv = _x6(x_ptr, s)
             acc += _slot(wring, bring, nring, slot, xv, lane_cb)
             if SPLITS == 1 or s == SPLITS - 1:
-                # the row sums over 128 threads: transposed through shared memory first (LT: each thread holds RT
-                # of its warp's partials of one row), then 2-3 lane steps and the warps; summed in place, every
-                # thread would pay 5 shuffles + 5 adds per row
-                y = gl.sum(gl.sum(gl.sum(gl.convert_layout(acc, LTc), axis=2), axis=2), axis=0)
-                rows = (t_lo + i // SPLITS) * R_ + rr
-                gl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=rows < N)
+                _store_tile(acc, t_lo + i // SPLITS, out_ptr, N)
                 acc = gl.zeros([4, R_, 8, 4], gl.float32, layout=P4c)
         for sb in gl.static_range(STAGES_):
             mbarrier.invalidate(bars.index(sb))
@@ -360,22 +356,6 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
             "=r,l,r", [ptr, on], dtype=gl.int32, is_pure=False, pack=1)
 
     @gluon.jit
-    def _issue_tile(wd, bd, nd, wring, bring, nring, bars, tile, st, n_tiles, HB):
-        """Start the TMA copies of row tile ``tile`` (K = 4096: one slice) into ring slot ``st``; nothing for a tile
-        past the last one."""
-        gl.static_assert(STAGES_ >= 2)
-        pr = tile < n_tiles
-        row = tile * R_
-        bar = bars.index(st)
-        if PLANE1_:
-            mbarrier.expect(bar, R_ * (4 * 32 * WPT_ * 4 + 4 * 32 * 4 + 4 * 8 * 2), pred=pr)
-            tma.async_copy_global_to_shared(bd, [HB, row, 0], bar, bring.index(st), pred=pr)
-        else:
-            mbarrier.expect(bar, R_ * (4 * 32 * WPT_ * 4 + 4 * 8 * 2), pred=pr)
-        tma.async_copy_global_to_shared(wd, [0, row, 0], bar, wring.index(st), pred=pr)
-        tma.async_copy_global_to_shared(nd, [0, row, 0], bar, nring.index(st), pred=pr)
-
-    @gluon.jit
     def _gemvt_dyn_kernel(x_ptr, cb_ptr, out_ptr, wd, bd, nd, N, n_tiles, HB, ctr_ptr, PROBE: gl.constexpr = False,
                           probe_ptr=None):
         """The same ring and decode with row tiles handed out at run time (K = 4096 only). Steps 0 .. STAGES - 1 of
@@ -392,10 +372,9 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
         n_static = STAGES_ * nprog
         wring, bring, nring, bars = _rings(wd, bd, nd)
         for st in gl.static_range(STAGES_ - 1):
-            _issue_tile(wd, bd, nd, wring, bring, nring, bars, pid + st * nprog, st, n_tiles, HB)
+            _copy(wd, bd, nd, wring, bring, nring, bars, pid + st * nprog, 0, st, pid + st * nprog < n_tiles, HB)
         lane_cb = _level_tables(cb_ptr)
         xv = _x6(x_ptr, 0)
-        rr = gl.arange(0, R_, layout=RY)
         ar = gl.arange(0, IDN_, layout=LID)
         ids = pid + ar * nprog  # the tile of the step in each ring slot (slots 0 .. STAGES - 1: steps 0 .. STAGES - 1)
         nxt = pid + (STAGES_ - 1) * nprog  # the tile of step i + STAGES - 1
@@ -409,7 +388,7 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
                 if nxt < n_tiles:  # the ticket drawn at step i - 1 names the tile of step i + STAGES - 1
                     nxt = n_static + gl.max(gl.where(first, tkt, 0), axis=0)
             sn = (i + STAGES_ - 1) % STAGES_
-            _issue_tile(wd, bd, nd, wring, bring, nring, bars, nxt, sn, n_tiles, HB)
+            _copy(wd, bd, nd, wring, bring, nring, bars, nxt, 0, sn, nxt < n_tiles, HB)
             ids = gl.where(ar == sn, nxt, ids)
             if nxt < n_tiles:  # draw the ticket of step i + STAGES
                 tkt = _ticket(ctr_ptr + oi * 0, first.to(gl.int32))
@@ -419,10 +398,7 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
                 if i == 0:
                     _g2_probe(probe_ptr, 1)
                 _g2_probe(probe_ptr, 2)
-            acc = _slot(wring, bring, nring, slot, xv, lane_cb)
-            y = gl.sum(gl.sum(gl.sum(gl.convert_layout(acc, LTc), axis=2), axis=2), axis=0)
-            rows = cur * R_ + rr
-            gl.store(out_ptr + rows, y.to(out_ptr.dtype.element_ty), mask=rows < N)
+            _store_tile(_slot(wring, bring, nring, slot, xv, lane_cb), cur, out_ptr, N)
             i += 1
             cur = gl.sum(gl.where(ar == i % STAGES_, ids, 0), axis=0)
         for sb in gl.static_range(STAGES_):
@@ -447,7 +423,7 @@ def kernel(rows: int, stages: int, bits: int, wg: int = 1, dyn: bool = False):
 
 
 def supported(m: int, bits: int, block: int, kp: int, packed: torch.Tensor, norms: torch.Tensor) -> bool:
-    """What this kernel covers: one token, 4 or 5 bits, 128-blocks, K a multiple of 4096, contiguous 16-byte
+    """What this kernel covers: one token, 3, 4 or 5 bits, 128-blocks, K a multiple of 4096, contiguous 16-byte
     aligned codes and norms (TMA's rules)."""
     return (m == 1 and bits in BITS_OK and block == 128 and kp % KSLICE == 0 and packed.is_contiguous()
             and norms.is_contiguous() and packed.data_ptr() % 16 == 0 and norms.data_ptr() % 16 == 0
@@ -501,7 +477,7 @@ def descriptors(packed: torch.Tensor, norms: torch.Tensor, bits: int, rows: int)
     nblk = norms.shape[1]
     l32 = NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=3)
     l16 = NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=16, rank=3)
-    cw = 32 * words_per_thread(bits)  # words of the widest plane per warp chunk (1024 codes)
+    cw = 32 * main_width(bits)  # words of the widest plane per warp chunk (1024 codes)
     wd = TensorDescriptor(packed, [rw // cw, n, cw], [cw, rw, 1], [4, rows, cw], l32)
     bd = TensorDescriptor(packed, [rw // 32, n, 32], [32, rw, 1], [4, rows, 32], l32) if bits in (3, 5) else None
     nd = TensorDescriptor(norms, [nblk // 8, n, 8], [8, nblk, 1], [4, rows, 8], l16)
