@@ -243,8 +243,9 @@ def sec_dqtd():
 
 
 def sec_dqtd5():
-    """M = 1, 5 bits, gate+up and lm_head (session 14, run 8): the static default against row tiles handed out at
-    run time (a repeat of run 7's A/B, with the default timed first and last)."""
+    """M = 1, 5 bits, gate+up and lm_head (session 14): the static default against row tiles handed out at run time
+    (a repeat of run 7's A/B, with the default timed first and last; run 8 timed these rows plus since-removed
+    "tail" variants)."""
     ctr = torch.zeros(2, dtype=torch.int32, device=DEV)
     opts = [("auto", "public-rotated"),
             ("d-r8-s2-p4", ("gemvt", dict(rows=8, stages=2, per_sm=4, counter=ctr))),
