@@ -139,6 +139,12 @@ def _dq_cases(m, bits_list, shapes, configs, grid=False):
                                     for x, w in zip(xq, qws)]
                 elif cfg == "public":
                     make = lambda: [lambda x=x, w=w: dequant_matmul(x, w) for x, w in zip(xq, qws)]  # noqa: E731
+                elif cfg == "public-pdl":  # with the rotation; the GEMVs launched with PDL, the fwht triggers them
+                    make = lambda: [lambda x=x, w=w: dequant_matmul(x, w, pdl=True)  # noqa: E731
+                                    for x, w in zip(xq, qws)]
+                elif cfg == "rotated-pdl":  # back-to-back GEMVs launched with PDL (each starts in the last's tail)
+                    make = lambda: [lambda x=x, w=w: dequant_matmul_rotated(x, w, torch.bfloat16, pdl=True)  # noqa: E731
+                                    for x, w in zip(xq, qws)]
                 elif isinstance(cfg, str):  # a method's default Config
                     from hlwq_kernels.dequant_matmul.triton import _pick
                     c = _pick(m, n, k, HLWQ_BLOCK, cfg, bits)
@@ -165,6 +171,37 @@ def sec_dq():
     _dq_cases(1, (5,), LINEARS, [("rotated-default", None), ("public(+fwht)", "public")])
     _dq_cases(1, (4, 3), LINEARS, [("rotated-default", None)])  # (session 14: every shape; before, gate+up only)
     _dq_cases(16, (5,), LINEARS[:5], [("rotated-default", None)])
+
+
+def sec_dqpdl():
+    """Programmatic dependent launch (``dequant_matmul(pdl=True)``), M = 1, 5/4/3 bits, every shape: the default
+    launch and the PDL one, back to back (rotated x) and with the rotation (fwht + GEMV per call), alternated."""
+    for bits in (5, 4, 3):
+        _dq_cases(1, (bits,), LINEARS, [("rotated-default", None), ("rotated-pdl", "rotated-pdl"),
+                                        ("public(+fwht)", "public"), ("public(+fwht)-pdl", "public-pdl"),
+                                        ("rotated-default-again", None), ("rotated-pdl-again", "rotated-pdl")])
+
+
+def sec_dqpdl5():
+    """gemvt launched with PDL where gemv2 is the default (5 bits on the four smaller shapes, 4 bits on 8192 x 4096):
+    the per-call cost that kept gemvt out there (its first slot lands late) overlaps the previous call's tail."""
+    g = lambda **kw: ("gemvt", dict(pdl=True, **kw))  # noqa: E731
+    _dq_cases(1, (5,), LINEARS[:2] + LINEARS[3:5],
+              [("rotated-pdl", "rotated-pdl"), ("gemvt-8x4x2-pdl", g(rows=8, stages=4, per_sm=2)),
+               ("gemvt-8x2x4-pdl", g(rows=8, stages=2, per_sm=4)), ("gemvt-4x4x3-pdl", g(rows=4, stages=4, per_sm=3)),
+               ("gemvt-8x3x3-pdl", g(rows=8, stages=3, per_sm=3)), ("rotated-pdl-again", "rotated-pdl")])
+    _dq_cases(1, (4,), LINEARS[:1], [("rotated-pdl", "rotated-pdl"), ("gemvt-8x2x4-pdl", g(rows=8, stages=2, per_sm=4)),
+                                     ("gemvt-8x2x3-pdl", g(rows=8, stages=2, per_sm=3)),
+                                     ("rotated-pdl-again", "rotated-pdl")])
+
+
+def sec_dqpdlcfg():
+    """gemvt launched with PDL, M = 1, 5/4/3 bits, every shape, four ring / program options (rows x stages x
+    programs per SM), back to back."""
+    g = lambda r, s, p: (f"gemvt-{r}x{s}x{p}-pdl", ("gemvt", dict(rows=r, stages=s, per_sm=p, pdl=True)))  # noqa: E731
+    for bits in (5, 4, 3):
+        _dq_cases(1, (bits,), LINEARS, [("rotated-default", None), g(8, 2, 4), g(8, 2, 3), g(8, 4, 2), g(8, 3, 3),
+                                        ("rotated-pdl", "rotated-pdl")])
 
 
 def sec_dqt():
@@ -798,7 +835,7 @@ def sec_gdn():
 
 
 SECTIONS = {"dqt": sec_dqt, "dqt3": sec_dqt3, "dqt4": sec_dqt4, "dqt3b": sec_dqt3b, "dqtd": sec_dqtd, "dqtd5": sec_dqtd5, "dq16more": sec_dq16more, "dq16lean": sec_dq16lean, "dq16ab": sec_dq16ab, "dq16pipe": sec_dq16pipe, "dqi32ab": sec_dqi32ab, "dqfixed": sec_dqfixed, "dqwarps": sec_dqwarps, "dqwaves": sec_dqwaves,
-            "fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dq8": sec_dq8, "dqcfg": sec_dqcfg, "dqg2x": sec_dqg2x,
+            "fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dqpdl": sec_dqpdl, "dqpdl5": sec_dqpdl5, "dqpdlcfg": sec_dqpdlcfg, "dq8": sec_dq8, "dqcfg": sec_dqcfg, "dqg2x": sec_dqg2x,
             "dqg3": sec_dqg3, "dq16cfg": sec_dq16cfg, "dq16split": sec_dq16split, "dqlowbit": sec_dqlowbit,
             "dq16pf": sec_dq16pf,
             "dqprefill": sec_dqprefill, "dqsmallm": sec_dqsmallm,

@@ -12,6 +12,7 @@ at a time fits the 80 GB card.
 from __future__ import annotations
 
 import gc
+import statistics
 import time
 
 import pytest
@@ -165,8 +166,32 @@ class TestQwen35At9BShapes:
         tps = 1e3 / ms
         benchmark.extra_info.update(tok_per_s=round(tps, 1),
                                     note=f"{tps:.1f} tok/s W5/KV3 (5.125-bit ceiling ~590)")
+        # the same step with the linears' GEMVs launched with PDL (model.set_pdl), against the step above,
+        # alternated in this run (median of 7 x 50 replays each)
+        model.set_pdl(True)
+        pdl_graph = DecodeGraph(model, 1, padded=False)
+        model.set_pdl(False)
+        times = {False: [], True: []}
+        for _ in range(7):
+            for pdl, gr in ((False, graph), (True, pdl_graph)):
+                times[pdl].append(_replay_ms(gr, tok, pos, 50))
+        off, on = (statistics.median(times[p]) for p in (False, True))
+        benchmark.extra_info.update(pdl_off_us=round(off * 1e3, 1), pdl_on_us=round(on * 1e3, 1),
+                                    pdl_tok_per_s=round(1e3 / on, 1), pdl_speedup=round(off / on, 4))
         model.free_cache()
         model.__dict__.pop("_decode_graphs", None)
+
+
+def _replay_ms(graph, tok, pos, n):
+    """Milliseconds per decode step over ``n`` back-to-back replays of a ``DecodeGraph``."""
+    graph(tok, pos)
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(n):
+        graph(tok, pos)
+    b.record()
+    torch.cuda.synchronize()
+    return a.elapsed_time(b) / n
 
 
 @pytest.mark.benchmark(group="qwen35-9b bf16")

@@ -64,6 +64,14 @@ def test_default_options():
     assert T.default_options(248320, 4096, 4) == T.DEFAULTS[4]
     assert T.default_options(8192, 4096, 5) is None  # 5 bits: gemv2 at N <= 8192
     assert T.default_options(4096, 12288, 5) is None  # and at K = 12288
+    # with PDL (pdl_options): every shape with N >= 2048
+    assert T.default_options(8192, 4096, 5, pdl=True) == dict(rows=8, stages=2, per_sm=3)
+    assert T.default_options(24576, 4096, 5, pdl=True) == dict(rows=8, stages=3, per_sm=3)
+    assert T.default_options(4096, 12288, 5, pdl=True) == dict(rows=8, stages=2, per_sm=4)
+    assert T.default_options(2048, 4096, 4, pdl=True) == dict(rows=8, stages=2, per_sm=4)
+    assert T.default_options(248320, 4096, 4, pdl=True) == dict(rows=8, stages=2, per_sm=4)
+    assert T.default_options(8192, 4096, 3, pdl=True) == dict(rows=8, stages=2, per_sm=4)
+    assert T.default_options(1024, 4096, 3, pdl=True) is None
     assert T.default_options(8192, 4096, 4) is None  # 4 bits: gemv2 on 8192 x 4096 only
     assert T.default_options(4096, 4096, 4) == T.DEFAULTS[4]
     assert T.default_options(4096, 12288, 4) == T.DEFAULTS[4]

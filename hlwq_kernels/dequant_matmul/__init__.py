@@ -16,7 +16,7 @@ __all__ = ["dequant_matmul", "dequant_matmul_reference", "dequant_matmul_triton"
 
 
 def dequant_matmul(x: torch.Tensor, w: HLWQWeight, *, x_rotated: bool = False, out_dtype: torch.dtype | None = None,
-                   impl: str = "auto") -> torch.Tensor:
+                   impl: str = "auto", pdl: bool = False) -> torch.Tensor:
     """``x @ dequantize_weight(w).T`` without ever building the weight.
 
     Computes ``fwht(pad(x)) @ W_rot.T`` with ``W_rot[n, k] = w.norms[n, k // block] *
@@ -30,6 +30,11 @@ def dequant_matmul(x: torch.Tensor, w: HLWQWeight, *, x_rotated: bool = False, o
         x_rotated: see ``x``.
         out_dtype: output dtype (float32/bfloat16/float16); default ``x.dtype``.
         impl: "auto" | "triton" | "reference".
+        pdl: programmatic dependent launch (compiled kernels on sm_90+ GPUs; ignored elsewhere): the M <= 4 GEMV
+            kernels start while the kernels before them on the stream finish, and stream their first weight tiles
+            before they wait for them (with the rotation, its fwht kernel lets them start at once). Only for weights
+            that no kernel still running before this call writes: true at inference, where they are fixed; not
+            right after a kernel that (re)quantizes ``w`` into the same memory.
     Returns:
         ``[..., N]`` in ``out_dtype``.
 
@@ -45,6 +50,8 @@ def dequant_matmul(x: torch.Tensor, w: HLWQWeight, *, x_rotated: bool = False, o
     w.validate("w")
     if not isinstance(x_rotated, bool):
         raise TypeError(f"x_rotated must be a bool, got {type(x_rotated).__name__}")
+    if not isinstance(pdl, bool):
+        raise TypeError(f"pdl must be a bool, got {type(pdl).__name__}")
     check_tensor(x, "x", min_ndim=1, dtypes=FLOAT_DTYPES)
     n, k = w.shape
     want = w.padded_in_features if x_rotated else k
@@ -57,5 +64,5 @@ def dequant_matmul(x: torch.Tensor, w: HLWQWeight, *, x_rotated: bool = False, o
         raise TypeError(f"out_dtype must be one of (float32, bfloat16, float16) or None, got {out_dtype}")
     check_same_device(x=x, **{"w.packed": w.packed})
     if resolve_impl(impl, x, w.packed) == "triton":
-        return dequant_matmul_triton(x, w, x_rotated, out_dtype)
+        return dequant_matmul_triton(x, w, x_rotated, out_dtype, pdl=pdl)
     return dequant_matmul_reference(x, w, x_rotated, out_dtype)

@@ -262,10 +262,10 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
         return part * nrm[:, :, :, None]
 
     @gluon.jit
-    def _rings(wd, bd, nd):
+    def _rings(wd, bd, nd, XS: gl.constexpr = 0):
         """The ring's shared memory (STAGES slots of the widest plane, the 1-bit plane at 3/5 bits, the norms) and
         its mbarriers, initialized."""
-        wring = gl.allocate_shared_memory(gl.int32, [STAGES_, 4, R_, 32 * WPT_], wd.layout)
+        wring = gl.allocate_shared_memory(gl.int32, [STAGES_ + XS, 4, R_, 32 * WPT_], wd.layout)
         if PLANE1_:
             bring = gl.allocate_shared_memory(gl.int32, [STAGES_, 4, R_, 32], bd.layout)
         else:
@@ -294,8 +294,27 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
         return lane_cb
 
     @gluon.jit
+    def _gdc_wait():
+        """``griddepcontrol.wait``: until the previous kernel on the stream has finished and its writes are visible
+        (a no-op without programmatic dependent launch). The "memory" clobber keeps loads below it."""
+        gl.inline_asm_elementwise("griddepcontrol.wait; mov.u32 $0, 0;", "=r,~{memory}", [], dtype=gl.int32,
+                                  is_pure=False, pack=1)
+
+    @gluon.jit
+    def _gdc_launch():
+        """``griddepcontrol.launch_dependents``: the next kernel, if launched with programmatic dependent launch, may
+        start once every program has passed here (or exited)."""
+        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.u32 $0, 0;", "=r,~{memory}", [],
+                                  dtype=gl.int32, is_pure=False, pack=1)
+
+    @gluon.jit
     def _gemvt_kernel(x_ptr, cb_ptr, out_ptr, wd, bd, nd, N, n_tiles, HB, SPLITS: gl.constexpr,
-                      STAGGER: gl.constexpr = False, PROBE: gl.constexpr = False, probe_ptr=None):
+                      STAGGER: gl.constexpr = False, PROBE: gl.constexpr = False, probe_ptr=None,
+                      PDL: gl.constexpr = False, XS: gl.constexpr = 0):
+        """PDL (launched with programmatic dependent launch): the first ring slots' copies (weights only) are issued
+        before ``griddepcontrol.wait``; x is read and y written after it. The weights must not be written by a
+        kernel still running before this one (true for inference). XS: unused ring slots of the widest plane that
+        cap how many programs an SM holds (``extra_slots``)."""
         gl.static_assert(SPLITS >= 1)
         if PROBE:
             _g2_probe(probe_ptr, 0)
@@ -304,12 +323,15 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
         t_lo = (pid * n_tiles) // nprog
         t_hi = ((pid + 1) * n_tiles) // nprog
         n_steps = (t_hi - t_lo) * SPLITS
-        wring, bring, nring, bars = _rings(wd, bd, nd)
+        wring, bring, nring, bars = _rings(wd, bd, nd, XS)
         # STAGGER: only the first slot's copies before the x and codebook loads, the others after them (so that the
         # SM's TMA unit sees both programs' first slots before either one's later slots)
         for st in gl.static_range(1 if STAGGER else STAGES_ - 1):
             _issue(wd, bd, nd, wring, bring, nring, bars, st, n_steps, t_lo, HB, SPLITS)
         lane_cb = _level_tables(cb_ptr)
+        if PDL:
+            _gdc_wait()
+            _gdc_launch()
         xv = _x6(x_ptr, 0)
         if STAGGER:
             for st in gl.static_range(1, STAGES_ - 1):
@@ -449,10 +471,38 @@ DEFAULTS = {5: dict(rows=8, stages=4, per_sm=2), 4: dict(rows=8, stages=2, per_s
 DEFAULT_MIN_N = {5: 16384, 4: 2048, 3: 2048}
 
 
-def default_options(n: int, kp: int, bits: int) -> dict | None:
+def pdl_options(n: int, kp: int, bits: int) -> dict | None:
+    """gemvt's options when launched with PDL (``dequant_matmul(pdl=True)``): at M = 1, 3-5 bits and N >= 2048 it is
+    the default on every Qwen3.5 shape, since PDL hides the per-call cost that kept it out of the small 4/5-bit shapes
+    (the first slot lands while the previous kernel finishes). H100, graph timing, back-to-back calls, S15-6 (us,
+    rows x stages x programs per SM, cuBLAS bf16 in the same run):
+
+    | shape | 5 bits: 8x2x4 / 8x2x3 / 8x4x2 / 8x3x3 | 4 bits | 3 bits |
+    |---|---|---|---|
+    | 8192 x 4096 (25.1-25.6) | 9.73 / **9.21** / 11.80 / 11.24 | 9.18 / **8.57** / 10.66 / 10.16 | 8.71 / 8.50 / 9.94 / 9.21 |
+    | 4096^2 (16.4-16.6) | 6.96 / **6.29** / 7.29 / 7.22 | 6.34 / **5.92** / 6.55 / 6.55 | **5.74** / 5.91 / 6.02 / 5.90 |
+    | 24576 x 4096 (72.2-72.8) | 24.48 / 24.18 / 25.60 / **23.38** | **19.34** / 19.55 / 23.54 / 21.19 | 19.15 / 19.07 / 22.20 / 20.68 |
+    | 4096 x 12288 (39.2-39.3) | **15.52** / 20.29 / 18.67 / 20.11 | **14.75** / 19.14 / 17.78 / 18.58 | **12.99** / 18.38 / 16.63 / 17.79 |
+    | 2048 x 4096 (11.0) | **3.86** / 4.03 / 4.56 / 4.26 | **3.52** / 4.13 / 4.21 / 4.16 | **3.37** / 3.86 / 3.83 / 3.89 |
+    | 248320 x 4096 (715) | 225.82 / 222.81 / 231.97 / 225.19 | 184.96 / 184.46 / 206.30 / 190.16 | 180.18 / 181.27 / 201.48 / 184.07 |
+
+    So: 8 x 2 x 4 where K > 4096 or N <= 2048 and at 3 bits; 8 x 2 x 3 at 4/5 bits for 2048 < N < 16384; at N >= 16384
+    8 x 3 x 3 (5 bits) and 8 x 2 x 4 (4 bits). N < 2048 was not measured (None: gemv2)."""
+    if bits not in DEFAULTS or n < 2048:
+        return None
+    if kp != KSLICE or n <= 2048 or bits == 3:
+        return dict(rows=8, stages=2, per_sm=4)
+    if n >= 16384:
+        return dict(rows=8, stages=3, per_sm=3) if bits == 5 else dict(rows=8, stages=2, per_sm=4)
+    return dict(rows=8, stages=2, per_sm=3)
+
+
+def default_options(n: int, kp: int, bits: int, pdl: bool = False) -> dict | None:
     """gemvt's options where it is dequant_matmul's M = 1 default (``DEFAULTS``' measurements), else None: 5 bits at
     K = 4096 and N >= 16384; 4 bits at N >= 2048 except 4096 < N < 16384 with K = 4096; 3 bits at N >= 2048 (any K
-    that ``supported`` takes)."""
+    that ``supported`` takes). With ``pdl``: ``pdl_options``."""
+    if pdl:
+        return pdl_options(n, kp, bits)
     if bits not in DEFAULTS or n < DEFAULT_MIN_N[bits]:
         return None
     if bits == 5 and kp != KSLICE:
@@ -460,6 +510,23 @@ def default_options(n: int, kp: int, bits: int) -> dict | None:
     if bits == 4 and kp == KSLICE and 4096 < n < 16384:
         return None
     return dict(DEFAULTS[bits])
+
+
+def extra_slots(rows: int, stages: int, bits: int, per_sm: int, smem_per_sm: int = 228 * 1024) -> int:
+    """Unused ring slots of the widest plane (``XS``) that leave room for ``per_sm`` programs per SM and not one
+    more (0 where the ring alone already does, or no count fits). Without them a grid launched with PDL, whose
+    programs take the SMs as the previous kernel's programs leave, piles onto the SMs that free up first: 3 bits,
+    24576 x 4096, 21.64 -> 23.44 us (S15-2), where the static split assumes ``per_sm`` programs on every SM. The
+    ring: ``stages`` x (widest plane + 1-bit plane + norms) + an 8-byte barrier each; each program also holds
+    1 KiB reserved and 4 KiB of layout-conversion scratch (offline sm_90 builds, 8 rows x 2 stages: 3 bits 29712
+    bytes in all, 54288 with XS = 3; 4 bits 37904, 54288 with XS = 1); one program may take 227 KiB."""
+    wslot = 4 * rows * 32 * main_width(bits) * 4
+    slot = wslot + (4 * rows * 32 * 4 if bits in (3, 5) else 0) + 4 * rows * 8 * 2
+    ring = stages * (slot + 8)
+    lo = smem_per_sm // (per_sm + 1) - 1024 + 1  # at least this much keeps per_sm + 1 programs out
+    hi = min(smem_per_sm // per_sm - 1024, 227 * 1024) - 4096  # at most this much (+ scratch) lets per_sm in
+    xs = max(0, -(-(lo - ring) // wslot))
+    return xs if ring + xs * wslot <= hi else 0
 
 
 def bit_plane_chunk(kp: int, bits: int) -> int:
@@ -486,13 +553,15 @@ def descriptors(packed: torch.Tensor, norms: torch.Tensor, bits: int, rows: int)
 
 def gemvt(xr: torch.Tensor, w, out_dtype: torch.dtype, *, rows: int = 4, stages: int = 8, per_sm: int = 2,
           programs: int | None = None, wg: int = 1, stagger: bool = False,
-          probe: torch.Tensor | None = None, counter: torch.Tensor | None = None) -> torch.Tensor:
+          probe: torch.Tensor | None = None, counter: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
     """``xr [1, Kp]`` (rotated, contiguous) @ W_rot.T -> ``[1, N]`` in ``out_dtype``. ``rows`` per ring slot,
     ``stages`` slots, about ``per_sm`` programs per SM (or exactly ``programs``), ``wg`` groups of 4 warps per
     program (each takes rows / wg rows of a slot). ``stagger``: the first slot's copies before the others' (see the
     kernel). ``probe`` (diagnostics): int64 [programs, 8] for per-program timestamps (``.notes/gemvt_probe.py``).
     ``counter``: int32 [2] on the device, zero, for row tiles handed out at run time (K = 4096; the kernel leaves
-    it zero; calls that may run at the same time need different counters)."""
+    it zero; calls that may run at the same time need different counters). ``pdl``: launch with programmatic
+    dependent launch (see ``_gemvt_kernel``; not with ``counter``), with ``extra_slots`` to hold every SM to
+    ``per_sm`` programs."""
     from .triton import _num_sms
 
     m, kp = xr.shape
@@ -517,6 +586,14 @@ def gemvt(xr: torch.Tensor, w, out_dtype: torch.dtype, *, rows: int = 4, stages:
         if probe.numel() < 8 * grid:
             raise ValueError(f"gemvt: probe needs {8 * grid} int64, got {probe.numel()}")
         extra.update(PROBE=True, probe_ptr=probe)
+    if pdl:
+        if counter is not None:
+            raise ValueError("gemvt: pdl is not supported with counter")
+        extra.update(PDL=True, launch_pdl=True)
+        smem = getattr(torch.cuda.get_device_properties(xr.device), "shared_memory_per_multiprocessor", 228 * 1024)
+        xs = extra_slots(rows, stages, bits, per_sm, smem) if programs is None else 0
+        if xs:
+            extra["XS"] = xs
     if counter is not None:
         if splits != 1 or stagger:
             raise ValueError(f"gemvt: tiles handed out at run time need K = {KSLICE} and no stagger; got Kp={kp}, "

@@ -13,7 +13,9 @@ from ..fwht.reference import fwht_reference
 from ..quant import HLWQWeight, dequantize_weight
 
 
-def dequant_matmul_reference(x: torch.Tensor, w: HLWQWeight, x_rotated: bool, out_dtype: torch.dtype) -> torch.Tensor:
+def dequant_matmul_reference(x: torch.Tensor, w: HLWQWeight, x_rotated: bool, out_dtype: torch.dtype,
+                             pdl: bool = False) -> torch.Tensor:
+    """(``pdl``, a launch option of the Triton path, is taken for the same signature and has no effect here.)"""
     n, k = w.shape
     kp = w.padded_in_features
     lead = x.shape[:-1]

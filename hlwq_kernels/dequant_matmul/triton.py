@@ -56,6 +56,7 @@ import triton.language as tl
 
 from .._common import cdiv, interpreting, next_pow2
 from ..fwht import MAX_TRITON_BLOCK, fwht
+from ..fwht.triton import fwht_triton_method
 from ..quant import HLWQWeight
 
 # Above GEMV_MAX_M the tensor-core kernel's single dequant per tile wins: gemv2 decodes the weight once
@@ -520,13 +521,38 @@ def _g2_rows(rows_out, N, I32: tl.constexpr):
 
 
 @triton.jit
+def _gdc_wait():
+    """``griddepcontrol.wait`` (sm_90+): until the previous kernel on the stream has finished and its writes are
+    visible; a no-op for a kernel launched without programmatic dependent launch. The "memory" clobber keeps the
+    compiler from moving loads above it."""
+    tl.inline_asm_elementwise("griddepcontrol.wait; mov.u32 $0, 0;", "=r,~{memory}", [], dtype=tl.int32,
+                              is_pure=False, pack=1)
+
+
+@triton.jit
+def _gdc_launch():
+    """``griddepcontrol.launch_dependents`` (sm_90+): the next kernel on the stream, if launched with programmatic
+    dependent launch, may start once every program has passed here or exited."""
+    tl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.u32 $0, 0;", "=r,~{memory}", [],
+                              dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _g2_x(x_row, kq, q, t, groups, G: tl.constexpr, A: tl.constexpr, MASKED: tl.constexpr):
+    """gemv2's x values of the thread's quads, fp32 [Q, F]."""
+    if MASKED:
+        return tl.load(x_row + kq, mask=((t * G + q // A) < groups)[:, None], other=0.0).to(tl.float32)
+    return tl.load(x_row + kq).to(tl.float32)
+
+
+@triton.jit
 def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr, N, groups, nblk, stride_xm,
                   stride_om, stride_os, row_tiles, BITS: tl.constexpr, BLOCK: tl.constexpr, BN: tl.constexpr,
                   G: tl.constexpr, A: tl.constexpr, F: tl.constexpr, SPLIT_K: tl.constexpr, MODE: tl.constexpr,
                   MASKED: tl.constexpr, PREFETCH: tl.constexpr, DEPTH: tl.constexpr = 1, NIB: tl.constexpr = False,
                   UNROLL: tl.constexpr = 1, LEAN: tl.constexpr = False, EARLY: tl.constexpr = False,
                   FUSED: tl.constexpr = False, y_ptr=None, cnt_ptr=None, I32: tl.constexpr = False,
-                  PROBE: tl.constexpr = False, probe_ptr=None):
+                  PROBE: tl.constexpr = False, probe_ptr=None, PDL: tl.constexpr = False):
     """GEMV with K across the CTA ("gemv2", the decode default): program (m, s, n) owns K slice s (G groups =
     32*G codes, whole norm blocks) and ``row_tiles`` tiles of BN rows. Each thread keeps the x values
     of its fixed quads in registers (fp32, loaded once) and walks the row tiles: per tile the plane
@@ -543,7 +569,8 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
     row tiles each program arrives on its (m, row-range) counter in ``cnt_ptr`` and the last of the
     SPLIT_K slices to arrive sums the partials into ``y_ptr`` (``_g2_splitk_tail``): no reduce launch.
     PROBE (diagnostics, ``.notes/dq_probe.py``): ``_g2_probe`` timestamps at the program's start, the start of its
-    second and last loop trips, and its end."""
+    second and last loop trips, and its end. PDL (launched with programmatic dependent launch): the first row tile's
+    words (weights only) load before ``griddepcontrol.wait``, x after it (``_gdc_wait``)."""
     NIBP: tl.constexpr = NIB and BITS <= 3
     if PROBE:
         _g2_probe(probe_ptr, 0)
@@ -558,10 +585,8 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
     else:
         kq = q[:, None] * F + tl.arange(0, F)[None, :]  # [Q, F]
     x_row = x_ptr + pid_m.to(tl.int64) * stride_xm + t * (G * 32)
-    if MASKED:
-        xv = tl.load(x_row + kq, mask=((t * G + q // A) < groups)[:, None], other=0.0).to(tl.float32)
-    else:
-        xv = tl.load(x_row + kq).to(tl.float32)
+    if not PDL:
+        xv = _g2_x(x_row, kq, q, t, groups, G, A, MASKED)
     lane_cb = 0.0
     if MODE == 2:
         lane_cb = _lut_lane(cb_addr, tl.zeros([BN, G * A, F], dtype=tl.int32), BITS)
@@ -577,6 +602,10 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
             rows = _g2_rows(r0 + BN + rr, N, I32)
             va, vb, vc = _g2_words(p_ptr, p_addr, rows * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
                                    MASKED, MODE, NIBP)
+    if PDL:
+        _gdc_wait()
+        _gdc_launch()
+        xv = _g2_x(x_row, kq, q, t, groups, G, A, MASKED)
     if UNROLL == 1:
         for i in range(row_tiles):
             if PROBE:
@@ -1034,7 +1063,11 @@ def _dequant_rows_kernel(p_ptr, p_addr, n_ptr, cb_ptr, cb_addr, out_ptr, row0, N
 
 
 @triton.jit
-def _splitk_reduce_kernel(part_ptr, out_ptr, numel, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+def _splitk_reduce_kernel(part_ptr, out_ptr, numel, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr,
+                          PDL: tl.constexpr = False):
+    if PDL:  # launched with programmatic dependent launch: nothing to do before the partials are written
+        _gdc_wait()
+        _gdc_launch()
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     acc = tl.zeros([BLOCK], dtype=tl.float32)
@@ -1274,9 +1307,10 @@ def _g2_counters(device: torch.device, count: int) -> torch.Tensor | None:
 
 
 def _gemv2(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, cfg: Config,
-           probe: torch.Tensor | None = None) -> torch.Tensor:
+           probe: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
     """Launch ``_gemv2_kernel`` (K across the CTA; see there and ``Config``). ``probe`` (diagnostics, GPU): an int64
-    [programs, 8] buffer for the kernel's timestamps (``_g2_probe``)."""
+    [programs, 8] buffer for the kernel's timestamps (``_g2_probe``). ``pdl``: programmatic dependent launch (see
+    ``pdl_supported``)."""
     m, kp = xr.shape
     n, block, bits = w.out_features, w.block, w.bits
     if cfg.G < 1 or cfg.G & (cfg.G - 1) or cfg.BN < 1 or cfg.BN & (cfg.BN - 1):
@@ -1315,6 +1349,8 @@ def _gemv2(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, cfg: Config,
     cnt = _g2_counters(xr.device, m * grid[2]) if cfg.fused and split > 1 else None
     if cnt is not None:
         extra.update(FUSED=True, y_ptr=out, cnt_ptr=cnt)
+    if pdl:
+        extra.update(PDL=True, launch_pdl=True)
     if probe is not None:
         if probe.numel() < 8 * grid[0] * grid[1] * grid[2]:
             raise ValueError(f"gemv2: probe needs {8 * grid[0] * grid[1] * grid[2]} int64, got {probe.numel()}")
@@ -1326,8 +1362,23 @@ def _gemv2(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, cfg: Config,
                         **extra)
     if split > 1 and cnt is None:
         rb = 1024
-        _splitk_reduce_kernel[(cdiv(m * n, rb),)](dst, out, m * n, SPLIT_K=split, BLOCK=rb, num_warps=4)
+        _splitk_reduce_kernel[(cdiv(m * n, rb),)](dst, out, m * n, SPLIT_K=split, BLOCK=rb, num_warps=4,
+                                                  **(dict(PDL=True, launch_pdl=True) if pdl else {}))
     return out
+
+
+# gemv2 takes PDL up to this N (H100, M = 1, graph timing, back-to-back calls, S15-2; us, default launch / PDL):
+# 4096 x 4096 5 bits 7.48 / 7.19, 2048 x 4096 5.55 / 4.21, 4096 x 12288 (split-K + sum) 18.82 / 17.94; at 8192 x 4096
+# 5 bits 12.68 / 12.67 and 4 bits 11.04 / 14.43: with PDL a grid's programs take the SMs as the last kernel's programs
+# leave and pile onto the first ones free, where the row split assumes even placement (gemvt caps it with
+# ``gemvt.extra_slots``; a Triton kernel cannot pad its shared memory).
+GEMV2_PDL_MAX_N = 4096
+
+
+def pdl_supported(device: torch.device) -> bool:
+    """Programmatic dependent launch: a compiled kernel (not the interpreter) on an sm_90+ GPU."""
+    return (device.type == "cuda" and not interpreting()
+            and torch.cuda.get_device_capability(device) >= (9, 0))
 
 
 def _gemv8_table(xr: torch.Tensor, w: HLWQWeight) -> torch.Tensor | None:
@@ -1346,7 +1397,8 @@ def _gemv8_table(xr: torch.Tensor, w: HLWQWeight) -> torch.Tensor | None:
 _GEMVT_BROKEN: set = set()  # (device, bits) whose TMA-ring GEMV failed to compile (then: gemv2 + a warning)
 
 
-def _try_gemvt(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, forced: bool) -> torch.Tensor | None:
+def _try_gemvt(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, forced: bool,
+               pdl: bool = False) -> torch.Tensor | None:
     """The TMA-ring GEMV (``gemvt.py``) where it is the default (``gemvt.default_options``: M = 1 and the shapes
     where it measured faster than gemv2) or ``forced`` (method="gemvt": wherever ``gemvt.supported``); None
     where it does not apply (or failed to compile: then a warning, and gemv2 from then on)."""
@@ -1361,13 +1413,13 @@ def _try_gemvt(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, forced: 
             raise ValueError("method='gemvt' needs a GPU with Gluon, M = 1, 3, 4 or 5 bits, block 128, K a multiple of "
                              f"{T.KSLICE} and contiguous codes and norms")
         return None
-    opts = T.default_options(n, kp, bits)
+    opts = T.default_options(n, kp, bits, pdl)
     if opts is None:
         if not forced:
             return None
         opts = {}
     try:
-        return T.gemvt(xr, w, out_dtype, **opts)
+        return T.gemvt(xr, w, out_dtype, **opts, **({"pdl": True} if pdl else {}))
     except Exception as e:  # noqa: BLE001  a Triton whose Gluon differs (compile failure): gemv2 from now on
         if forced:
             raise
@@ -1378,9 +1430,14 @@ def _try_gemvt(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, forced: 
 
 
 def dequant_matmul_rotated(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, method: str = "auto",
-                           config: Config | None = None) -> torch.Tensor:
-    """``xr [M, Kp]`` (already rotated and padded) @ W_rot.T -> ``[M, N]`` in ``out_dtype``."""
+                           config: Config | None = None, pdl: bool = False) -> torch.Tensor:
+    """``xr [M, Kp]`` (already rotated and padded) @ W_rot.T -> ``[M, N]`` in ``out_dtype``. ``pdl``: the GEMV
+    kernels (gemvt, gemv2 and its split-K sum) launch with programmatic dependent launch where
+    ``pdl_supported``: they start while the previous kernel on the stream finishes, streaming their first weight
+    tiles before they wait for it; the other kernels launch as usual. The weight must not be written by kernels still
+    running before this call."""
     xr = xr.contiguous()
+    pdl = pdl and pdl_supported(xr.device)
     m, kp = xr.shape
     n = w.out_features
     block, bits = w.block, w.bits
@@ -1397,12 +1454,12 @@ def dequant_matmul_rotated(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dty
         raise ValueError("method='gemv8' needs a GPU with Gluon, M <= 4, N % 64 == 0, bf16/fp16 x, 3-5 bits, "
                              "block 128 and the default (int8-grid) codebook")
     if config is None and method in ("auto", "gemvt"):
-        y = _try_gemvt(xr, w, out_dtype, method == "gemvt")
+        y = _try_gemvt(xr, w, out_dtype, method == "gemvt", pdl)
         if y is not None:
             return y
     cfg = config or _pick(m, n, kp, block, method, bits)
     if cfg.method == "gemv2":
-        return _gemv2(xr, w, out_dtype, cfg)
+        return _gemv2(xr, w, out_dtype, cfg, pdl=pdl and n <= GEMV2_PDL_MAX_N)
     if (cfg.G * 32) > block or block % (cfg.G * 32):
         raise ValueError(f"config.G*32 must divide block={block}, got G={cfg.G}")
     if cfg.method == "slab":
@@ -1461,23 +1518,27 @@ def dequant_matmul_rotated(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dty
     return out
 
 
-def rotate_activations(x2: torch.Tensor, k: int, kp: int, block: int) -> torch.Tensor:
-    """fwht(pad(x)) as a separate pass (kept in x's dtype, as the tests' plain-PyTorch rival does)."""
+def rotate_activations(x2: torch.Tensor, k: int, kp: int, block: int, trigger: bool = False) -> torch.Tensor:
+    """fwht(pad(x)) as a separate pass (kept in x's dtype, as the tests' plain-PyTorch rival does). ``trigger``
+    (``pdl_supported`` devices): the fwht kernel lets the next kernel, launched with PDL, start at once."""
     if kp != k:
         x2 = F.pad(x2, (0, kp - k))
+    if trigger and block <= MAX_TRITON_BLOCK and pdl_supported(x2.device):
+        return fwht_triton_method(x2, block, "auto", trigger=True)
     return fwht(x2, block=block, impl="triton" if block <= MAX_TRITON_BLOCK else "reference")
 
 
 def dequant_matmul_triton_method(x: torch.Tensor, w: HLWQWeight, x_rotated: bool, out_dtype: torch.dtype,
-                                 method: str = "auto", config: Config | None = None) -> torch.Tensor:
-    """Direct launcher (no custom op) with a forced ``method`` / ``config``, for tests and tuning."""
+                                 method: str = "auto", config: Config | None = None, pdl: bool = False) -> torch.Tensor:
+    """Direct launcher (no custom op) with a forced ``method`` / ``config``, for tests and tuning; ``pdl``: see
+    ``dequant_matmul_rotated`` (with the rotation, its fwht kernel lets the GEMV start at once)."""
     n, k = w.shape
     kp = w.padded_in_features
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     if not x_rotated:
-        x2 = rotate_activations(x2, k, kp, w.block)
-    return dequant_matmul_rotated(x2, w, out_dtype, method, config).reshape(*lead, n)
+        x2 = rotate_activations(x2, k, kp, w.block, trigger=pdl)
+    return dequant_matmul_rotated(x2, w, out_dtype, method, config, pdl).reshape(*lead, n)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1486,20 +1547,22 @@ def dequant_matmul_triton_method(x: torch.Tensor, w: HLWQWeight, x_rotated: bool
 @torch.library.custom_op("hlwq::dequant_matmul", mutates_args=())
 def _dequant_matmul_op(x: torch.Tensor, packed: torch.Tensor, norms: torch.Tensor, codebook: torch.Tensor,
                        bits: int, block: int, n: int, k: int, x_rotated: bool,
-                       out_dtype: torch.dtype) -> torch.Tensor:
+                       out_dtype: torch.dtype, pdl: bool = False) -> torch.Tensor:
     w = HLWQWeight(packed, norms, codebook, bits, block, (n, k))
-    return dequant_matmul_triton_method(x, w, x_rotated, out_dtype)
+    return dequant_matmul_triton_method(x, w, x_rotated, out_dtype, pdl=pdl)
 
 
 @_dequant_matmul_op.register_fake
-def _(x, packed, norms, codebook, bits, block, n, k, x_rotated, out_dtype):
+def _(x, packed, norms, codebook, bits, block, n, k, x_rotated, out_dtype, pdl=False):
     return x.new_empty((x.shape[0], n), dtype=out_dtype)
 
 
-def dequant_matmul_triton(x: torch.Tensor, w: HLWQWeight, x_rotated: bool, out_dtype: torch.dtype) -> torch.Tensor:
-    """Launcher (same arguments as ``dequant_matmul_reference``), through ``hlwq::dequant_matmul``."""
+def dequant_matmul_triton(x: torch.Tensor, w: HLWQWeight, x_rotated: bool, out_dtype: torch.dtype,
+                          pdl: bool = False) -> torch.Tensor:
+    """Launcher (the arguments of ``dequant_matmul_reference``, plus ``pdl``: see ``dequant_matmul_rotated``),
+    through ``hlwq::dequant_matmul``."""
     n, k = w.shape
     lead = x.shape[:-1]
     y = torch.ops.hlwq.dequant_matmul(x.reshape(-1, x.shape[-1]), w.packed, w.norms, w.codebook, w.bits,
-                                      w.block, n, k, x_rotated, out_dtype)
+                                      w.block, n, k, x_rotated, out_dtype, pdl)
     return y.reshape(*lead, n)

@@ -40,7 +40,10 @@ def butterfly(x, ROWS: tl.constexpr, BLOCK: tl.constexpr, LOG_B: tl.constexpr):
 
 @triton.jit
 def _fwht_butterfly_kernel(x_ptr, y_ptr, n_rows, scale, BLOCK: tl.constexpr, LOG_B: tl.constexpr,
-                           ROWS: tl.constexpr):
+                           ROWS: tl.constexpr, TRIGGER: tl.constexpr = False):
+    if TRIGGER:  # griddepcontrol.launch_dependents: a next kernel launched with PDL may start now (it waits for y)
+        tl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.u32 $0, 0;", "=r,~{memory}", [],
+                                  dtype=tl.int32, is_pure=False, pack=1)
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
     offs = rows[:, None] * BLOCK + cols[None, :]
@@ -97,9 +100,11 @@ DOT_CONFIG = dict(rows=64, num_warps=4, num_stages=2, programs_per_sm=4)
 BUTTERFLY_CONFIG = dict(elems=1024, warps=2)
 
 
-def fwht_triton_method(x: torch.Tensor, block: int, method: str, **config) -> torch.Tensor:
+def fwht_triton_method(x: torch.Tensor, block: int, method: str, trigger: bool = False, **config) -> torch.Tensor:
     """``method``: "auto" | "butterfly" | "dot", to benchmark and test each kernel; ``config``
-    overrides ``DOT_CONFIG`` / ``BUTTERFLY_CONFIG`` (for perf/tune_fwht.py and perf/graph_sweep.py)."""
+    overrides ``DOT_CONFIG`` / ``BUTTERFLY_CONFIG`` (for perf/tune_fwht.py and perf/graph_sweep.py). ``trigger``
+    (butterfly, compiled on sm_90+): the kernel lets a next kernel launched with programmatic dependent launch start
+    at once (``dequant_matmul(pdl=True)``: its weight streams while this kernel runs)."""
     cfg = {**DOT_CONFIG, **BUTTERFLY_CONFIG, **config}
     shape = x.shape
     xc = x.contiguous().reshape(-1, block)
@@ -113,8 +118,9 @@ def fwht_triton_method(x: torch.Tensor, block: int, method: str, **config) -> to
         log_b = block.bit_length() - 1
         rows = max(1, min(64, cfg["elems"] // block))
         warps = cfg["warps"] if block <= 1024 else max(8, cfg["warps"])
+        extra = dict(TRIGGER=True) if trigger else {}  # (only when set: the default launch specializes as before)
         _fwht_butterfly_kernel[(cdiv(n_rows, rows),)](
-            xc, y, n_rows, scale, BLOCK=block, LOG_B=log_b, ROWS=rows, num_warps=warps)
+            xc, y, n_rows, scale, BLOCK=block, LOG_B=log_b, ROWS=rows, num_warps=warps, **extra)
     else:
         if not use_dot:
             raise ValueError(f"the dot method needs bf16/fp16 and 16 <= block <= 128, got {x.dtype}, {block}")

@@ -85,7 +85,7 @@ def _decode_graph(model: Transformer, batch: int, padded: bool) -> DecodeGraph:
     graphs = model.__dict__.setdefault("_decode_graphs", {})
     caches = tuple(id(l.self_attn.cache if l.is_attention else l.linear_attn.cache) for l in model.layers)
     weights = tuple(id(l.mlp.down_proj.weight) for l in model.layers)
-    key = (caches, weights, id(model.ops.rms_norm))
+    key = (caches, weights, id(model.ops.rms_norm), model.pdl)
     if graphs.get("key") != key:  # graphs hold cache and weight addresses: stale once those change
         graphs.clear()
         graphs["key"] = key

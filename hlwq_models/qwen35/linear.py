@@ -54,6 +54,7 @@ class Linear(nn.Module):
         self.weight: torch.Tensor | HLWQWeight = nn.Parameter(
             torch.empty(n_out, in_features, dtype=dtype, device=device), requires_grad=False)
         self.impl = "auto"  # set by the model for every hlwq_kernels call
+        self.pdl = False  # dequant_matmul's programmatic dependent launch (Transformer.set_pdl)
 
     @property
     def quantized(self) -> bool:
@@ -71,7 +72,7 @@ class Linear(nn.Module):
         w = self.weight
         if isinstance(w, HLWQWeight):
             if _dequant_matmul is not None:
-                return _dequant_matmul(x, w, impl=self.impl)
+                return _dequant_matmul(x, w, impl=self.impl, pdl=self.pdl)
             # FALLBACK (slow, no fused kernel yet): rebuild the dense weight on every call.
             return F.linear(x, dequantize_weight(w, dtype=x.dtype, impl=self.impl))
         return F.linear(x, w)

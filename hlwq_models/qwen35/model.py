@@ -348,6 +348,20 @@ class Transformer(nn.Module):
                 m.impl = impl
         return self
 
+    def set_pdl(self, on: bool) -> "Transformer":
+        """Launch the HLWQ linears' GEMV kernels with programmatic dependent launch (``dequant_matmul(pdl=)``): each
+        starts streaming its weight while the rotation before it runs. The weights must stay fixed while the model
+        runs (they do: nothing writes them after loading or quantizing). Ignored off sm_90+ GPUs."""
+        if not isinstance(on, bool):
+            raise TypeError(f"on must be a bool, got {type(on).__name__}")
+        self.pdl = on
+        for m in self.modules():
+            if isinstance(m, Linear):
+                m.pdl = on
+        return self
+
+    pdl = False
+
     def compile_elementwise(self, **compile_kwargs) -> "Transformer":
         """torch.compile the elementwise pieces (norms, gates, RoPE, ...): each becomes ~one fused
         kernel instead of 5-10, which is most of a decode step's launch count. Compilation
