@@ -142,6 +142,15 @@ def _dq_cases(m, bits_list, shapes, configs, grid=False):
                 elif cfg == "public-pdl":  # with the rotation; the GEMVs launched with PDL, the fwht triggers them
                     make = lambda: [lambda x=x, w=w: dequant_matmul(x, w, pdl=True)  # noqa: E731
                                     for x, w in zip(xq, qws)]
+                elif cfg in ("public-sep", "public-pdl-sep"):  # the rotation as a separate fwht pass
+                    def sep(x, w, pdl=cfg == "public-pdl-sep"):
+                        from hlwq_kernels.dequant_matmul import triton as dqt
+                        dqt.FUSED_ROTATION = False
+                        try:
+                            return dequant_matmul(x, w, pdl=pdl)
+                        finally:
+                            dqt.FUSED_ROTATION = True
+                    make = lambda sep=sep: [lambda x=x, w=w: sep(x, w) for x, w in zip(xq, qws)]  # noqa: E731
                 elif cfg == "rotated-pdl":  # back-to-back GEMVs launched with PDL (each starts in the last's tail)
                     make = lambda: [lambda x=x, w=w: dequant_matmul_rotated(x, w, torch.bfloat16, pdl=True)  # noqa: E731
                                     for x, w in zip(xq, qws)]
@@ -202,6 +211,16 @@ def sec_dqpdlcfg():
     for bits in (5, 4, 3):
         _dq_cases(1, (bits,), LINEARS, [("rotated-default", None), g(8, 2, 4), g(8, 2, 3), g(8, 4, 2), g(8, 3, 3),
                                         ("rotated-pdl", "rotated-pdl")])
+
+
+def sec_dqrot():
+    """The rotation inside gemvt (``FUSED_ROTATION``) against the separate fwht pass, M = 1, 5/4/3 bits, every shape,
+    with the default launch and with PDL; the rotated-x GEMV alone for reference."""
+    for bits in (5, 4, 3):
+        _dq_cases(1, (bits,), LINEARS, [("rotated-default", None), ("public(+fwht)", "public-sep"),
+                                        ("public-fused", "public"), ("rotated-pdl", "rotated-pdl"),
+                                        ("public(+fwht)-pdl", "public-pdl-sep"), ("public-fused-pdl", "public-pdl"),
+                                        ("public-fused-again", "public")])
 
 
 def sec_dqt():
@@ -835,7 +854,7 @@ def sec_gdn():
 
 
 SECTIONS = {"dqt": sec_dqt, "dqt3": sec_dqt3, "dqt4": sec_dqt4, "dqt3b": sec_dqt3b, "dqtd": sec_dqtd, "dqtd5": sec_dqtd5, "dq16more": sec_dq16more, "dq16lean": sec_dq16lean, "dq16ab": sec_dq16ab, "dq16pipe": sec_dq16pipe, "dqi32ab": sec_dqi32ab, "dqfixed": sec_dqfixed, "dqwarps": sec_dqwarps, "dqwaves": sec_dqwaves,
-            "fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dqpdl": sec_dqpdl, "dqpdl5": sec_dqpdl5, "dqpdlcfg": sec_dqpdlcfg, "dq8": sec_dq8, "dqcfg": sec_dqcfg, "dqg2x": sec_dqg2x,
+            "fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dqpdl": sec_dqpdl, "dqpdl5": sec_dqpdl5, "dqpdlcfg": sec_dqpdlcfg, "dqrot": sec_dqrot, "dq8": sec_dq8, "dqcfg": sec_dqcfg, "dqg2x": sec_dqg2x,
             "dqg3": sec_dqg3, "dq16cfg": sec_dq16cfg, "dq16split": sec_dq16split, "dqlowbit": sec_dqlowbit,
             "dq16pf": sec_dq16pf,
             "dqprefill": sec_dqprefill, "dqsmallm": sec_dqsmallm,

@@ -14,6 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from hlwq_kernels.dequant_matmul import gemvt as T
+from hlwq_kernels.fwht import fwht
 from hlwq_kernels.pack_bits import pack_bits, unpack_bits
 from test_dequant_matmul import check, make_weight, make_x
 
@@ -81,7 +82,8 @@ def test_default_options():
     assert T.default_options(24576, 4096, 2) is None
 
 
-@pytest.mark.parametrize("kw", [dict(rows=1), dict(rows=16), dict(rows=8, wg=4), dict(rows=4, stages=1)])
+@pytest.mark.parametrize("kw", [dict(rows=1), dict(rows=16), dict(rows=8, wg=4), dict(rows=4, stages=1),
+                                dict(rows=8, wg=2, rotated=False)])
 def test_gemvt_bad_options(kw):
     qw = make_weight(8, 4096, 5, 128, 0, "cpu")
     with pytest.raises(ValueError, match="gemvt"):
@@ -105,6 +107,22 @@ def test_gpu_gemvt_matches_reference(bits, n, k, dtype, out_dtype, seed):
     out_dtype = out_dtype or dtype
     y = T.gemvt(x, qw, out_dtype)
     check(y, x, qw, True, out_dtype, f"gemvt bits={bits} {n}x{k}")
+
+
+@needs_gpu
+@settings(max_examples=24, deadline=None)
+@given(bits=st.sampled_from(T.BITS_OK), n=st.sampled_from([64, 1000, 4096]), k=st.sampled_from([4096, 8192, 12288]),
+       dtype=st.sampled_from([torch.bfloat16, torch.float16, torch.float32]), pdl=st.booleans(),
+       seed=st.integers(0, 2**16))
+@example(bits=3, n=4096, k=4096, dtype=torch.bfloat16, pdl=False, seed=0)
+@example(bits=5, n=1000, k=12288, dtype=torch.float32, pdl=True, seed=1)
+def test_gpu_gemvt_fused_rotation(bits, n, k, dtype, pdl, seed):
+    """``rotated=False``: the kernel rotates x itself (two shuffle stages across the four lanes of a 128-block, five
+    in-thread stages); against the reference with the rotation."""
+    qw = make_weight(n, k, bits, 128, seed, "cuda")
+    x = make_x((1,), k, dtype, seed, "cuda")
+    y = T.gemvt(x, qw, dtype, rows=8, stages=2, per_sm=4, rotated=False, pdl=pdl)
+    check(y, x, qw, False, dtype, f"fused rotation bits={bits} {n}x{k}")
 
 
 @needs_gpu
@@ -137,7 +155,10 @@ def test_gpu_gemvt_is_the_default_where_measured(bits):
         qw = make_weight(16384, 4096, bits, 128, 0, "cuda")
         x = make_x((1,), 4096, torch.bfloat16, 1, "cuda")
         check(dequant_matmul(x, qw), x, qw, False, torch.bfloat16, "auto, N = 16384")
-        assert calls and calls[-1] == T.DEFAULTS[bits]
+        assert calls and calls[-1] == dict(T.DEFAULTS[bits], rotated=False)  # x rotated inside (FUSED_ROTATION)
+        xr = fwht(x, block=128)
+        check(dequant_matmul(xr, qw, x_rotated=True), xr, qw, True, torch.bfloat16, "auto, rotated x")
+        assert calls[-1] == T.DEFAULTS[bits]
         g = torch.cuda.CUDAGraph()
         xs = x.clone()
         with torch.cuda.graph(g):

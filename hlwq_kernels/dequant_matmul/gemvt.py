@@ -145,6 +145,7 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
 
     # 1-D layouts of each dimension of P6 (the others sliced away), for aranges broadcast back to 6-D
     AC, _, AL8, AL4, AM, AI = (gl.constexpr(_nest([o for o in range(6) if o != d], P6)) for d in range(6))
+    P6c = gl.constexpr(P6)
     P5c = gl.constexpr(P5)
     P4c = gl.constexpr(P4)
     P3c = gl.constexpr(P3)
@@ -165,6 +166,42 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
     WPT_ = gl.constexpr(WPT)
     CPW_ = gl.constexpr(CPW)
     PLANE1_ = gl.constexpr(BITS in (3, 5))  # a 1-bit plane after the widest one
+
+    # the fused rotation's load layout: [4 c, 32 lanes, 5 in-thread bits of the thread's 32 codes] (4 warps)
+    XL = gl.BlockedLayout(size_per_thread=[1, 1, 2, 2, 2, 2, 2], threads_per_warp=[1, 32, 1, 1, 1, 1, 1],
+                          warps_per_cta=[4, 1, 1, 1, 1, 1, 1], order=[6, 5, 4, 3, 2, 1, 0])
+    XA = [gl.constexpr(_nest([o for o in range(7) if o != d], XL)) for d in range(7)]
+    XA0, XA1, XA2, XA3, XA4, XA5, XA6 = XA
+
+    @gluon.jit
+    def _lane_bfly(v, lane, bit):
+        """One butterfly stage across lanes: lane l gets v + v[l ^ bit] (bit of l clear) or v[l ^ bit] - v (set)."""
+        p = gl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, $2, 0x1f, 0xffffffff;", "=f,f,r", [v, bit],
+                                      dtype=gl.float32, is_pure=True, pack=1)
+        return gl.where((lane & bit) == 0, p + v, p - v)
+
+    @gluon.jit
+    def _x6_rot(x_ptr, s):
+        """``_x6`` of fwht(x) (unnormalised: the level tables carry 1 / sqrt(128)): the 128-block of codes 32 (4 l8 +
+        l4) + q of chunk c spans the four lanes l4 = 0..3, so the Sylvester transform H_4 (x) H_32 is two butterfly
+        stages across lanes (shuffles) and five on the thread's 32 values (split, add / subtract, join, permute)."""
+        c = gl.arange(0, 4, layout=XA0)[:, None, None, None, None, None, None]
+        ln = gl.arange(0, 32, layout=XA1)[None, :, None, None, None, None, None]
+        b4 = gl.arange(0, 2, layout=XA2)[None, None, :, None, None, None, None]
+        b3 = gl.arange(0, 2, layout=XA3)[None, None, None, :, None, None, None]
+        b2 = gl.arange(0, 2, layout=XA4)[None, None, None, None, :, None, None]
+        b1 = gl.arange(0, 2, layout=XA5)[None, None, None, None, None, :, None]
+        b0 = gl.arange(0, 2, layout=XA6)[None, None, None, None, None, None, :]
+        off = s * 4096 + 1024 * c + 32 * ln + (16 * b4 + 8 * b3 + 4 * b2 + 2 * b1 + b0)
+        v = gl.load(x_ptr + off).to(gl.float32)  # [4, 32, 2, 2, 2, 2, 2]
+        lane, v = gl.broadcast(ln, v)
+        v = _lane_bfly(v, lane, 1)
+        v = _lane_bfly(v, lane, 2)
+        for _ in gl.static_range(5):  # the last axis (a bit of q): a butterfly, then it moves to axis 2
+            a, b = gl.split(v)
+            v = gl.permute(gl.join(a + b, a - b), [0, 1, 6, 2, 3, 4, 5])
+        v = gl.reshape(v, [4, 1, 8, 4, WPT_, CPW_])
+        return gl.convert_layout(v, P6c)
 
     @gluon.jit
     def _x6(x_ptr, s):
@@ -310,11 +347,12 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
     @gluon.jit
     def _gemvt_kernel(x_ptr, cb_ptr, out_ptr, wd, bd, nd, N, n_tiles, HB, SPLITS: gl.constexpr,
                       STAGGER: gl.constexpr = False, PROBE: gl.constexpr = False, probe_ptr=None,
-                      PDL: gl.constexpr = False, XS: gl.constexpr = 0):
+                      PDL: gl.constexpr = False, XS: gl.constexpr = 0, ROT: gl.constexpr = False):
         """PDL (launched with programmatic dependent launch): the first ring slots' copies (weights only) are issued
         before ``griddepcontrol.wait``; x is read and y written after it. The weights must not be written by a
         kernel still running before this one (true for inference). XS: unused ring slots of the widest plane that
-        cap how many programs an SM holds (``extra_slots``)."""
+        cap how many programs an SM holds (``extra_slots``). ROT: x is not rotated; the kernel applies fwht to it
+        (``_x6_rot``)."""
         gl.static_assert(SPLITS >= 1)
         if PROBE:
             _g2_probe(probe_ptr, 0)
@@ -329,10 +367,15 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
         for st in gl.static_range(1 if STAGGER else STAGES_ - 1):
             _issue(wd, bd, nd, wring, bring, nring, bars, st, n_steps, t_lo, HB, SPLITS)
         lane_cb = _level_tables(cb_ptr)
+        if ROT:
+            lane_cb = lane_cb * 0.08838834764831845  # 1 / sqrt(128): _x6_rot's transform is unnormalised
         if PDL:
             _gdc_wait()
             _gdc_launch()
-        xv = _x6(x_ptr, 0)
+        if ROT:
+            xv = _x6_rot(x_ptr, 0)
+        else:
+            xv = _x6(x_ptr, 0)
         if STAGGER:
             for st in gl.static_range(1, STAGES_ - 1):
                 _issue(wd, bd, nd, wring, bring, nring, bars, st, n_steps, t_lo, HB, SPLITS)
@@ -350,7 +393,10 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
                     _g2_probe(probe_ptr, 2)
             if SPLITS > 1:  # (a runtime slice index: x of one slice in registers at a time)
                 s = i % SPLITS
-                xv = _x6(x_ptr, s)
+                if ROT:
+                    xv = _x6_rot(x_ptr, s)
+                else:
+                    xv = _x6(x_ptr, s)
             acc += _slot(wring, bring, nring, slot, xv, lane_cb)
             if SPLITS == 1 or s == SPLITS - 1:
                 _store_tile(acc, t_lo + i // SPLITS, out_ptr, N)
@@ -553,7 +599,8 @@ def descriptors(packed: torch.Tensor, norms: torch.Tensor, bits: int, rows: int)
 
 def gemvt(xr: torch.Tensor, w, out_dtype: torch.dtype, *, rows: int = 4, stages: int = 8, per_sm: int = 2,
           programs: int | None = None, wg: int = 1, stagger: bool = False,
-          probe: torch.Tensor | None = None, counter: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
+          probe: torch.Tensor | None = None, counter: torch.Tensor | None = None, pdl: bool = False,
+          rotated: bool = True) -> torch.Tensor:
     """``xr [1, Kp]`` (rotated, contiguous) @ W_rot.T -> ``[1, N]`` in ``out_dtype``. ``rows`` per ring slot,
     ``stages`` slots, about ``per_sm`` programs per SM (or exactly ``programs``), ``wg`` groups of 4 warps per
     program (each takes rows / wg rows of a slot). ``stagger``: the first slot's copies before the others' (see the
@@ -561,7 +608,8 @@ def gemvt(xr: torch.Tensor, w, out_dtype: torch.dtype, *, rows: int = 4, stages:
     ``counter``: int32 [2] on the device, zero, for row tiles handed out at run time (K = 4096; the kernel leaves
     it zero; calls that may run at the same time need different counters). ``pdl``: launch with programmatic
     dependent launch (see ``_gemvt_kernel``; not with ``counter``), with ``extra_slots`` to hold every SM to
-    ``per_sm`` programs."""
+    ``per_sm`` programs. ``rotated=False``: ``xr`` is x itself (K = Kp) and the kernel rotates it (``_x6_rot``;
+    wg 1, no ``counter``)."""
     from .triton import _num_sms
 
     m, kp = xr.shape
@@ -586,6 +634,10 @@ def gemvt(xr: torch.Tensor, w, out_dtype: torch.dtype, *, rows: int = 4, stages:
         if probe.numel() < 8 * grid:
             raise ValueError(f"gemvt: probe needs {8 * grid} int64, got {probe.numel()}")
         extra.update(PROBE=True, probe_ptr=probe)
+    if not rotated:
+        if wg != 1 or counter is not None:
+            raise ValueError("gemvt: the fused rotation (rotated=False) needs wg=1 and no counter")
+        extra["ROT"] = True
     if pdl:
         if counter is not None:
             raise ValueError("gemvt: pdl is not supported with counter")

@@ -1398,10 +1398,11 @@ _GEMVT_BROKEN: set = set()  # (device, bits) whose TMA-ring GEMV failed to compi
 
 
 def _try_gemvt(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, forced: bool,
-               pdl: bool = False) -> torch.Tensor | None:
+               pdl: bool = False, rotated: bool = True) -> torch.Tensor | None:
     """The TMA-ring GEMV (``gemvt.py``) where it is the default (``gemvt.default_options``: M = 1 and the shapes
     where it measured faster than gemv2) or ``forced`` (method="gemvt": wherever ``gemvt.supported``); None
-    where it does not apply (or failed to compile: then a warning, and gemv2 from then on)."""
+    where it does not apply (or failed to compile: then a warning, and gemv2 from then on). ``rotated=False``: ``xr``
+    is x itself (K = Kp), rotated inside the kernel."""
     from . import gemvt as T
     from ..kv_quant_attn.gluon import available
 
@@ -1419,7 +1420,8 @@ def _try_gemvt(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, forced: 
             return None
         opts = {}
     try:
-        return T.gemvt(xr, w, out_dtype, **opts, **({"pdl": True} if pdl else {}))
+        return T.gemvt(xr, w, out_dtype, **opts, **({"pdl": True} if pdl else {}),
+                       **({} if rotated else {"rotated": False}))
     except Exception as e:  # noqa: BLE001  a Triton whose Gluon differs (compile failure): gemv2 from now on
         if forced:
             raise
@@ -1518,6 +1520,10 @@ def dequant_matmul_rotated(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dty
     return out
 
 
+# M = 1 where gemvt is the default: the rotation inside the kernel (``gemvt._x6_rot``) instead of a separate fwht pass.
+FUSED_ROTATION = True
+
+
 def rotate_activations(x2: torch.Tensor, k: int, kp: int, block: int, trigger: bool = False) -> torch.Tensor:
     """fwht(pad(x)) as a separate pass (kept in x's dtype, as the tests' plain-PyTorch rival does). ``trigger``
     (``pdl_supported`` devices): the fwht kernel lets the next kernel, launched with PDL, start at once."""
@@ -1536,6 +1542,10 @@ def dequant_matmul_triton_method(x: torch.Tensor, w: HLWQWeight, x_rotated: bool
     kp = w.padded_in_features
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
+    if not x_rotated and FUSED_ROTATION and k == kp and config is None and method == "auto" and x2.shape[0] == 1:
+        y = _try_gemvt(x2.contiguous(), w, out_dtype, False, pdl, rotated=False)
+        if y is not None:
+            return y.reshape(*lead, n)
     if not x_rotated:
         x2 = rotate_activations(x2, k, kp, w.block, trigger=pdl)
     return dequant_matmul_rotated(x2, w, out_dtype, method, config, pdl).reshape(*lead, n)
