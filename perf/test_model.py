@@ -166,18 +166,28 @@ class TestQwen35At9BShapes:
         tps = 1e3 / ms
         benchmark.extra_info.update(tok_per_s=round(tps, 1),
                                     note=f"{tps:.1f} tok/s W5/KV3 (5.125-bit ceiling ~590)")
-        # the same step with the linears' GEMVs launched with PDL (model.set_pdl), against the step above,
-        # alternated in this run (median of 7 x 50 replays each)
+        # the same step with the linears' GEMVs launched with PDL (model.set_pdl), and with the rotation as a
+        # separate fwht pass (dequant_matmul's FUSED_ROTATION off: the code before session 15), against the step
+        # above, alternated in this run (median of 7 x 50 replays each)
+        from hlwq_kernels.dequant_matmul import triton as dqt
+
         model.set_pdl(True)
-        pdl_graph = DecodeGraph(model, 1, padded=False)
+        graphs = {"default": graph, "pdl": DecodeGraph(model, 1, padded=False)}
         model.set_pdl(False)
-        times = {False: [], True: []}
+        dqt.FUSED_ROTATION = False
+        try:
+            graphs["fwht_pass"] = DecodeGraph(model, 1, padded=False)
+        finally:
+            dqt.FUSED_ROTATION = True
+        times = {k: [] for k in graphs}
         for _ in range(7):
-            for pdl, gr in ((False, graph), (True, pdl_graph)):
-                times[pdl].append(_replay_ms(gr, tok, pos, 50))
-        off, on = (statistics.median(times[p]) for p in (False, True))
-        benchmark.extra_info.update(pdl_off_us=round(off * 1e3, 1), pdl_on_us=round(on * 1e3, 1),
-                                    pdl_tok_per_s=round(1e3 / on, 1), pdl_speedup=round(off / on, 4))
+            for k, gr in graphs.items():
+                times[k].append(_replay_ms(gr, tok, pos, 50))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        benchmark.extra_info.update(**{f"{k}_us": round(v * 1e3, 1) for k, v in med.items()},
+                                    pdl_tok_per_s=round(1e3 / med["pdl"], 1),
+                                    pdl_speedup=round(med["default"] / med["pdl"], 4),
+                                    fused_rotation_speedup=round(med["fwht_pass"] / med["default"], 4))
         model.free_cache()
         model.__dict__.pop("_decode_graphs", None)
 

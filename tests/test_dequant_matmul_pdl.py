@@ -2,10 +2,12 @@
 
 A kernel launched that way may start while the kernel before it on the stream still runs; it streams its first
 weight tiles, then waits (``griddepcontrol.wait``) before it reads x or writes y. What can go wrong is reading x
-before the kernel that writes it has finished, or a different result. So, on the GPU: the same bits as without PDL
-on every GEMV path (gemvt, gemv2, gemv2's split-K sum), and chains in a CUDA graph where each call reads the output
-of the call just before it, replayed with new inputs (a call that read its x early would see the previous replay's
-values). On the CPU (the interpreter) the flag is accepted and changes nothing.
+before the kernel that writes it has finished, or a different result. So, on the GPU: each GEMV kernel (gemvt with and
+without the fused rotation, gemv2, gemv2's split-K sum) gives the same bits launched either way; the public op with PDL
+(which may pick another kernel: ``gemvt.pdl_options``) is right; and chains in a CUDA graph where each call reads the
+output of the call just before it, replayed with new inputs, give the bits of the same calls run one at a time (a
+call that read its x early would see the previous replay's values). On the CPU (the interpreter) the flag is accepted
+and changes nothing.
 """
 
 from __future__ import annotations
@@ -59,19 +61,42 @@ PATHS = [(5, 16384, 4096, 1), (4, 4096, 4096, 1), (3, 2048, 8192, 1), (5, 2048, 
 @needs_gpu
 @pytest.mark.parametrize("bits,n,k,m", PATHS)
 @pytest.mark.parametrize("x_rotated", [False, True])
-def test_gpu_pdl_same_bits(bits, n, k, m, x_rotated):
+def test_gpu_pdl_public_op(bits, n, k, m, x_rotated):
     qw = make_weight(n, k, bits, 128, n + k, "cuda")
     x = make_x((m,), qw.padded_in_features if x_rotated else k, torch.bfloat16, bits, "cuda")
     y = dequant_matmul(x, qw, x_rotated=x_rotated, pdl=True)
     check(y, x, qw, x_rotated, torch.bfloat16, f"pdl {bits} bits {n}x{k} M={m}")
-    assert torch.equal(y, dequant_matmul(x, qw, x_rotated=x_rotated))
+
+
+@needs_gpu
+@pytest.mark.parametrize("bits,n,k,m", PATHS)
+def test_gpu_pdl_same_bits_per_kernel(bits, n, k, m):
+    """gemvt (rotated x and the fused rotation, where it applies) and gemv2 (+ its split-K sum), each launched with
+    and without PDL."""
+    from hlwq_kernels.dequant_matmul import gemvt as T
+    from hlwq_kernels.dequant_matmul.triton import _gemv2, _pick
+    from hlwq_kernels.fwht import fwht
+
+    qw = make_weight(n, k, bits, 128, n + k, "cuda")
+    x = make_x((m,), k, torch.bfloat16, bits, "cuda")
+    xr = fwht(torch.nn.functional.pad(x, (0, qw.padded_in_features - k)), block=128)
+    if T.supported(m, bits, 128, qw.padded_in_features, qw.packed, qw.norms):
+        for rotated in (True, False) if k == qw.padded_in_features else (True,):
+            xin = xr if rotated else x
+            a = T.gemvt(xin, qw, torch.bfloat16, rows=8, stages=2, per_sm=4, rotated=rotated, pdl=True)
+            assert torch.equal(a, T.gemvt(xin, qw, torch.bfloat16, rows=8, stages=2, per_sm=4, rotated=rotated))
+    cfg = _pick(m, n, qw.padded_in_features, 128, "gemv2", bits)
+    a = _gemv2(xr, qw, torch.bfloat16, cfg, pdl=True)
+    check(a, xr, qw, True, torch.bfloat16, "gemv2 pdl")
+    assert torch.equal(a, _gemv2(xr, qw, torch.bfloat16, cfg))
 
 
 @needs_gpu
 @pytest.mark.parametrize("x_rotated", [False, True])
 def test_gpu_pdl_chain_in_a_graph(x_rotated):
-    """Six calls, each on the output of the one before (gemvt at 5, 3 and 4 bits, gemv2 with and without split-K),
-    captured in one CUDA graph and replayed with new inputs: the same bits as the chain without PDL, eagerly."""
+    """Six calls with PDL, each on the output of the one before (gemvt at 3, 4 and 5 bits, at K = 4096 with the fused
+    rotation where x is not rotated; gemv2 at K = 2048), captured in one CUDA graph and replayed with new inputs: the bits of the same
+    calls run one at a time."""
     layers = [make_weight(16384, 4096, 5, 128, 1, "cuda"),   # gemvt, 5 bits
               make_weight(4096, 16384, 5, 128, 2, "cuda"),   # gemv2, split-K + sum
               make_weight(8192, 4096, 3, 128, 3, "cuda"),    # gemvt, 3 bits
@@ -79,24 +104,26 @@ def test_gpu_pdl_chain_in_a_graph(x_rotated):
               make_weight(2048, 4096, 5, 128, 5, "cuda"),    # gemv2
               make_weight(4096, 2048, 3, 128, 6, "cuda")]    # gemv2 (K < 4096)
 
-    def chain(x, pdl):
+    def chain(x, sync=False):
         for qw in layers:
-            x = dequant_matmul(x, qw, x_rotated=x_rotated, pdl=pdl)
+            x = dequant_matmul(x, qw, x_rotated=x_rotated, pdl=True)
+            if sync:  # one call at a time: nothing can overlap
+                torch.cuda.synchronize()
             x = x / 64  # (an elementwise kernel between the calls, as in a model; keeps the values in range)
         return x
 
     xs = make_x((1,), 4096, torch.bfloat16, 0, "cuda")
-    chain(xs, True)  # compile outside the capture
+    chain(xs)  # compile outside the capture
     torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        ys = chain(xs, True)
+        ys = chain(xs)
     for seed in (1, 2, 3):
         x = make_x((1,), 4096, torch.bfloat16, seed, "cuda")
         xs.copy_(x)
         g.replay()
         torch.cuda.synchronize()
-        want = chain(x, False)
+        want = chain(x, sync=True)
         assert torch.isfinite(want).all() and want.abs().max() > 0
         assert torch.equal(ys, want), f"replay {seed}: max diff {(ys.float() - want.float()).abs().max()}"
 
@@ -107,22 +134,24 @@ def test_gpu_pdl_back_to_back_in_a_graph():
     a = make_weight(4096, 4096, 3, 128, 7, "cuda")  # gemvt
     b = make_weight(4096, 4096, 5, 128, 8, "cuda")  # gemv2
 
-    def chain(x, pdl):
+    def chain(x, sync=False):
         for qw in (a, b, a, b, a):
-            x = dequant_matmul(x, qw, x_rotated=True, pdl=pdl)
+            x = dequant_matmul(x, qw, x_rotated=True, pdl=True)
+            if sync:
+                torch.cuda.synchronize()
         return x
 
     xs = make_x((1,), 4096, torch.bfloat16, 0, "cuda") / 64
-    chain(xs, True)
+    chain(xs)
     torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        ys = chain(xs, True)
+        ys = chain(xs)
     for seed in (1, 2):
         x = make_x((1,), 4096, torch.bfloat16, seed, "cuda") / 64
         xs.copy_(x)
         g.replay()
         torch.cuda.synchronize()
-        want = chain(x, False)
+        want = chain(x, sync=True)
         assert torch.isfinite(want).all() and want.abs().max() > 0
         assert torch.equal(ys, want)

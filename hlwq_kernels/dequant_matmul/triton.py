@@ -1520,8 +1520,13 @@ def dequant_matmul_rotated(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dty
     return out
 
 
-# M = 1 where gemvt is the default: the rotation inside the kernel (``gemvt._x6_rot``) instead of a separate fwht pass.
+# M = 1, K = 4096, where gemvt is the default: the rotation inside the kernel (``gemvt._x6_rot``) instead of a
+# separate fwht pass. H100, graph timing, S15-8 (us, fwht + GEMV / fused; cuBLAS bf16 in the same run): 4 bits 4096^2
+# 9.33 / 8.28, 24576 x 4096 25.69 / 22.46, 2048 x 4096 7.03 / 5.46; 3 bits 8192 x 4096 12.24 / 11.10, 24576 x 4096
+# 23.75 / 22.13; 5 bits 24576 x 4096 30.01 / 28.09; with PDL, 5 bits 8192 x 4096 14.15 / 11.00. At K = 12288 the
+# kernel rotates x again for every (row tile, K slice) step: 4096 x 12288, 4 bits 19.18 / 24.39, so K = 4096 only.
 FUSED_ROTATION = True
+FUSED_ROTATION_K = 4096
 
 
 def rotate_activations(x2: torch.Tensor, k: int, kp: int, block: int, trigger: bool = False) -> torch.Tensor:
@@ -1542,7 +1547,8 @@ def dequant_matmul_triton_method(x: torch.Tensor, w: HLWQWeight, x_rotated: bool
     kp = w.padded_in_features
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    if not x_rotated and FUSED_ROTATION and k == kp and config is None and method == "auto" and x2.shape[0] == 1:
+    if (not x_rotated and FUSED_ROTATION and k == kp == FUSED_ROTATION_K and config is None and method == "auto"
+            and x2.shape[0] == 1):
         y = _try_gemvt(x2.contiguous(), w, out_dtype, False, pdl, rotated=False)
         if y is not None:
             return y.reshape(*lead, n)
