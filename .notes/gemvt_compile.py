@@ -2,7 +2,8 @@
 /tmp/tri36); print registers, shared memory and the SASS instruction mix.
 
     PYTHONPATH=/tmp/tri36 python .notes/gemvt_compile.py [bits] [rows] [stages] [splits] [wg]
-    (env DYN=1: the kernel with row tiles handed out at run time; STAGGER=1, PROBE=1, PDL=1, ROT=1, XS=n: those constexprs)
+    (env DYN=1: the kernel with row tiles handed out at run time; STAGGER=1, PROBE=1, PDL=1, ROT=1, XS=n: those
+    constexprs)
 """
 import collections
 import os
@@ -41,7 +42,8 @@ def compile_t(bits=5, rows=4, stages=8, splits=1, wg=1):
     if not dyn:  # (environment: XS=n, the unused ring slots; default 0)
         const["XS"] = int(os.environ.get("XS", "0"))
         sig["XS"] = "constexpr"
-    for opt in ("PROBE",) if dyn else ("STAGGER", "PROBE", "PDL", "ROT"):  # (environment: the kernel's diagnostic / opt-in constexprs)
+    # (environment: the kernel's diagnostic / opt-in constexprs)
+    for opt in ("PROBE",) if dyn else ("STAGGER", "PROBE", "PDL", "ROT"):
         if os.environ.get(opt) == "1":
             const[opt] = True
             sig[opt] = "constexpr"

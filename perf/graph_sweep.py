@@ -152,8 +152,8 @@ def _dq_cases(m, bits_list, shapes, configs, grid=False):
                             dqt.FUSED_ROTATION = True
                     make = lambda sep=sep: [lambda x=x, w=w: sep(x, w) for x, w in zip(xq, qws)]  # noqa: E731
                 elif cfg == "rotated-pdl":  # back-to-back GEMVs launched with PDL (each starts in the last's tail)
-                    make = lambda: [lambda x=x, w=w: dequant_matmul_rotated(x, w, torch.bfloat16, pdl=True)  # noqa: E731
-                                    for x, w in zip(xq, qws)]
+                    make = lambda: [lambda x=x, w=w: dequant_matmul_rotated(  # noqa: E731
+                        x, w, torch.bfloat16, pdl=True) for x, w in zip(xq, qws)]
                 elif isinstance(cfg, str):  # a method's default Config
                     from hlwq_kernels.dequant_matmul.triton import _pick
                     c = _pick(m, n, k, HLWQ_BLOCK, cfg, bits)
@@ -854,7 +854,9 @@ def sec_gdn():
 
 
 SECTIONS = {"dqt": sec_dqt, "dqt3": sec_dqt3, "dqt4": sec_dqt4, "dqt3b": sec_dqt3b, "dqtd": sec_dqtd, "dqtd5": sec_dqtd5, "dq16more": sec_dq16more, "dq16lean": sec_dq16lean, "dq16ab": sec_dq16ab, "dq16pipe": sec_dq16pipe, "dqi32ab": sec_dqi32ab, "dqfixed": sec_dqfixed, "dqwarps": sec_dqwarps, "dqwaves": sec_dqwaves,
-            "fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq, "dqpdl": sec_dqpdl, "dqpdl5": sec_dqpdl5, "dqpdlcfg": sec_dqpdlcfg, "dqrot": sec_dqrot, "dq8": sec_dq8, "dqcfg": sec_dqcfg, "dqg2x": sec_dqg2x,
+            "fwht": sec_fwht, "fwhtcfg": sec_fwhtcfg, "dq": sec_dq,
+            "dqpdl": sec_dqpdl, "dqpdl5": sec_dqpdl5, "dqpdlcfg": sec_dqpdlcfg, "dqrot": sec_dqrot,
+            "dq8": sec_dq8, "dqcfg": sec_dqcfg, "dqg2x": sec_dqg2x,
             "dqg3": sec_dqg3, "dq16cfg": sec_dq16cfg, "dq16split": sec_dq16split, "dqlowbit": sec_dqlowbit,
             "dq16pf": sec_dq16pf,
             "dqprefill": sec_dqprefill, "dqsmallm": sec_dqsmallm,

@@ -95,8 +95,8 @@ def test_gpu_pdl_same_bits_per_kernel(bits, n, k, m):
 @pytest.mark.parametrize("x_rotated", [False, True])
 def test_gpu_pdl_chain_in_a_graph(x_rotated):
     """Six calls with PDL, each on the output of the one before (gemvt at 3, 4 and 5 bits, at K = 4096 with the fused
-    rotation where x is not rotated; gemv2 at K = 2048), captured in one CUDA graph and replayed with new inputs: the bits of the same
-    calls run one at a time."""
+    rotation where x is not rotated; gemv2 at K = 2048), captured in one CUDA graph and replayed with new inputs:
+    the bits of the same calls run one at a time."""
     layers = [make_weight(16384, 4096, 5, 128, 1, "cuda"),   # gemvt, 5 bits
               make_weight(4096, 16384, 5, 128, 2, "cuda"),   # gemv2, split-K + sum
               make_weight(8192, 4096, 3, 128, 3, "cuda"),    # gemvt, 3 bits

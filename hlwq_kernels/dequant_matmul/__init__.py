@@ -41,9 +41,12 @@ def dequant_matmul(x: torch.Tensor, w: HLWQWeight, *, x_rotated: bool = False, o
     Legend: M = prod(leading dims) tokens, N = out features, K = in features, Kp = K rounded up
     to a multiple of ``w.block``. Kernel choice by M (documented in ``triton.py``): at M = 1 the TMA-ring GEMV of
     ``gemvt.py`` where it measured faster (``gemvt.default_options``: 5 bits at K = 4096 and N >= 16384, 4 bits on
-    every Qwen3.5 shape but 8192 x 4096, 3 bits on all of them); otherwise GEMV for
-    M <= ``GEMV_MAX_M``, the fused tensor-core kernel up to ``SLAB_MIN_M``, above it bounded
-    slabs of the dequantized weight + cuBLAS. Rotation: a separate ``fwht`` pass.
+    every Qwen3.5 shape but 8192 x 4096, 3 bits on all of them; with ``pdl``, ``gemvt.pdl_options``: every shape with
+    N >= 2048); otherwise GEMV for M <= ``GEMV_MAX_M``, the fused tensor-core kernel up to ``SLAB_MIN_M``, above it
+    bounded slabs of the dequantized weight + cuBLAS. Rotation: inside the kernel at M = 1 and K = 4096 where gemvt
+    runs (``triton.FUSED_ROTATION``: two shuffle stages across lanes and five in-thread stages per 128-block, once
+    per program; it saved 1.0-3.2 us per call, perf/RESULTS.md S15-8); elsewhere a separate ``fwht`` pass (at
+    K > 4096 gemvt would redo it for every K slice of every row tile, and the other kernels hold x differently).
     """
     if not isinstance(w, HLWQWeight):
         raise TypeError(f"w must be an HLWQWeight, got {type(w).__name__}")

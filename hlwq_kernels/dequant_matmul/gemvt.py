@@ -59,6 +59,12 @@ out the programs' ends (gate+up, 3 bits: ends spread 19.4-22.0 us against 16.1-2
 27.5 vs 28.0-28.3 us, 214.3 / 212.0 vs 229.6-231.0 us). Not a default: the counter is state shared between calls,
 and calls that may overlap (other streams) need different counters, which nothing manages yet.
 
+Session 15 (perf/RESULTS.md S15-1..S15-10): ``pdl=True`` (programmatic dependent launch: the first ring slots'
+copies are issued before ``griddepcontrol.wait``, so the per-call cost above overlaps the previous kernel's tail;
+``extra_slots`` holds every SM to ``per_sm`` programs, without which the next grid piled onto the SMs that freed
+first) and ``rotated=False`` (the kernel rotates x itself: ``_x6_rot``). With PDL gemvt is the M = 1 default on every
+Qwen3.5 shape (``pdl_options``).
+
 Gluon does not run under the interpreter: ``decode_words`` replays the integer decode on the CPU (tested against
 ``unpack_bits``) and the GPU tests compare the compiled kernel with the reference.
 """
@@ -523,14 +529,18 @@ def pdl_options(n: int, kp: int, bits: int) -> dict | None:
     (the first slot lands while the previous kernel finishes). H100, graph timing, back-to-back calls, S15-6 (us,
     rows x stages x programs per SM, cuBLAS bf16 in the same run):
 
-    | shape | 5 bits: 8x2x4 / 8x2x3 / 8x4x2 / 8x3x3 | 4 bits | 3 bits |
+    | shape (cuBLAS) | 5 bits: 8x2x4 / 8x2x3 / 8x4x2 / 8x3x3 | 4 bits | 3 bits |
     |---|---|---|---|
-    | 8192 x 4096 (25.1-25.6) | 9.73 / **9.21** / 11.80 / 11.24 | 9.18 / **8.57** / 10.66 / 10.16 | 8.71 / 8.50 / 9.94 / 9.21 |
-    | 4096^2 (16.4-16.6) | 6.96 / **6.29** / 7.29 / 7.22 | 6.34 / **5.92** / 6.55 / 6.55 | **5.74** / 5.91 / 6.02 / 5.90 |
-    | 24576 x 4096 (72.2-72.8) | 24.48 / 24.18 / 25.60 / **23.38** | **19.34** / 19.55 / 23.54 / 21.19 | 19.15 / 19.07 / 22.20 / 20.68 |
-    | 4096 x 12288 (39.2-39.3) | **15.52** / 20.29 / 18.67 / 20.11 | **14.75** / 19.14 / 17.78 / 18.58 | **12.99** / 18.38 / 16.63 / 17.79 |
-    | 2048 x 4096 (11.0) | **3.86** / 4.03 / 4.56 / 4.26 | **3.52** / 4.13 / 4.21 / 4.16 | **3.37** / 3.86 / 3.83 / 3.89 |
-    | 248320 x 4096 (715) | 225.82 / 222.81 / 231.97 / 225.19 | 184.96 / 184.46 / 206.30 / 190.16 | 180.18 / 181.27 / 201.48 / 184.07 |
+    | 8192 x 4096 (25.1-25.6) | 9.73 / 9.21 / 11.80 / 11.24 | 9.18 / 8.57 / 10.66 / 10.16 | 8.71 / 8.50 / 9.94 / 9.21 |
+    | 4096^2 (16.4-16.6) | 6.96 / 6.29 / 7.29 / 7.22 | 6.34 / 5.92 / 6.55 / 6.55 | 5.74 / 5.91 / 6.02 / 5.90 |
+    | 24576 x 4096 (72.2-72.8) | 24.48 / 24.18 / 25.60 / 23.38 | 19.34 / 19.55 / 23.54 / 21.19 |
+    | | | | 19.15 / 19.07 / 22.20 / 20.68 |
+    | 4096 x 12288 (39.2-39.3) | 15.52 / 20.29 / 18.67 / 20.11 | 14.75 / 19.14 / 17.78 / 18.58 |
+    | | | | 12.99 / 18.38 / 16.63 / 17.79 |
+    | 2048 x 4096 (11.0) | 3.86 / 4.03 / 4.56 / 4.26 | 3.52 / 4.13 / 4.21 / 4.16 | 3.37 / 3.86 / 3.83 / 3.89 |
+    | 248320 x 4096 (715) | 225.82 / 222.81 / 231.97 / 225.19 | 184.96 / 184.46 / 206.30 / 190.16 |
+    | | | | 180.18 / 181.27 / 201.48 / 184.07 |
+    (Rows too long for one line continue below with the 3-bit column.)
 
     So: 8 x 2 x 4 where K > 4096 or N <= 2048 and at 3 bits; 8 x 2 x 3 at 4/5 bits for 2048 < N < 16384; at N >= 16384
     8 x 3 x 3 (5 bits) and 8 x 2 x 4 (4 bits). N < 2048 was not measured (None: gemv2)."""
