@@ -155,10 +155,10 @@ def test_gpu_gemvt_is_the_default_where_measured(bits):
         qw = make_weight(16384, 4096, bits, 128, 0, "cuda")
         x = make_x((1,), 4096, torch.bfloat16, 1, "cuda")
         check(dequant_matmul(x, qw), x, qw, False, torch.bfloat16, "auto, N = 16384")
-        assert calls and calls[-1] == dict(T.DEFAULTS[bits], rotated=False)  # x rotated inside (FUSED_ROTATION)
+        assert calls and calls[-1] == dict(T.DEFAULTS[bits], pdl=False, rotated=False)  # x rotated inside
         xr = fwht(x, block=128)
         check(dequant_matmul(xr, qw, x_rotated=True), xr, qw, True, torch.bfloat16, "auto, rotated x")
-        assert calls[-1] == T.DEFAULTS[bits]
+        assert calls[-1] == dict(T.DEFAULTS[bits], pdl=False, rotated=True)
         g = torch.cuda.CUDAGraph()
         xs = x.clone()
         with torch.cuda.graph(g):

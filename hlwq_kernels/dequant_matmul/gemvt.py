@@ -133,6 +133,7 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
+    from .._pdl import gdc_launch, gdc_wait  # (Triton functions: griddepcontrol.wait / launch_dependents)
     from .triton import _g2_probe  # (diagnostics: gemv2's timestamp helper; a 1-D grid gives program_id(0))
 
     WPT = main_width(BITS)  # words of the widest plane per thread and row (4 nibble or 2 2-bit words)
@@ -337,20 +338,6 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
         return lane_cb
 
     @gluon.jit
-    def _gdc_wait():
-        """``griddepcontrol.wait``: until the previous kernel on the stream has finished and its writes are visible
-        (a no-op without programmatic dependent launch). The "memory" clobber keeps loads below it."""
-        gl.inline_asm_elementwise("griddepcontrol.wait; mov.u32 $0, 0;", "=r,~{memory}", [], dtype=gl.int32,
-                                  is_pure=False, pack=1)
-
-    @gluon.jit
-    def _gdc_launch():
-        """``griddepcontrol.launch_dependents``: the next kernel, if launched with programmatic dependent launch, may
-        start once every program has passed here (or exited)."""
-        gl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.u32 $0, 0;", "=r,~{memory}", [],
-                                  dtype=gl.int32, is_pure=False, pack=1)
-
-    @gluon.jit
     def _gemvt_kernel(x_ptr, cb_ptr, out_ptr, wd, bd, nd, N, n_tiles, HB, SPLITS: gl.constexpr,
                       STAGGER: gl.constexpr = False, PROBE: gl.constexpr = False, probe_ptr=None,
                       PDL: gl.constexpr = False, XS: gl.constexpr = 0, ROT: gl.constexpr = False):
@@ -376,8 +363,8 @@ def _build(R: int, STAGES: int, BITS: int, WG: int):
         if ROT:
             lane_cb = lane_cb * 0.08838834764831845  # 1 / sqrt(128): _x6_rot's transform is unnormalised
         if PDL:
-            _gdc_wait()
-            _gdc_launch()
+            gdc_wait()
+            gdc_launch()
         if ROT:
             xv = _x6_rot(x_ptr, 0)
         else:

@@ -55,6 +55,7 @@ import triton
 import triton.language as tl
 
 from .._common import cdiv, interpreting, next_pow2
+from .._pdl import gdc_launch, gdc_wait, pdl_supported
 from ..fwht import MAX_TRITON_BLOCK, fwht
 from ..fwht.triton import fwht_triton_method
 from ..quant import HLWQWeight
@@ -521,23 +522,6 @@ def _g2_rows(rows_out, N, I32: tl.constexpr):
 
 
 @triton.jit
-def _gdc_wait():
-    """``griddepcontrol.wait`` (sm_90+): until the previous kernel on the stream has finished and its writes are
-    visible; a no-op for a kernel launched without programmatic dependent launch. The "memory" clobber keeps the
-    compiler from moving loads above it."""
-    tl.inline_asm_elementwise("griddepcontrol.wait; mov.u32 $0, 0;", "=r,~{memory}", [], dtype=tl.int32,
-                              is_pure=False, pack=1)
-
-
-@triton.jit
-def _gdc_launch():
-    """``griddepcontrol.launch_dependents`` (sm_90+): the next kernel on the stream, if launched with programmatic
-    dependent launch, may start once every program has passed here or exited."""
-    tl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.u32 $0, 0;", "=r,~{memory}", [],
-                              dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
 def _g2_x(x_row, kq, q, t, groups, G: tl.constexpr, A: tl.constexpr, MASKED: tl.constexpr):
     """gemv2's x values of the thread's quads, fp32 [Q, F]."""
     if MASKED:
@@ -570,7 +554,7 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
     SPLIT_K slices to arrive sums the partials into ``y_ptr`` (``_g2_splitk_tail``): no reduce launch.
     PROBE (diagnostics, ``.notes/dq_probe.py``): ``_g2_probe`` timestamps at the program's start, the start of its
     second and last loop trips, and its end. PDL (launched with programmatic dependent launch): the first row tile's
-    words (weights only) load before ``griddepcontrol.wait``, x after it (``_gdc_wait``)."""
+    words (weights only) load before ``griddepcontrol.wait``, x after it (``_pdl.gdc_wait``)."""
     NIBP: tl.constexpr = NIB and BITS <= 3
     if PROBE:
         _g2_probe(probe_ptr, 0)
@@ -603,8 +587,8 @@ def _gemv2_kernel(x_ptr, p_ptr, p_addr, n_ptr, n_addr, cb_ptr, cb_addr, out_ptr,
             va, vb, vc = _g2_words(p_ptr, p_addr, rows * (groups * BITS), row_true, t, groups, BITS, BN, G, A,
                                    MASKED, MODE, NIBP)
     if PDL:
-        _gdc_wait()
-        _gdc_launch()
+        gdc_wait()
+        gdc_launch()
         xv = _g2_x(x_row, kq, q, t, groups, G, A, MASKED)
     if UNROLL == 1:
         for i in range(row_tiles):
@@ -1066,8 +1050,8 @@ def _dequant_rows_kernel(p_ptr, p_addr, n_ptr, cb_ptr, cb_addr, out_ptr, row0, N
 def _splitk_reduce_kernel(part_ptr, out_ptr, numel, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr,
                           PDL: tl.constexpr = False):
     if PDL:  # launched with programmatic dependent launch: nothing to do before the partials are written
-        _gdc_wait()
-        _gdc_launch()
+        gdc_wait()
+        gdc_launch()
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     acc = tl.zeros([BLOCK], dtype=tl.float32)
@@ -1375,12 +1359,6 @@ def _gemv2(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, cfg: Config,
 GEMV2_PDL_MAX_N = 4096
 
 
-def pdl_supported(device: torch.device) -> bool:
-    """Programmatic dependent launch: a compiled kernel (not the interpreter) on an sm_90+ GPU."""
-    return (device.type == "cuda" and not interpreting()
-            and torch.cuda.get_device_capability(device) >= (9, 0))
-
-
 def _gemv8_table(xr: torch.Tensor, w: HLWQWeight) -> torch.Tensor | None:
     """The int8 GEMV's lookup table if ``gluon.gemv8`` applies (GPU with Gluon, M <= 4, bf16/fp16 x, 3-5 bits, the
     int8-grid codebook ``quant.grid.weight_codebook``; see ``dequant_matmul/gluon.py``), else None."""
@@ -1420,8 +1398,7 @@ def _try_gemvt(xr: torch.Tensor, w: HLWQWeight, out_dtype: torch.dtype, forced: 
             return None
         opts = {}
     try:
-        return T.gemvt(xr, w, out_dtype, **opts, **({"pdl": True} if pdl else {}),
-                       **({} if rotated else {"rotated": False}))
+        return T.gemvt(xr, w, out_dtype, **opts, pdl=pdl, rotated=rotated)
     except Exception as e:  # noqa: BLE001  a Triton whose Gluon differs (compile failure): gemv2 from now on
         if forced:
             raise
@@ -1531,10 +1508,11 @@ FUSED_ROTATION_K = 4096
 
 def rotate_activations(x2: torch.Tensor, k: int, kp: int, block: int, trigger: bool = False) -> torch.Tensor:
     """fwht(pad(x)) as a separate pass (kept in x's dtype, as the tests' plain-PyTorch rival does). ``trigger``
-    (``pdl_supported`` devices): the fwht kernel lets the next kernel, launched with PDL, start at once."""
+    (only where ``pdl_supported``; the caller checks): the fwht kernel lets the next kernel, launched with PDL, start
+    at once."""
     if kp != k:
         x2 = F.pad(x2, (0, kp - k))
-    if trigger and block <= MAX_TRITON_BLOCK and pdl_supported(x2.device):
+    if trigger and block <= MAX_TRITON_BLOCK:
         return fwht_triton_method(x2, block, "auto", trigger=True)
     return fwht(x2, block=block, impl="triton" if block <= MAX_TRITON_BLOCK else "reference")
 
@@ -1547,6 +1525,7 @@ def dequant_matmul_triton_method(x: torch.Tensor, w: HLWQWeight, x_rotated: bool
     kp = w.padded_in_features
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
+    pdl = pdl and pdl_supported(x.device)
     if (not x_rotated and FUSED_ROTATION and k == kp == FUSED_ROTATION_K and config is None and method == "auto"
             and x2.shape[0] == 1):
         y = _try_gemvt(x2.contiguous(), w, out_dtype, False, pdl, rotated=False)

@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from .._common import cdiv, interpreting, next_pow2
+from .._pdl import gdc_launch
 from .reference import hadamard_matrix
 
 
@@ -41,9 +42,8 @@ def butterfly(x, ROWS: tl.constexpr, BLOCK: tl.constexpr, LOG_B: tl.constexpr):
 @triton.jit
 def _fwht_butterfly_kernel(x_ptr, y_ptr, n_rows, scale, BLOCK: tl.constexpr, LOG_B: tl.constexpr,
                            ROWS: tl.constexpr, TRIGGER: tl.constexpr = False):
-    if TRIGGER:  # griddepcontrol.launch_dependents: a next kernel launched with PDL may start now (it waits for y)
-        tl.inline_asm_elementwise("griddepcontrol.launch_dependents; mov.u32 $0, 0;", "=r,~{memory}", [],
-                                  dtype=tl.int32, is_pure=False, pack=1)
+    if TRIGGER:  # a next kernel launched with PDL may start now (it waits for y)
+        gdc_launch()
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
     offs = rows[:, None] * BLOCK + cols[None, :]
